@@ -1,0 +1,71 @@
+"""oxillama_py: GGUF text generation over llama.cpp, native to structured concurrency.
+
+Decoding runs in a worker thread that publishes to anyio memory-object streams;
+results, streaming callbacks and progress displays subscribe as tasks of each
+generation's task group. :class:`AsyncEngine` is the core, :class:`Engine` its
+blocking facade, :class:`SpeculativeEngine` adds speculative decoding.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from .cancel import CancellationToken
+from .config import EngineConfig, PromptLookup, SamplerConfig, SpeculativeConfig
+from .engine import AsyncEngine, Engine
+from .errors import (
+    GenerateError,
+    GenerationCancelled,
+    KvCacheFullError,
+    LoadError,
+    OxiLlamaError,
+    TokenizerError,
+)
+from .progress import ProgressEvent, make_progress_adapter
+from .results import CompletionResult, SpeculativeStats, Timings
+
+__version__ = "0.2.0"
+
+logging.getLogger("oxillama_py").addHandler(logging.NullHandler())
+
+__all__ = [
+    "AsyncEngine",
+    "CancellationToken",
+    "CollectTokens",
+    "CompletionResult",
+    "Engine",
+    "EngineConfig",
+    "GenerateError",
+    "GenerationCancelled",
+    "KvCacheFullError",
+    "LoadError",
+    "OxiLlamaError",
+    "ProgressEvent",
+    "PromptLookup",
+    "SamplerConfig",
+    "SpeculativeConfig",
+    "SpeculativeStats",
+    "Timings",
+    "TokenizerError",
+    "TqdmProgress",
+    "make_progress_adapter",
+    "__version__",
+]
+
+_DEPRECATED = {"TqdmProgress", "CollectTokens"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        warnings.warn(
+            f"oxillama_py.{name} is deprecated: pass the bar or a callable as progress= "
+            "to generate() instead (see docs/progress.rst)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from . import tqdm_helper
+
+        return getattr(tqdm_helper, name)
+    raise AttributeError(f"module 'oxillama_py' has no attribute {name!r}")

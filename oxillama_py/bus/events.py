@@ -1,0 +1,73 @@
+"""What travels on the bus: one :class:`Step` per decode step, then one :class:`Finished`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["TokenEvent", "Step", "Finished", "FinishReason", "Event", "SpeculativeStats"]
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """One generated token. ``piece`` is the text it released; it may be ``""``
+    while a multi-byte character or a possible stop string is still incomplete."""
+
+    token_id: int
+    piece: str
+    index: int
+    time: float
+    sequence: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """The tokens one decode step produced for one request (several when speculating)."""
+
+    tokens: tuple[TokenEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SpeculativeStats:
+    """Speculative-decoding counters of one generation."""
+
+    drafted: int = 0
+    accepted: int = 0
+    target_calls: int = 0
+    emitted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted draft tokens over drafted tokens (0.0 when nothing was drafted)."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_target_call(self) -> float:
+        """Emitted tokens per target ``llama_decode`` (1.0 is plain decoding)."""
+        return self.emitted / self.target_calls if self.target_calls else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The terminal event: exactly one per request, whatever ended it.
+
+    ``tail`` is text released at the very end with no token of its own (text held
+    back as a possible stop-string prefix when end-of-generation came instead).
+    Times are ``time.perf_counter()`` values.
+    """
+
+    reason: FinishReason
+    time: float
+    prompt_tokens: int = 0
+    error: BaseException | None = None
+    submitted: float = 0.0
+    admitted: float | None = None
+    first_token: float | None = None
+    tail: str = ""
+    sequence: int = 0
+    speculative: SpeculativeStats | None = field(default=None)
+
+
+Event = Step | Finished

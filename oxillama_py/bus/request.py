@@ -1,0 +1,86 @@
+"""A generation request: what the decode worker needs, and where its events go."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.lowlevel import EventLoopToken, current_token
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ..cancel import CancellationToken
+from ..config import SamplerConfig
+from .events import Event, Finished
+from .post import post
+
+__all__ = ["Request"]
+
+
+@dataclass(eq=False)
+class Request:
+    """Created on the caller's loop, handed to the worker thread, answered by events.
+
+    The worker reads the fields and calls :meth:`publish` and :meth:`cancel_requested`;
+    everything else runs on the caller's loop.
+    """
+
+    prompt_tokens: list[int]
+    max_tokens: int
+    sampler: SamplerConfig
+    seed: int
+    stop: tuple[str, ...] = ()
+    cancel_token: CancellationToken | None = None
+    sequence: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    _sinks: list[MemoryObjectSendStream[Event]] = field(default_factory=list, init=False, repr=False)
+    _loop: EventLoopToken | None = field(default=None, init=False, repr=False)
+    _done: anyio.Event | None = field(default=None, init=False, repr=False)
+    _stop_flag: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    terminal: Finished | None = field(default=None, init=False, repr=False)
+
+    # -- caller's loop -------------------------------------------------------------
+    def bind(self, sinks: Sequence[MemoryObjectSendStream[Event]]) -> None:
+        """Tie the request to the running loop and the subscribers' streams."""
+        self._loop = current_token()
+        self._done = anyio.Event()
+        self._sinks = list(sinks)
+
+    def cancel(self) -> None:
+        """Ask the worker to drop this sequence at its next step (thread-safe)."""
+        self._stop_flag.set()
+
+    @property
+    def finished(self) -> bool:
+        return self.terminal is not None
+
+    async def wait_finished(self) -> None:
+        assert self._done is not None, "request was never bound"
+        await self._done.wait()
+
+    def _deliver(self, events: tuple[Event, ...]) -> None:
+        if self.terminal is not None:
+            return
+        for sink in self._sinks:
+            for event in events:
+                try:
+                    sink.send_nowait(event)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    break  # that subscriber has already left
+        last = events[-1]
+        if isinstance(last, Finished):
+            self.terminal = last
+            assert self._done is not None
+            self._done.set()
+
+    # -- worker thread -------------------------------------------------------------
+    def cancel_requested(self) -> bool:
+        token = self.cancel_token
+        return self._stop_flag.is_set() or (token is not None and token.is_cancelled())
+
+    def publish(self, *events: Event) -> None:
+        """Hand events to the caller's loop without waiting for it."""
+        assert self._loop is not None, "request was never bound"
+        post(self._loop, self._deliver, events)

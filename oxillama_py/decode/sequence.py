@@ -1,0 +1,115 @@
+"""One request while it occupies a slot: prompt progress, sampler, text released so far."""
+
+from __future__ import annotations
+
+from ..bus import Finished, FinishReason, Request, TokenEvent
+from ..llama import Detokenizer, Model, Sampler
+
+__all__ = ["Sequence", "StopMatcher"]
+
+
+class StopMatcher:
+    """Releases text only once it cannot be the start of a stop string.
+
+    So the pieces a caller streams always join to the final text, which ends
+    just before the first stop string (as llama-cpp-python's does).
+    """
+
+    __slots__ = ("_pending", "_stops")
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._pending = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """Add decoded text; return what is safe to release and whether a stop string hit."""
+        if not self._stops:
+            return text, False
+        pending = self._pending + text
+        hit = min((i for i in (pending.find(s) for s in self._stops) if i >= 0), default=-1)
+        if hit >= 0:
+            self._pending = ""
+            return pending[:hit], True
+        hold = 0
+        for stop in self._stops:
+            for k in range(min(len(stop) - 1, len(pending)), hold, -1):
+                if pending.endswith(stop[:k]):
+                    hold = k
+                    break
+        self._pending = pending[len(pending) - hold :]
+        return pending[: len(pending) - hold], False
+
+    def flush(self) -> str:
+        pending, self._pending = self._pending, ""
+        return pending
+
+
+class Sequence:
+    """A request bound to a KV slot (``seq_id``) for as long as it decodes."""
+
+    def __init__(self, request: Request, slot: int, model: Model, submitted: float, admitted: float) -> None:
+        self.request = request
+        self.slot = slot
+        self.model = model
+        self.prompt = request.prompt_tokens
+        self.n_prefilled = 0
+        self.pos = 0  # tokens of this sequence in the KV cache
+        self.sampler = Sampler(model, request.sampler, request.seed)
+        self.generated: list[int] = []
+        self.last_token = -1
+        self.submitted = submitted
+        self.admitted = admitted
+        self.first_token: float | None = None
+        self.reason: FinishReason | None = None
+        self._hit_stop = False
+        self._detok = Detokenizer()
+        self._stops = StopMatcher(request.stop)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_prefilled < len(self.prompt)
+
+    @property
+    def remaining(self) -> int:
+        return self.request.max_tokens - len(self.generated)
+
+    def advance(self, token: int, now: float) -> TokenEvent | None:
+        """Take one sampled token; sets :attr:`reason` when the sequence is done.
+
+        Returns the token's event, or ``None`` for an end-of-generation token,
+        which is not part of the output.
+        """
+        if self.first_token is None:
+            self.first_token = now
+        if self.model.is_eog(token):
+            self.reason = "stop"
+            return None
+        self.generated.append(token)
+        self.last_token = token
+        piece, hit = self._stops.push(self._detok.feed(self.model.piece(token)))
+        if hit:
+            self.reason = "stop"
+            self._hit_stop = True
+        elif len(self.generated) >= self.request.max_tokens:
+            self.reason = "length"
+            piece += self._stops.push(self._detok.flush())[0] + self._stops.flush()
+        return TokenEvent(token, piece, len(self.generated) - 1, now, self.request.sequence)
+
+    def finished(self, reason: FinishReason, now: float, error: BaseException | None = None) -> Finished:
+        tail = ""
+        if reason == "stop" and not self._hit_stop:
+            tail = self._stops.push(self._detok.flush())[0] + self._stops.flush()
+        return Finished(
+            reason=reason,
+            time=now,
+            prompt_tokens=len(self.prompt),
+            error=error,
+            submitted=self.submitted,
+            admitted=self.admitted,
+            first_token=self.first_token,
+            tail=tail,
+            sequence=self.request.sequence,
+        )
+
+    def close(self) -> None:
+        self.sampler.close()

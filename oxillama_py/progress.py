@@ -1,0 +1,323 @@
+"""Progress hooks: :class:`ProgressEvent`, the adapters, the throttle gate, the subscriber.
+
+All duck-typing of progress objects lives here, in pure Python, in
+:func:`make_progress_adapter`. The progress subscriber is a task of the
+generation's task group: it drains whatever the decode worker published since
+it last ran, fires the adapter at most once per drain when the throttle gate is
+open, and fires the synthetic final event from its finaliser, so a slow display
+never slows decoding and is finalised exactly once however the generation ends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from .bus.events import Event, Finished, Step
+from .bus.subscriber import Outcome, Subscriber
+
+__all__ = [
+    "ProgressEvent",
+    "ProgressCallback",
+    "ProgressFinaliser",
+    "make_progress_adapter",
+    "ThrottleGate",
+    "ProgressSubscriber",
+    "DEFAULT_THROTTLE_MS",
+    "DEFAULT_THROTTLE_TOKENS",
+    "check_throttle",
+]
+
+DEFAULT_THROTTLE_MS = 50.0
+DEFAULT_THROTTLE_TOKENS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """A snapshot of one generation's progress, handed to progress callbacks."""
+
+    tokens_generated: int
+    """Tokens decoded so far (across all prompts for a batch). The final event
+    repeats the last count; it never adds a token."""
+
+    tokens_total: int
+    """The budget: ``max_tokens`` (for a batch, the sum over its prompts). A
+    generation that stops early ends below it."""
+
+    elapsed_secs: float
+    """Seconds since the generation was submitted (prompt processing included)."""
+
+    tokens_per_sec: float
+    """``tokens_generated / elapsed_secs`` (0.0 before the first token)."""
+
+    eta_secs: float | None
+    """Estimated seconds until ``tokens_total`` is reached, from the decode rate
+    between the first and the latest token; ``None`` until two tokens have been
+    seen. ``0.0`` on the final event."""
+
+    is_final: bool
+    """``True`` only on the synthetic last event, fired once after the
+    generation ended (end of sequence, max tokens, stop string, cancellation,
+    or error)."""
+
+    text_so_far: str = ""
+    """The text decoded so far, or ``""`` unless ``progress_capture_text=True``.
+    On the final event it equals the returned text."""
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+ProgressFinaliser = Callable[[str, "BaseException | None"], None]
+"""Called once at the end with the status (``"success"``, ``"cancelled"`` or ``"error"``) and the error."""
+
+
+class _TqdmLike(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> Any: ...
+    def close(self) -> Any: ...
+
+
+def _is_tqdm(obj: object) -> bool:
+    return all(callable(getattr(obj, name, None)) for name in ("update", "set_postfix_str", "close"))
+
+
+def _is_progress_widget(obj: object) -> bool:
+    return hasattr(obj, "value") and hasattr(obj, "max") and "Progress" in type(obj).__name__
+
+
+class _TqdmAdapter:
+    """Drives a ``tqdm`` bar (console or notebook): count = tokens, rate in the postfix."""
+
+    def __init__(self, bar: _TqdmLike, total: int) -> None:
+        self._bar = bar
+        self._shown = 0
+        reset = getattr(bar, "reset", None)
+        if callable(reset):
+            reset(total=total)
+        else:
+            bar.total = total  # type: ignore[attr-defined]
+
+    def _postfix(self, text: str) -> None:
+        try:
+            self._bar.set_postfix_str(text, refresh=False)
+        except TypeError:  # a duck-typed bar without the refresh keyword
+            self._bar.set_postfix_str(text)
+
+    def __call__(self, event: ProgressEvent) -> None:
+        self._postfix(f"{event.tokens_per_sec:.1f} tok/s")
+        delta = event.tokens_generated - self._shown
+        if delta > 0:
+            self._shown = event.tokens_generated
+            self._bar.update(delta)
+
+    def finalise(self, status: str, error: BaseException | None) -> None:
+        if status == "error":
+            self._postfix(f"error: {type(error).__name__}: {error}" if error is not None else "error")
+        elif status == "cancelled":
+            self._postfix("cancelled")
+        refresh = getattr(self._bar, "refresh", None)
+        if status != "success" and callable(refresh):
+            refresh()
+        self._bar.close()
+
+
+class _WidgetAdapter:
+    """Drives an ipywidgets ``IntProgress``/``FloatProgress``; keeps the user's description."""
+
+    _STYLES = {"success": "success", "cancelled": "warning", "error": "danger"}
+
+    def __init__(self, widget: Any, total: int) -> None:
+        self._widget = widget
+        widget.max = total
+        widget.value = getattr(widget, "min", 0)
+        if hasattr(widget, "bar_style"):
+            widget.bar_style = ""
+
+    def __call__(self, event: ProgressEvent) -> None:
+        self._widget.value = min(event.tokens_generated, self._widget.max)
+
+    def finalise(self, status: str, error: BaseException | None) -> None:
+        if status == "success":
+            self._widget.value = self._widget.max
+        if hasattr(self._widget, "bar_style"):
+            self._widget.bar_style = self._STYLES[status]
+
+
+def _no_finaliser(status: str, error: BaseException | None) -> None:
+    """Plain callables need no finalising: the final event already told them."""
+
+
+def make_progress_adapter(
+    obj: object, max_tokens: int
+) -> tuple[ProgressCallback, ProgressFinaliser] | tuple[None, None]:
+    """Turn a ``progress=`` argument into ``(callback, finaliser)``, or ``(None, None)``.
+
+    Accepted: ``None``; a ``tqdm`` or ``tqdm.notebook.tqdm`` bar (anything with
+    ``update``, ``set_postfix_str`` and ``close``); an ipywidgets ``IntProgress``
+    or ``FloatProgress`` (``value`` and ``max`` and "Progress" in the class name);
+    any ``Callable[[ProgressEvent], None]``. Anything else raises ``TypeError``
+    before generation starts.
+    """
+    if obj is None:
+        return None, None
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+        raise ValueError(f"max_tokens must be a non-negative int, got {max_tokens!r}")
+    if _is_tqdm(obj):
+        tqdm_adapter = _TqdmAdapter(obj, max_tokens)  # type: ignore[arg-type]
+        return tqdm_adapter, tqdm_adapter.finalise
+    if _is_progress_widget(obj):
+        widget_adapter = _WidgetAdapter(obj, max_tokens)
+        return widget_adapter, widget_adapter.finalise
+    if callable(obj):
+        return obj, _no_finaliser
+    raise TypeError(
+        "progress must be None, a tqdm bar, an ipywidgets IntProgress/FloatProgress, "
+        f"or a callable taking a ProgressEvent; got {type(obj).__name__}"
+    )
+
+
+def check_throttle(throttle_ms: float | None, throttle_tokens: int | None) -> None:
+    """Reject bad throttle settings before any work starts."""
+    if throttle_ms is not None and (
+        isinstance(throttle_ms, bool)
+        or not isinstance(throttle_ms, (int, float))
+        or not math.isfinite(throttle_ms)
+        or throttle_ms < 0
+    ):
+        raise ValueError(f"progress_throttle_ms must be a finite number >= 0, got {throttle_ms!r}")
+    if throttle_tokens is not None and (
+        isinstance(throttle_tokens, bool) or not isinstance(throttle_tokens, int) or throttle_tokens < 1
+    ):
+        raise ValueError(f"progress_throttle_tokens must be an int >= 1, got {throttle_tokens!r}")
+
+
+class ThrottleGate:
+    """Open for the first token, then when either ``ms`` or ``tokens`` have passed."""
+
+    __slots__ = ("_last_count", "_last_time", "interval", "tokens")
+
+    def __init__(self, throttle_ms: float | None = None, throttle_tokens: int | None = None) -> None:
+        check_throttle(throttle_ms, throttle_tokens)
+        self.interval = (DEFAULT_THROTTLE_MS if throttle_ms is None else float(throttle_ms)) / 1000.0
+        self.tokens = DEFAULT_THROTTLE_TOKENS if throttle_tokens is None else throttle_tokens
+        self._last_time: float | None = None
+        self._last_count = 0
+
+    def ready(self, now: float, count: int) -> bool:
+        if count <= self._last_count:
+            return False
+        if self._last_time is None:
+            return True
+        return now - self._last_time >= self.interval or count - self._last_count >= self.tokens
+
+    def mark(self, now: float, count: int) -> None:
+        self._last_time = now
+        self._last_count = count
+
+
+class ProgressSubscriber(Subscriber):
+    """Coalesces the bus into throttled :class:`ProgressEvent` ticks for one adapter."""
+
+    def __init__(
+        self,
+        callback: ProgressCallback,
+        finaliser: ProgressFinaliser,
+        total: int,
+        *,
+        throttle_ms: float | None = None,
+        throttle_tokens: int | None = None,
+        capture_text: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._callback = callback
+        self._finaliser = finaliser
+        self._total = total
+        self._gate = ThrottleGate(throttle_ms, throttle_tokens)
+        self._capture = capture_text
+        self._clock = clock
+        self._start = clock()
+        self._count = 0
+        self._first: float | None = None
+        self._latest: float | None = None
+        self._pieces: list[list[str]] = []
+        self.error: BaseException | None = None
+        """The first exception a callback or the finaliser raised (stashed, not raised)."""
+        self.fired = 0
+
+    async def run(self, events: MemoryObjectReceiveStream[Event], expected: int) -> None:
+        self._pieces = [[] for _ in range(expected)]
+        remaining = expected
+        while remaining:
+            drained = [await events.receive()]
+            while True:
+                try:
+                    drained.append(events.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            for event in drained:
+                if isinstance(event, Step):
+                    self._absorb(event)
+                else:
+                    self._absorb_end(event)
+                    remaining -= 1
+            now = self._clock()
+            if self._gate.ready(now, self._count):
+                self._gate.mark(now, self._count)
+                self._fire(now, final=False)
+
+    def _absorb(self, step: Step) -> None:
+        tokens = step.tokens
+        self._count += len(tokens)
+        if self._first is None:
+            self._first = tokens[0].time
+        self._latest = tokens[-1].time
+        if self._capture:
+            pieces = self._pieces[tokens[0].sequence]
+            pieces.extend(token.piece for token in tokens)
+
+    def _absorb_end(self, finished: Finished) -> None:
+        if self._capture and finished.tail:
+            self._pieces[finished.sequence].append(finished.tail)
+
+    def _event(self, now: float, *, final: bool) -> ProgressEvent:
+        count = self._count
+        elapsed = max(0.0, now - self._start)
+        eta: float | None = None
+        if count >= 2 and self._first is not None and self._latest is not None:
+            if final:
+                eta = 0.0
+            else:
+                span = self._latest - self._first
+                rate = (count - 1) / span if span > 0 else math.inf
+                eta = max(0.0, (self._total - count) / rate) if rate > 0 else None
+        text = "".join("".join(p) for p in self._pieces) if self._capture else ""
+        return ProgressEvent(
+            tokens_generated=count,
+            tokens_total=self._total,
+            elapsed_secs=elapsed,
+            tokens_per_sec=count / elapsed if elapsed > 0 else 0.0,
+            eta_secs=eta,
+            is_final=final,
+            text_so_far=text,
+        )
+
+    def _fire(self, now: float, *, final: bool) -> None:
+        self.fired += 1
+        try:
+            self._callback(self._event(now, final=final))
+        except Exception as exc:  # a misbehaving display must not abort generation
+            if self.error is None:
+                self.error = exc
+
+    def finalise(self, outcome: Outcome) -> None:
+        self._fire(self._clock(), final=True)
+        try:
+            self._finaliser(outcome.status, outcome.error)
+        except Exception as exc:
+            if self.error is None:
+                self.error = exc
