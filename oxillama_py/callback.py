@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Union
+from contextlib import suppress
+from typing import TypeAlias, Union
 
 from .bus.events import Finished, Step, TokenEvent
 from .bus.subscriber import Outcome, Subscriber
 
 __all__ = ["StreamingCallback", "CallbackSubscriber", "takes_token_details", "check_callback"]
 
-StreamingCallback = Union[
+StreamingCallback: TypeAlias = Union[  # noqa: UP007 (a runtime alias of string forward refs)
     Callable[[str], "Awaitable[object] | object"],
     Callable[[str, int, bool], "Awaitable[object] | object"],
 ]
@@ -79,7 +80,5 @@ class CallbackSubscriber(Subscriber):
     def finalise(self, outcome: Outcome) -> None:
         held, self._held = self._held, None
         if held is not None and not inspect.iscoroutinefunction(self._callback):
-            try:  # the generation was cut short: close the callback's stream anyway
+            with suppress(Exception):  # cut short: close the callback's stream anyway
                 self._callback(held.piece, held.token_id, True)
-            except Exception:
-                pass

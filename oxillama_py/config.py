@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 __all__ = [
     "SamplerConfig",
@@ -193,7 +193,7 @@ class PromptLookup:
         _check_int("num_pred_tokens", self.num_pred_tokens, minimum=1)
 
 
-Drafter = Union[EngineConfig, PromptLookup]
+Drafter: TypeAlias = EngineConfig | PromptLookup
 
 
 @dataclass(frozen=True)

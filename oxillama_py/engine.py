@@ -401,9 +401,7 @@ class Engine:
     ) -> None:
         self._async = self._make_async(config)
         self._stack = ExitStack()
-        self._portal: BlockingPortal = self._stack.enter_context(
-            start_blocking_portal(backend, backend_options)
-        )
+        self._portal: BlockingPortal = self._stack.enter_context(start_blocking_portal(backend, backend_options))
         self._closed = False
 
     def _make_async(self, config: EngineConfig | None) -> AsyncEngine:
@@ -485,9 +483,7 @@ class Engine:
         result: list[str] = self._call(self._async.generate_batch, prompts, max_tokens, **options)
         return result
 
-    def complete_batch(
-        self, prompts: Sequence[str], max_tokens: int = 128, **options: Any
-    ) -> list[CompletionResult]:
+    def complete_batch(self, prompts: Sequence[str], max_tokens: int = 128, **options: Any) -> list[CompletionResult]:
         result: list[CompletionResult] = self._call(self._async.complete_batch, prompts, max_tokens, **options)
         return result
 

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -129,7 +129,7 @@ class _TqdmAdapter:
 class _WidgetAdapter:
     """Drives an ipywidgets ``IntProgress``/``FloatProgress``; keeps the user's description."""
 
-    _STYLES = {"success": "success", "cancelled": "warning", "error": "danger"}
+    _STYLES: ClassVar[dict[str, str]] = {"success": "success", "cancelled": "warning", "error": "danger"}
 
     def __init__(self, widget: Any, total: int) -> None:
         self._widget = widget

@@ -14,7 +14,9 @@ class Outcome:
 
     __slots__ = ("error", "finished", "reason")
 
-    def __init__(self, reason: FinishReason, error: BaseException | None, finished: tuple[Finished | None, ...]) -> None:
+    def __init__(
+        self, reason: FinishReason, error: BaseException | None, finished: tuple[Finished | None, ...]
+    ) -> None:
         self.reason: FinishReason = reason
         self.error = error
         self.finished = finished

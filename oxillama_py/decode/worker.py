@@ -63,10 +63,7 @@ class DecodeWorker:
             if not self._closed:
                 self._queue.put(request)
                 return
-        now = time.perf_counter()
-        request.publish(
-            Finished("error", now, error=GenerateError("the engine is closed"), submitted=now, sequence=request.sequence)
-        )
+        _end_unstarted(request, time.perf_counter(), "error", GenerateError("the engine is closed"))
 
     def close(self) -> None:
         """Fail what is still queued or decoding, stop the thread, free llama.cpp (blocking)."""
@@ -157,12 +154,7 @@ class DecodeWorker:
             keep: deque[tuple[Request, float]] = deque()
             for request, submitted in self._waiting:
                 if request.cancel_requested():
-                    now = time.perf_counter()
-                    request.publish(
-                        Finished(
-                            "cancelled", now, len(request.prompt_tokens), submitted=submitted, sequence=request.sequence
-                        )
-                    )
+                    _end_unstarted(request, submitted, "cancelled")
                 else:
                     keep.append((request, submitted))
             self._waiting = keep
@@ -176,10 +168,7 @@ class DecodeWorker:
                 seq = Sequence(request, slot, self.model, submitted, time.perf_counter())
             except Exception as exc:
                 self._free.insert(0, slot)
-                now = time.perf_counter()
-                request.publish(
-                    Finished("error", now, len(request.prompt_tokens), exc, submitted=submitted, sequence=request.sequence)
-                )
+                _end_unstarted(request, submitted, "error", exc)
                 continue
             self._active.append(seq)
 
@@ -267,8 +256,21 @@ class DecodeWorker:
             if item is not None:
                 pending.append((item, time.perf_counter()))
         for request, submitted in pending:
-            now = time.perf_counter()
-            request.publish(
-                Finished("error", now, len(request.prompt_tokens), error, submitted=submitted, sequence=request.sequence)
-            )
+            _end_unstarted(request, submitted, "error", error)
         self._waiting = deque()
+
+
+def _end_unstarted(
+    request: Request, submitted: float, reason: FinishReason, error: BaseException | None = None
+) -> None:
+    """End a request that never reached a slot (cancelled while waiting, or failed)."""
+    request.publish(
+        Finished(
+            reason,
+            time.perf_counter(),
+            len(request.prompt_tokens),
+            error,
+            submitted=submitted,
+            sequence=request.sequence,
+        )
+    )
