@@ -34,7 +34,7 @@ from .config import EngineConfig, SamplerConfig, check_seed
 from .decode import DecodeWorker
 from .errors import GenerateError, GenerationCancelled, KvCacheFullError, OxiLlamaError
 from .llama import Model
-from .progress import ProgressSubscriber, check_throttle, make_progress_adapter
+from .progress import ProgressSubscriber, check_progress, check_throttle, make_progress_adapter
 from .results import CompletionResult
 
 __all__ = ["AsyncEngine", "Engine", "GenerateOptions"]
@@ -104,6 +104,7 @@ class GenerateOptions:
         if cancel_token is not None and not isinstance(cancel_token, CancellationToken):
             raise TypeError(f"cancel_token must be a CancellationToken, got {type(cancel_token).__name__}")
         check_throttle(progress_throttle_ms, progress_throttle_tokens)
+        check_progress(progress)
         return cls(
             max_tokens=max_tokens,
             sampler=chosen,
@@ -326,9 +327,10 @@ class AsyncEngine:
         on_complete: Callable[[int, CompletionResult], object] | None = None,
     ) -> list[CompletionResult]:
         opts = GenerateOptions.build(self.config.sampler, max_tokens, **options)
-        callback, finaliser = make_progress_adapter(opts.progress, opts.max_tokens * len(prompts))
         worker = await self._ready()
         requests = self._requests(worker, prompts, opts)
+        # Touch the display only now: from here on the generation always finalises it.
+        callback, finaliser = make_progress_adapter(opts.progress, opts.max_tokens * len(prompts))
         collector = Collector(len(requests), on_complete)
         subscribers: list[Subscriber] = [collector, *extra]
         progress: ProgressSubscriber | None = None

@@ -23,6 +23,7 @@ from .bus.events import Event, Finished, Step
 from .bus.subscriber import Outcome, Subscriber
 
 __all__ = [
+    "check_progress",
     "ProgressEvent",
     "ProgressCallback",
     "ProgressFinaliser",
@@ -167,14 +168,31 @@ def make_progress_adapter(
         return None, None
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
         raise ValueError(f"max_tokens must be a non-negative int, got {max_tokens!r}")
-    if _is_tqdm(obj):
+    kind = check_progress(obj)
+    if kind == "tqdm":
         tqdm_adapter = _TqdmAdapter(obj, max_tokens)  # type: ignore[arg-type]
         return tqdm_adapter, tqdm_adapter.finalise
-    if _is_progress_widget(obj):
+    if kind == "widget":
         widget_adapter = _WidgetAdapter(obj, max_tokens)
         return widget_adapter, widget_adapter.finalise
+    return obj, _no_finaliser  # type: ignore[return-value]
+
+
+def check_progress(obj: object) -> str:
+    """Which adapter ``obj`` needs (``"none"``, ``"tqdm"``, ``"widget"``, ``"callable"``), touching nothing.
+
+    Engines call this before loading or tokenizing, so a wrong type fails
+    before any work, and the display is only touched once the generation is
+    certain to finalise it.
+    """
+    if obj is None:
+        return "none"
+    if _is_tqdm(obj):
+        return "tqdm"
+    if _is_progress_widget(obj):
+        return "widget"
     if callable(obj):
-        return obj, _no_finaliser
+        return "callable"
     raise TypeError(
         "progress must be None, a tqdm bar, an ipywidgets IntProgress/FloatProgress, "
         f"or a callable taking a ProgressEvent; got {type(obj).__name__}"
