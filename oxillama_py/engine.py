@@ -278,9 +278,10 @@ class AsyncEngine:
                 with receive:
                     async for piece in receive:
                         yield piece
+            except GeneratorExit:
+                pass  # closed early: raising it here would reach the task group as an error
             finally:
-                if not failure:
-                    group.cancel_scope.cancel()
+                group.cancel_scope.cancel()  # no-op once produce has ended
         if failure:
             raise failure[0]
 

@@ -1,0 +1,121 @@
+"""Cancellation by token and by cancel scope: prompt stop, clean state, correct next run."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+import anyio
+import pytest
+
+from oxillama_py import AsyncEngine, CancellationToken, Engine, GenerationCancelled
+
+pytestmark = pytest.mark.anyio
+
+PROMPT = "Count: 1, 2, 3,"
+
+
+async def test_token_from_another_thread_stops_within_a_step(aengine: AsyncEngine) -> None:
+    token = CancellationToken()
+    seen: list[tuple[int, float]] = []
+    cancelled_at: list[float] = []
+
+    def on_token(piece: str, token_id: int, is_final: bool) -> None:
+        seen.append((token_id, time.perf_counter()))
+        if len(seen) == 8:
+
+            def cancel() -> None:
+                cancelled_at.append(time.perf_counter())
+                token.cancel()
+
+            threading.Thread(target=cancel).start()
+
+    with pytest.raises(GenerationCancelled):
+        await aengine.generate_streaming(PROMPT, 200, on_token, temperature=0, cancel_token=token)
+    assert token.is_cancelled()
+    # One decode step is ~20 ms here; the worker checks the token before every step.
+    after = [t for _, t in seen if t > cancelled_at[0]]
+    assert len(after) <= 2, f"{len(after)} tokens arrived after cancel()"
+    assert len(seen) < 20
+    # The engine is reusable and correct afterwards.
+    assert (await aengine.generate(PROMPT, 8, temperature=0)).startswith(" 4, 5, 6")
+
+
+async def test_already_cancelled_token_raises_before_decoding(aengine: AsyncEngine) -> None:
+    token = CancellationToken()
+    token.cancel()
+    with pytest.raises(GenerationCancelled):
+        await aengine.generate(PROMPT, 50, temperature=0, cancel_token=token)
+    token.reset()
+    assert not token.is_cancelled()
+    assert (await aengine.generate(PROMPT, 6, temperature=0, cancel_token=token)).startswith(" 4, 5")
+
+
+async def test_cancel_scope_stops_generation(aengine: AsyncEngine) -> None:
+    pieces: list[str] = []
+    after_cancel: list[str] = []
+
+    with anyio.CancelScope() as scope:
+
+        def on_piece(piece: str) -> None:
+            (after_cancel if scope.cancel_called else pieces).append(piece)
+            if len(pieces) == 5:
+                scope.cancel()
+
+        await aengine.generate_streaming(PROMPT, 400, on_piece, temperature=0)
+    assert scope.cancelled_caught
+    # Only what the step in flight had already published may still arrive.
+    assert len(after_cancel) <= 1
+    assert len(pieces) == 5
+    await anyio.sleep(0.2)
+    assert len(pieces) + len(after_cancel) <= 6, "the callback outlived its generate call"
+    assert (await aengine.generate(PROMPT, 8, temperature=0)).startswith(" 4, 5, 6")
+
+
+async def test_move_on_after_returns_promptly(aengine: AsyncEngine) -> None:
+    with anyio.move_on_after(0.5) as scope:
+        await aengine.generate(PROMPT, 400, temperature=0)
+    assert scope.cancelled_caught
+    assert anyio.current_time() - scope.deadline < 2.0  # 400 tokens would take ~8 s
+
+
+async def test_fail_after_raises_timeout(aengine: AsyncEngine) -> None:
+    with pytest.raises(TimeoutError):
+        with anyio.fail_after(0.3):
+            await aengine.generate(PROMPT, 400, temperature=0)
+    assert (await aengine.generate(PROMPT, 8, temperature=0)).startswith(" 4, 5, 6")
+
+
+async def test_task_group_cancel_and_closing_a_stream(aengine: AsyncEngine) -> None:
+    async with anyio.create_task_group() as group:
+        group.start_soon(aengine.generate, PROMPT, 400)
+        await anyio.sleep(0.3)
+        group.cancel_scope.cancel()
+    got: list[str] = []
+    async with contextlib.aclosing(aengine.stream(PROMPT, 400, temperature=0)) as pieces:
+        async for piece in pieces:
+            got.append(piece)
+            if len(got) == 3:
+                break
+    assert len(got) == 3
+    assert (await aengine.generate(PROMPT, 8, temperature=0)).startswith(" 4, 5, 6")
+
+
+def test_sync_engine_cancelled_from_another_thread(engine: Engine) -> None:
+    token = CancellationToken()
+    timer = threading.Timer(0.3, token.cancel)
+    timer.start()
+    start = time.perf_counter()
+    with pytest.raises(GenerationCancelled):
+        engine.generate(PROMPT, 400, temperature=0, cancel_token=token)
+    assert time.perf_counter() - start < 3.0  # 400 tokens would take ~8 s
+    assert engine.generate(PROMPT, 8, temperature=0).startswith(" 4, 5, 6")
+
+
+def test_sync_stream_closed_early(engine: Engine) -> None:
+    stream = engine.stream(PROMPT, 400, temperature=0)
+    first = [next(stream) for _ in range(3)]
+    stream.close()
+    assert "".join(first).startswith(" 4")
+    assert engine.generate(PROMPT, 8, temperature=0).startswith(" 4, 5, 6")
