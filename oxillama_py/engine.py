@@ -13,8 +13,9 @@ import math
 import queue
 import random
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,11 +165,14 @@ class AsyncEngine:
 
     async def aclose(self) -> None:
         """Stop the decode thread and free llama.cpp; generations still running fail."""
-        with self._load_lock:
+        await anyio.to_thread.run_sync(self._close_blocking)
+
+    def _close_blocking(self) -> None:
+        with self._load_lock:  # waits for a load in progress, off the event loop
             self._closed = True
             worker, self._worker = self._worker, None
         if worker is not None:
-            await anyio.to_thread.run_sync(worker.close)
+            worker.close()
 
     async def __aenter__(self) -> AsyncEngine:
         await self.load_model()
@@ -406,6 +410,8 @@ class Engine:
         self._stack = ExitStack()
         self._portal: BlockingPortal = self._stack.enter_context(start_blocking_portal(backend, backend_options))
         self._closed = False
+        # An Engine nobody closed would keep its loop thread alive and hang interpreter exit.
+        _close_at_exit(self)
 
     def _make_async(self, config: EngineConfig | None) -> AsyncEngine:
         return AsyncEngine(config)
@@ -425,7 +431,10 @@ class Engine:
         try:
             return future.result()
         except BaseException:
-            future.cancel()  # e.g. KeyboardInterrupt in the calling thread: stop the generation
+            # e.g. KeyboardInterrupt in the calling thread: stop the generation, and return
+            # only once it has ended, so no display or callback outlives this call.
+            future.cancel()
+            wait([future])
             raise
 
     def load_model(self) -> None:
@@ -463,9 +472,12 @@ class Engine:
         """Yield text pieces as they are decoded; closing the iterator cancels the generation."""
         pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
 
+        def put(piece: str) -> None:  # one parameter: the piece-per-call callback shape
+            pieces.put(piece)
+
         async def run() -> str:
             try:
-                return await self._async.generate_streaming(prompt, max_tokens, pieces.put, **options)
+                return await self._async.generate_streaming(prompt, max_tokens, put, **options)
             finally:
                 pieces.put(None)
 
@@ -514,3 +526,28 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _close_at_exit(engine: Engine) -> None:
+    """Close ``engine`` when the interpreter exits, before thread pools are joined.
+
+    ``threading._register_atexit`` hooks run before the executor threads (one of
+    which runs the portal's loop) are joined; plain ``atexit`` would run too late.
+    Only a weak reference is held, so an engine can still be garbage-collected.
+    """
+    ref = weakref.ref(engine)
+
+    def close() -> None:
+        alive = ref()
+        if alive is not None:
+            with suppress(Exception):
+                alive.close()
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover - CPython has had it since 3.9
+        import atexit
+
+        atexit.register(close)
+    else:
+        with suppress(RuntimeError):  # already shutting down
+            register(close)

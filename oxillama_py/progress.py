@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .bus.events import Event, Finished, Step
+from .bus.events import Event, Finished, Step, TokenEvent
 from .bus.subscriber import Outcome, Subscriber
 
 __all__ = [
@@ -117,6 +117,9 @@ class _TqdmAdapter:
             self._bar.update(delta)
 
     def finalise(self, status: str, error: BaseException | None) -> None:
+        bar: Any = self._bar
+        if status == "success" and isinstance(getattr(bar, "total", None), (int, float)) and bar.n < bar.total:
+            bar.total = bar.n  # ended early but well (stop string, end of text): a full bar, not a failed one
         if status == "error":
             self._postfix(f"error: {type(error).__name__}: {error}" if error is not None else "error")
         elif status == "cancelled":
@@ -233,6 +236,11 @@ class ThrottleGate:
             return True
         return now - self._last_time >= self.interval or count - self._last_count >= self.tokens
 
+    @property
+    def unthrottled(self) -> bool:
+        """With no time gate, every token opens the gate: coalescing would drop events."""
+        return self.interval == 0.0
+
     def mark(self, now: float, count: int) -> None:
         self._last_time = now
         self._last_count = count
@@ -279,7 +287,13 @@ class ProgressSubscriber(Subscriber):
                     break
             for event in drained:
                 if isinstance(event, Step):
-                    self._absorb(event)
+                    if self._gate.unthrottled:  # every token asked for: one event each
+                        for token in event.tokens:
+                            self._absorb((token,))
+                            self._gate.mark(token.time, self._count)
+                            self._fire(self._clock(), final=False)
+                    else:
+                        self._absorb(event.tokens)
                 else:
                     self._absorb_end(event)
                     remaining -= 1
@@ -288,8 +302,7 @@ class ProgressSubscriber(Subscriber):
                 self._gate.mark(now, self._count)
                 self._fire(now, final=False)
 
-    def _absorb(self, step: Step) -> None:
-        tokens = step.tokens
+    def _absorb(self, tokens: tuple[TokenEvent, ...]) -> None:
         self._count += len(tokens)
         if self._first is None:
             self._first = tokens[0].time
@@ -309,10 +322,9 @@ class ProgressSubscriber(Subscriber):
         if count >= 2 and self._first is not None and self._latest is not None:
             if final:
                 eta = 0.0
-            else:
-                span = self._latest - self._first
-                rate = (count - 1) / span if span > 0 else math.inf
-                eta = max(0.0, (self._total - count) / rate) if rate > 0 else None
+            elif self._latest > self._first:  # tokens of one decode step share a time: no rate yet
+                rate = (count - 1) / (self._latest - self._first)
+                eta = max(0.0, (self._total - count) / rate)
         text = "".join("".join(p) for p in self._pieces) if self._capture else ""
         return ProgressEvent(
             tokens_generated=count,

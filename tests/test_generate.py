@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from oxillama_py import AsyncEngine, CompletionResult, Engine, EngineConfig
@@ -56,7 +57,7 @@ async def test_async_streaming_callback_is_awaited(aengine: AsyncEngine) -> None
     seen: list[str] = []
 
     async def callback(piece: str) -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         seen.append(piece)
 
     text = await aengine.generate_streaming("Count: 1, 2, 3,", 16, callback, temperature=0)
