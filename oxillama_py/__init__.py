@@ -24,7 +24,8 @@ from .errors import (
     TokenizerError,
 )
 from .progress import ProgressEvent, make_progress_adapter
-from .results import CompletionResult, SpeculativeStats, Timings
+from .results import CompletionResult, SpeculativeStats, Timings, VerifyStep
+from .speculative import AsyncSpeculativeEngine, SpeculativeEngine
 
 __version__ = "0.2.0"
 
@@ -32,6 +33,7 @@ logging.getLogger("oxillama_py").addHandler(logging.NullHandler())
 
 __all__ = [
     "AsyncEngine",
+    "AsyncSpeculativeEngine",
     "CancellationToken",
     "CollectTokens",
     "CompletionResult",
@@ -46,10 +48,12 @@ __all__ = [
     "PromptLookup",
     "SamplerConfig",
     "SpeculativeConfig",
+    "SpeculativeEngine",
     "SpeculativeStats",
     "Timings",
     "TokenizerError",
     "TqdmProgress",
+    "VerifyStep",
     "make_progress_adapter",
     "__version__",
 ]

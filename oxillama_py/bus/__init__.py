@@ -4,9 +4,20 @@ The decode worker publishes a request's events to that request's sinks; each
 subscriber is a task in the generation's task group reading its own stream.
 """
 
-from .events import Event, Finished, FinishReason, Step, TokenEvent
+from .events import Event, Finished, FinishReason, SpeculativeStats, Step, TokenEvent, VerifyStep
 from .generation import Generation
 from .request import Request
 from .subscriber import Subscriber
 
-__all__ = ["Event", "Finished", "FinishReason", "Generation", "Request", "Step", "Subscriber", "TokenEvent"]
+__all__ = [
+    "Event",
+    "Finished",
+    "FinishReason",
+    "Generation",
+    "Request",
+    "SpeculativeStats",
+    "Step",
+    "Subscriber",
+    "TokenEvent",
+    "VerifyStep",
+]

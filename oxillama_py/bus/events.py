@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["TokenEvent", "Step", "Finished", "FinishReason", "Event", "SpeculativeStats"]
+__all__ = ["TokenEvent", "Step", "Finished", "FinishReason", "Event", "SpeculativeStats", "VerifyStep"]
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -30,13 +30,38 @@ class Step:
 
 
 @dataclass(frozen=True, slots=True)
+class VerifyStep:
+    """One target decode of a speculative generation, recorded when ``SpeculativeConfig.trace`` is on.
+
+    Enough to replay the decode and check the verdict independently: the batch
+    starts at KV position ``start``; ``choices[i]`` is the target's token for the
+    row that follows ``batch[len(batch) - len(drafted) - 1 + i]``; the first
+    ``accepted`` drafts were kept and ``emitted`` published. A prefill chunk has
+    no drafts and emits nothing.
+    """
+
+    start: int
+    batch: tuple[int, ...]
+    drafted: tuple[int, ...]
+    choices: tuple[int, ...]
+    accepted: int
+    emitted: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SpeculativeStats:
     """Speculative-decoding counters of one generation."""
 
     drafted: int = 0
+    """Draft tokens proposed to the target."""
     accepted: int = 0
+    """Draft tokens the target accepted."""
     target_calls: int = 0
+    """Target ``llama_decode`` calls, prompt prefill included."""
     emitted: int = 0
+    """Tokens generated (accepted drafts plus one target token per verification)."""
+    steps: tuple[VerifyStep, ...] = ()
+    """The per-decode trace, when ``SpeculativeConfig(trace=True)``; empty otherwise."""
 
     @property
     def acceptance_rate(self) -> float:

@@ -120,7 +120,7 @@ class DecodeWorker:
     def _serve(self) -> None:
         self._waiting: deque[tuple[Request, float]] = deque()
         self._active: list[Sequence] = []
-        self._free = list(range(self.config.max_concurrency))
+        self._free = list(range(self.n_slots))
         while True:
             if not self._intake(block=not self._active and not self._waiting):
                 self._fail_all(GenerateError("the engine was closed during the generation"))
@@ -165,12 +165,21 @@ class DecodeWorker:
             request, submitted = self._waiting.popleft()
             slot = self._free.pop(0)
             try:
-                seq = Sequence(request, slot, self.model, submitted, time.perf_counter())
+                seq = self._new_sequence(request, slot, submitted)
             except Exception as exc:
                 self._free.insert(0, slot)
                 _end_unstarted(request, submitted, "error", exc)
                 continue
             self._active.append(seq)
+
+    @property
+    def n_slots(self) -> int:
+        """Sequences decoded together: each holds a ``seq_id`` of the context."""
+        return self.config.max_concurrency
+
+    def _new_sequence(self, request: Request, slot: int, submitted: float) -> Sequence:
+        assert self.model is not None
+        return Sequence(request, slot, self.model, submitted, time.perf_counter())
 
     def _guarded_step(self) -> None:
         try:

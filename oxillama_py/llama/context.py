@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import llama_cpp
+import numpy as np
+import numpy.typing as npt
 
 from ..errors import GenerateError, KvCacheFullError, LoadError
 from .model import Model
@@ -83,6 +85,11 @@ class Context:
         """The logits row of batch entry ``index`` (a ctypes float array, valid until the next decode)."""
         ptr = llama_cpp.llama_get_logits_ith(self.ptr, index)
         return ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float * self._n_vocab)).contents
+
+    def logits_array(self, index: int) -> npt.NDArray[np.float32]:
+        """Batch entry ``index``'s logits as a numpy view (valid until the next decode)."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ptr, index)
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
 
     def remove(self, seq_id: int, start: int = -1, end: int = -1) -> None:
         """Free the KV cells of ``seq_id`` at positions ``[start, end)`` (all by default)."""

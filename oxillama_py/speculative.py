@@ -1,0 +1,76 @@
+"""``SpeculativeEngine`` and ``AsyncSpeculativeEngine``: the engines, with speculative decoding.
+
+They are :class:`~oxillama_py.AsyncEngine` and :class:`~oxillama_py.Engine`
+with another decode worker (:mod:`oxillama_py.decode.speculative`): the same
+methods, the same bus, the same progress contract. Each result carries its
+draft statistics in ``result.speculative``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .config import SpeculativeConfig
+from .decode import DecodeWorker
+from .decode.speculative import SpeculativeWorker
+from .engine import AsyncEngine, Backend, Engine, GenerateOptions
+
+__all__ = ["AsyncSpeculativeEngine", "SpeculativeEngine"]
+
+
+class AsyncSpeculativeEngine(AsyncEngine):
+    """An :class:`AsyncEngine` whose worker drafts tokens and verifies them in one target decode.
+
+    Greedy output is the target's own choice at every token; sampled output
+    follows the target's distribution (speculative sampling). Requests are
+    decoded one at a time, in arrival order. Mirostat is not supported.
+    """
+
+    def __init__(self, config: SpeculativeConfig) -> None:
+        if not isinstance(config, SpeculativeConfig):
+            raise TypeError(f"config must be a SpeculativeConfig, got {type(config).__name__}")
+        target = config.target
+        seed = target.seed if target.seed is not None else config.seed
+        super().__init__(replace(target, max_concurrency=1, seed=seed))
+        self.speculative_config = config
+
+    def _make_worker(self, path: Path) -> DecodeWorker:
+        return SpeculativeWorker(self.speculative_config, path)
+
+    def _check_options(self, opts: GenerateOptions) -> None:
+        if opts.sampler.mirostat:
+            raise ValueError("SpeculativeEngine does not support mirostat sampling; use temperature/top-k/top-p")
+
+    def _context_budget(self) -> int:
+        # Drafts occupy cells beyond the accepted text until they are verified.
+        return self.config.n_ctx - self.speculative_config.num_speculative - 1
+
+    def _budget_reason(self) -> str:
+        return f"n_ctx={self.config.n_ctx} less room for {self.speculative_config.num_speculative} draft tokens"
+
+
+class SpeculativeEngine(Engine):
+    """The blocking facade over :class:`AsyncSpeculativeEngine`, like :class:`Engine` over :class:`AsyncEngine`."""
+
+    def __init__(
+        self,
+        config: SpeculativeConfig,
+        *,
+        backend: Backend = "asyncio",
+        backend_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._speculative_config = config
+        super().__init__(None, backend=backend, backend_options=backend_options)
+
+    def _make_async(self, config: object) -> AsyncEngine:
+        return AsyncSpeculativeEngine(self._speculative_config)
+
+    def async_engine(self) -> AsyncSpeculativeEngine:
+        engine = super().async_engine()
+        assert isinstance(engine, AsyncSpeculativeEngine)
+        return engine
+
+    def __enter__(self) -> SpeculativeEngine:
+        return self
