@@ -48,7 +48,14 @@ def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_every_example_is_tested() -> None:
     scripts = {p.name for p in EXAMPLES.glob("*.py")}
-    covered = {"progress_tqdm.py", "progress_callback.py", "batch_prompts.py", "trio_app.py", "web_backend.py"}
+    covered = {
+        "progress_tqdm.py",
+        "progress_callback.py",
+        "batch_prompts.py",
+        "trio_app.py",
+        "web_backend.py",
+        "speculative.py",
+    }
     assert scripts <= covered, f"untested examples: {sorted(scripts - covered)}"
     for path in EXAMPLES.glob("*.py"):
         source = path.read_text(encoding="utf-8")
@@ -89,6 +96,13 @@ def test_batch_prompts() -> None:
     assert all(f"--- #{i}\n" in out for i in range(6)), out
     assert "=== 6 completions" in out
     assert re.search(r"6 prompts:.*\|\s*\d+/36 \[", proc.stderr), proc.stderr
+
+
+def test_speculative() -> None:
+    proc = run_example("speculative.py", "--max-tokens", "24", "--compare")
+    assert "quick brown fox" in proc.stdout
+    assert "[speculative] 24 tokens" in proc.stdout
+    assert "the texts are identical" in proc.stdout
 
 
 def test_trio_app() -> None:
