@@ -66,8 +66,15 @@ class Reference:
         from llama_cpp import Llama
 
         self.llm = Llama(str(model_path), n_ctx=2048, verbose=False, seed=0)
+        self._cache: dict[tuple[str, int], str] = {}
 
     def complete(self, prompt: str, max_tokens: int) -> str:
+        key = (prompt, max_tokens)
+        if key not in self._cache:
+            self._cache[key] = self._complete(prompt, max_tokens)
+        return self._cache[key]
+
+    def _complete(self, prompt: str, max_tokens: int) -> str:
         # A reused Llama decodes only the unseen suffix of a prompt, which changes the
         # floating-point path; reset so every reference run decodes the whole prompt.
         self.llm.reset()
