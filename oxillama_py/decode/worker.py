@@ -220,7 +220,7 @@ class DecodeWorker:
         now = time.perf_counter()
         for seq, index in sampled:
             try:
-                event = seq.advance(seq.sampler.sample(ctx.ptr, index), now)
+                event = seq.advance(seq.pick(ctx, index), now)
             except Exception as exc:
                 self._retire(seq, "error", exc)
                 continue
