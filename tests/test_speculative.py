@@ -221,13 +221,13 @@ def _same_distribution(a: Counter[int], b: Counter[int]) -> float:
 
 def test_speculative_sampling_matches_plain_sampling(model_path: Path, engine: Engine, monkeypatch) -> None:
     n = 300
-    sampling = {"temperature": 1.5, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+    sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
     config = SpeculativeConfig(EngineConfig(model_path, n_ctx=1024), PromptLookup(), num_speculative=1, trace=True)
     with SpeculativeEngine(config) as spec:
         probe = spec.complete(RGB, 2, seed=0, **sampling)
-        assert probe.speculative is not None and probe.speculative.steps[-1].drafted  # the first token is drafted
-        drafted = probe.speculative.steps[-1].drafted[0]
-        speculative = _first_tokens(lambda s: spec.complete(RGB, 2, seed=s, **sampling), n)
+        assert probe.speculative is not None and probe.speculative.steps[0].drafted  # the first token is drafted
+        drafted = probe.speculative.steps[0].drafted[0]
+        speculative = _first_tokens(lambda s: spec.complete(RGB, 2, seed=1000 + s, **sampling), n)
         plain = _first_tokens(lambda s: engine.complete(RGB, 1, seed=10_000 + s, **sampling), n)
         assert 0.2 < plain[drafted] / n < 0.9, plain  # the draft is neither certain nor hopeless
         assert _same_distribution(speculative, plain) > 0.001, (speculative, plain)
@@ -242,7 +242,7 @@ def test_speculative_sampling_matches_plain_sampling(model_path: Path, engine: E
             return sample_from(p, seq.rng)
 
         monkeypatch.setattr(module.SpeculativeWorker, "_sample_row", staticmethod(wrong))
-        biased = _first_tokens(lambda s: spec.complete(RGB, 2, seed=s, **sampling), n)
+        biased = _first_tokens(lambda s: spec.complete(RGB, 2, seed=1000 + s, **sampling), n)
         assert _same_distribution(biased, plain) < 0.001, (biased, plain)
 
 
