@@ -63,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 from tqdm import tqdm
 
-                with tqdm(desc="Generating", unit="tok", file=sys.stderr, dynamic_ncols=True) as bar:
+                with tqdm(
+                    desc="Generating", total=args.max_tokens, unit="tok", file=sys.stderr, dynamic_ncols=True
+                ) as bar:
                     text = engine.generate(args.prompt, args.max_tokens, progress=bar)
     except (OxiLlamaError, ValueError, TypeError) as exc:
         if isinstance(exc, GenerationCancelled):

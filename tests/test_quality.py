@@ -59,3 +59,19 @@ def test_sphinx_docs_build_without_warnings(tmp_path: Path) -> None:
         "docs",
         str(tmp_path / "html"),
     )
+
+
+def test_readme_and_docs_quote_the_committed_benchmark_results() -> None:
+    """The figures in README.md and docs/ are rendered from benchmarks/results/*.json, not typed in."""
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/figures.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "_TBD_" not in readme
+    assert "benchmarks/results/batching.png" in readme

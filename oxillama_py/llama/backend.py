@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
+import os
 import threading
+from pathlib import Path
 
 import llama_cpp
 
-__all__ = ["ensure_backend"]
+__all__ = ["ensure_backend", "use_extra_buffers"]
 
 _log = logging.getLogger("oxillama_py.llama")
 _lock = threading.Lock()
@@ -37,3 +40,44 @@ def ensure_backend() -> None:
         llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
         _ready = True
+
+
+EXTRA_BUFFERS_ENV = "OXILLAMA_PY_EXTRA_BUFFERS"
+
+
+@functools.cache
+def use_extra_buffers() -> bool:
+    """Whether models may use llama.cpp's CPU "extra" buffer types (AMX, repacked weights).
+
+    A llama-cpp-python built natively on an AMX machine carries ggml's AMX
+    kernels, and on some AMX machines they die with a general-protection fault
+    (SIGSEGV in ``ggml_backend_amx_mul_mat``), taking the process with them.
+    They are only reached through the extra buffer types, so those are turned
+    off when the build has AMX and the CPU offers it; nothing else changes.
+    ``OXILLAMA_PY_EXTRA_BUFFERS=1`` or ``0`` overrides the guess.
+    """
+    forced = os.environ.get(EXTRA_BUFFERS_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
+    if not amx_in_build(info) or not cpu_has_amx():
+        return True
+    _log.warning(
+        "llama.cpp was built with AMX kernels, which crash on some AMX CPUs: loading models without "
+        "llama.cpp's extra CPU buffer types (set %s=1 to keep them)",
+        EXTRA_BUFFERS_ENV,
+    )
+    return False
+
+
+def amx_in_build(system_info: str) -> bool:
+    return "AMX_INT8 = 1" in system_info
+
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """AMX in the CPU flags; ``True`` when they cannot be read (assume the worst)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+    return any(line.startswith("flags") and "amx_int8" in line.split() for line in text.splitlines())

@@ -9,7 +9,7 @@ import llama_cpp
 
 from ..config import DEFAULT_MODEL_PACKAGE
 from ..errors import LoadError, TokenizerError
-from .backend import ensure_backend
+from .backend import ensure_backend, use_extra_buffers
 
 __all__ = ["Model", "default_model_path", "check_gguf_file"]
 
@@ -54,6 +54,8 @@ class Model:
         ensure_backend()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = 0
+        if hasattr(params, "use_extra_bufts"):
+            params.use_extra_bufts = use_extra_buffers()
         ptr = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), params)
         if not ptr:
             raise LoadError(f"llama.cpp could not load the model (truncated or corrupt GGUF?): {path}")

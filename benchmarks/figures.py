@@ -1,0 +1,234 @@
+"""Write the measured figures from ``results/*.json`` into the README and the docs.
+
+The README and ``docs/`` quote the benchmarks; quoting them by hand goes stale
+the first time a benchmark is re-run. This script renders the blocks between
+the ``FIGURES`` markers from the committed JSON, and ``--check`` (run by the
+test suite) fails when a block no longer matches its JSON.
+
+    python benchmarks/figures.py           # rewrite the blocks
+    python benchmarks/figures.py --check   # exit 1 if any block is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+
+
+def _load(name: str, results: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((results / f"{name}.json").read_text(encoding="utf-8"))
+    return data
+
+
+def _f(value: float, digits: int = 1) -> str:
+    return f"{value:.{digits}f}"
+
+
+def _machine(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    return f"{m['cpu_count']} CPU cores, {m['threads']} llama.cpp threads, llama-cpp-python {m['llama_cpp_python']}"
+
+
+def _rows_md(rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join(" --- " for _ in rows[0]) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return out
+
+
+def _rows_rst(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    rule = "  ".join("=" * w for w in widths)
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+
+    return [rule, line(rows[0]), rule, *(line(r) for r in rows[1:]), rule]
+
+
+def overhead_rows(d: dict[str, Any]) -> list[list[str]]:
+    res = d["results"]
+    rows = [["progress attached", "raw tok/s", "oxillama_py tok/s", "ratio", "target"]]
+    raw = res["raw"]["tok_per_sec"]["median"]
+    for name, label in (("none", "none"), ("tqdm", "tqdm"), ("widget", "ipywidgets"), ("callable", "callable")):
+        r = res[name]
+        rows.append([label, _f(raw), _f(r["tok_per_sec"]["median"]), _f(r["ratio_vs_raw"], 2), f">= {r['target']}"])
+    return rows
+
+
+def batching_rows(d: dict[str, Any]) -> list[list[str]]:
+    res, ratios = d["results"], d["ratios"]
+    rows = [
+        [
+            "concurrent requests",
+            "raw sequential",
+            "raw batched loop",
+            "engine (8 slots)",
+            "engine (16 slots)",
+            "engine(8) / sequential",
+            "engine(8) / batched",
+        ]
+    ]
+    for level in d["levels"]:
+        k = str(level)
+        rows.append(
+            [
+                k,
+                _f(res["raw_sequential"][k]["tok_per_sec"]["median"]),
+                _f(res["raw_batched"][k]["tok_per_sec"]["median"]),
+                _f(res["engine8_batch"][k]["tok_per_sec"]["median"]),
+                _f(res["engine16_batch"][k]["tok_per_sec"]["median"]),
+                _f(ratios["engine8_batch"][k]["vs_raw_sequential"], 2),
+                _f(ratios["engine8_batch"][k]["vs_raw_batched"], 2),
+            ]
+        )
+    return rows
+
+
+def speculative_rows(d: dict[str, Any]) -> list[list[str]]:
+    tps = d["median_tok_per_sec"]
+    rows = [["task", "plain Engine", "SpeculativeEngine + PromptLookup", "llama-cpp-python prompt lookup", "raw plain"]]
+    for task in ("copying", "free"):
+        t = tps[task]
+        rows.append([task, _f(t["plain"]), _f(t["lookup"]), _f(t["raw_lookup"]), _f(t["raw_plain"])])
+    return rows
+
+
+def _same_text(s: dict[str, Any]) -> str:
+    differ = [f"{c} on {task}" for task, by in s["same_text_as_plain"].items() for c, same in by.items() if not same]
+    if not differ:
+        return "every contender's text equal to plain decoding's"
+    return "texts differing from plain decoding's: " + ", ".join(differ)
+
+
+def _check_line(checks: dict[str, Any]) -> str:
+    parts = [
+        f"{name} {c['value']:.2f} (target {'<' if 'below' in c else '>='} {c['target']}: {c['verdict']})"
+        for name, c in checks.items()
+    ]
+    return "; ".join(parts)
+
+
+def readme_block(results: Path) -> list[str]:
+    o, b, s = (_load(n, results) for n in ("overhead", "batching", "speculative"))
+    lag = b["checks"]["p99_loop_lag_ms_8"]["value"]
+    lines = [
+        f"Gemma 3 270M Q4_K_M, greedy, {_machine(o)}; medians of interleaved rounds "
+        "(tokens per second; ratio = oxillama_py / raw llama-cpp-python).",
+        "",
+        f"**One request** ([`overhead.py`](benchmarks/overhead.py), {o['max_tokens']} tokens, {o['rounds']} rounds):",
+        "",
+        *_rows_md(overhead_rows(o)),
+        "",
+        f"**Concurrent requests** ([`batching.py`](benchmarks/batching.py), {b['max_tokens']} tokens each, "
+        f"aggregate tok/s; event-loop p99 lag with 8 requests: {lag:.1f} ms, target < 10 ms):",
+        "",
+        *_rows_md(batching_rows(b)),
+        "",
+        "With 16 requests the default 8 slots decode 8 at a time and queue the rest; `max_concurrency=16` "
+        "decodes all 16 together. Checks: " + _check_line(b["checks"]) + ".",
+        "",
+        "![aggregate throughput against concurrency](benchmarks/results/batching.png)",
+        "",
+        f"**Speculative decoding** ([`speculative.py`](benchmarks/speculative.py), {s['max_tokens']} tokens, "
+        f"tok/s; {_same_text(s)}):",
+        "",
+        *_rows_md(speculative_rows(s)),
+        "",
+        "Checks: " + _check_line(s["targets"]) + ".",
+        "",
+        "![speculative decoding](benchmarks/results/speculative.png)",
+    ]
+    return lines
+
+
+def batching_rst(results: Path) -> list[str]:
+    b = _load("batching", results)
+    lag = b["checks"]["p99_loop_lag_ms_8"]["value"]
+    return [
+        f"Aggregate tokens per second from ``benchmarks/batching.py`` (Gemma 3 270M Q4_K_M, greedy, "
+        f"{b['max_tokens']} tokens per request, {_machine(b)}, median of {b['rounds']} interleaved rounds). "
+        "*raw sequential* is llama-cpp-python's ``create_completion`` one prompt after another; *raw batched "
+        "loop* is a minimal low-level llama.cpp loop decoding all sequences together, the ceiling. With "
+        "16 requests and the default 8 slots, half of them queue; ``max_concurrency=16`` decodes them all "
+        f"at once. The event loop's p99 lag with 8 requests was {lag:.1f} ms. Checks: {_check_line(b['checks'])}.",
+        "",
+        *_rows_rst(batching_rows(b)),
+        "",
+        ".. image:: ../benchmarks/results/batching.png",
+        "   :alt: aggregate tokens per second against concurrent requests",
+    ]
+
+
+def speculative_rst(results: Path) -> list[str]:
+    s = _load("speculative", results)
+    return [
+        f"Tokens per second from ``benchmarks/speculative.py`` (Gemma 3 270M Q4_K_M, greedy, "
+        f"{s['max_tokens']} tokens, {_machine(s)}, median of {s['rounds']} interleaved rounds), on a "
+        "copying task (repeat a given passage) and on free-form text. *llama-cpp-python prompt lookup* is "
+        f"``Llama(draft_model=LlamaPromptLookupDecoding(...))``; {_same_text(s)}.",
+        "",
+        *_rows_rst(speculative_rows(s)),
+        "",
+        "Checks: " + _check_line(s["targets"]) + ".",
+        "",
+        ".. image:: ../benchmarks/results/speculative.png",
+        "   :alt: tokens per second of plain and speculative decoding",
+    ]
+
+
+# (file, start marker, end marker, renderer)
+TARGETS: list[tuple[Path, str, str, Callable[[Path], list[str]]]] = [
+    (ROOT / "README.md", "<!-- FIGURES -->", "<!-- /FIGURES -->", readme_block),
+    (ROOT / "docs" / "batching.rst", ".. FIGURES", ".. /FIGURES", batching_rst),
+    (ROOT / "docs" / "speculative.rst", ".. FIGURES", ".. /FIGURES", speculative_rst),
+]
+
+
+def render(text: str, start: str, end: str, block: list[str]) -> str:
+    pattern = re.compile(re.escape(start) + r"\n.*?" + re.escape(end), re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"markers {start!r} ... {end!r} not found")
+    replacement = "\n".join([start, "", *block, "", end])
+    return pattern.sub(lambda _: replacement, text, count=1)
+
+
+def stale(results: Path = RESULTS) -> list[Path]:
+    """The files whose figures block differs from what the JSON says."""
+    out = []
+    for path, start, end, renderer in TARGETS:
+        text = path.read_text(encoding="utf-8")
+        if render(text, start, end, renderer(results)) != text:
+            out.append(path)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0] if __doc__ else None)
+    parser.add_argument("--check", action="store_true", help="only report stale blocks; exit 1 if any")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder holding the benchmark JSON")
+    args = parser.parse_args()
+    if args.check:
+        bad = stale(args.results)
+        for path in bad:
+            print(f"stale figures: {path.relative_to(ROOT)} (run python benchmarks/figures.py)")
+        return 1 if bad else 0
+    for path, start, end, renderer in TARGETS:
+        text = path.read_text(encoding="utf-8")
+        new = render(text, start, end, renderer(args.results))
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            print(f"updated {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
