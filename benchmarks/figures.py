@@ -201,14 +201,18 @@ def render(text: str, start: str, end: str, block: list[str]) -> str:
     return pattern.sub(lambda _: replacement, text, count=1)
 
 
-def stale(results: Path = RESULTS) -> list[Path]:
-    """The files whose figures block differs from what the JSON says."""
+def rendered(results: Path = RESULTS) -> list[tuple[Path, str, str]]:
+    """Each target file with its current text and the text its JSON calls for."""
     out = []
     for path, start, end, renderer in TARGETS:
         text = path.read_text(encoding="utf-8")
-        if render(text, start, end, renderer(results)) != text:
-            out.append(path)
+        out.append((path, text, render(text, start, end, renderer(results))))
     return out
+
+
+def stale(results: Path = RESULTS) -> list[Path]:
+    """The files whose figures block differs from what the JSON says."""
+    return [path for path, text, new in rendered(results) if new != text]
 
 
 def main() -> int:
@@ -221,9 +225,7 @@ def main() -> int:
         for path in bad:
             print(f"stale figures: {path.relative_to(ROOT)} (run python benchmarks/figures.py)")
         return 1 if bad else 0
-    for path, start, end, renderer in TARGETS:
-        text = path.read_text(encoding="utf-8")
-        new = render(text, start, end, renderer(args.results))
+    for path, text, new in rendered(args.results):
         if new != text:
             path.write_text(new, encoding="utf-8")
             print(f"updated {path.relative_to(ROOT)}")
