@@ -95,10 +95,22 @@ def batching_rows(d: dict[str, Any]) -> list[list[str]]:
 
 def speculative_rows(d: dict[str, Any]) -> list[list[str]]:
     tps = d["median_tok_per_sec"]
-    rows = [["task", "plain Engine", "SpeculativeEngine + PromptLookup", "llama-cpp-python prompt lookup", "raw plain"]]
+    accepted = d["lookup_acceptance_rate"]
+    rows = [
+        [
+            "task",
+            "plain Engine",
+            "SpeculativeEngine + PromptLookup",
+            "its acceptance rate",
+            "llama-cpp-python prompt lookup",
+            "raw plain",
+        ]
+    ]
     for task in ("copying", "free"):
         t = tps[task]
-        rows.append([task, _f(t["plain"]), _f(t["lookup"]), _f(t["raw_lookup"]), _f(t["raw_plain"])])
+        rows.append(
+            [task, _f(t["plain"]), _f(t["lookup"]), _f(accepted[task], 2), _f(t["raw_lookup"]), _f(t["raw_plain"])]
+        )
     return rows
 
 
@@ -106,7 +118,10 @@ def _same_text(s: dict[str, Any]) -> str:
     differ = [f"{c} on {task}" for task, by in s["same_text_as_plain"].items() for c, same in by.items() if not same]
     if not differ:
         return "every contender's text equal to plain decoding's"
-    return "texts differing from plain decoding's: " + ", ".join(differ)
+    return (
+        "texts differing from plain decoding's: " + ", ".join(differ) + " (verifying a draft is a multi-token "
+        "llama_decode, whose logits differ slightly from a single-token one; see docs/speculative.rst)"
+    )
 
 
 def _check_line(checks: dict[str, Any]) -> str:
@@ -173,7 +188,9 @@ def speculative_rst(results: Path) -> list[str]:
     return [
         f"Tokens per second from ``benchmarks/speculative.py`` (Gemma 3 270M Q4_K_M, greedy, "
         f"{s['max_tokens']} tokens, {_machine(s)}, median of {s['rounds']} interleaved rounds), on a "
-        "copying task (repeat a given passage) and on free-form text. *llama-cpp-python prompt lookup* is "
+        "copying task (repeat a given passage) and on free-form text (an essay's opening; the model's greedy "
+        "text turns repetitive after a few dozen tokens, and lookup finds drafts in it too). "
+        "*llama-cpp-python prompt lookup* is "
         f"``Llama(draft_model=LlamaPromptLookupDecoding(...))``; {_same_text(s)}.",
         "",
         *_rows_rst(speculative_rows(s)),
