@@ -17,6 +17,9 @@ from .errors import GenerationCancelled, OxiLlamaError
 
 __all__ = ["main"]
 
+# tqdm's default bar without its own rate: the progress adapter's postfix shows it.
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -64,7 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from tqdm import tqdm
 
                 with tqdm(
-                    desc="Generating", total=args.max_tokens, unit="tok", file=sys.stderr, dynamic_ncols=True
+                    desc="Generating",
+                    total=args.max_tokens,
+                    unit="tok",
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                    bar_format=BAR_FORMAT,
                 ) as bar:
                     text = engine.generate(args.prompt, args.max_tokens, progress=bar)
     except (OxiLlamaError, ValueError, TypeError) as exc:

@@ -10,11 +10,13 @@ never slows decoding and is finalised exactly once however the generation ends.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeGuard
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -91,65 +93,144 @@ def _is_progress_widget(obj: object) -> bool:
     return hasattr(obj, "value") and hasattr(obj, "max") and "Progress" in type(obj).__name__
 
 
-class _TqdmAdapter:
-    """Drives a ``tqdm`` bar (console or notebook): count = tokens, rate in the postfix."""
+def _each(*steps: Callable[[], object]) -> None:
+    """Run every step whatever the others raise, then raise the first failure.
+
+    A display is user code: one broken method must not keep the others, and
+    above all ``close()``, from running.
+    """
+    failure: BaseException | None = None
+    for step in steps:
+        try:
+            step()
+        except BaseException as exc:
+            if failure is None:
+                failure = exc
+    if failure is not None:
+        raise failure
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _set_optional(obj: object, name: str, value: object) -> None:
+    """Set an attribute the duck type does not promise; an object that cannot take it goes without."""
+    with contextlib.suppress(AttributeError):
+        setattr(obj, name, value)
+
+
+def _takes_keyword(method: Callable[..., object], name: str) -> bool:
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except Exception:  # no signature to read: call it the plain way
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+class _Adapter:
+    """Set-up never raises: the engine calls it once it is committed to finalising the display,
+    so a failure waits for the next call or the finaliser to be reported."""
+
+    def __init__(self, *setup: Callable[[], object]) -> None:
+        self._failure: BaseException | None = None
+        try:
+            _each(*setup)
+        except Exception as exc:
+            self._failure = exc
+
+    def _report(self) -> None:
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+
+class _TqdmAdapter(_Adapter):
+    """Drives a ``tqdm`` bar (console or notebook), or anything with its three methods: count = tokens,
+    rate in the postfix."""
 
     def __init__(self, bar: _TqdmLike, total: int) -> None:
-        self._bar = bar
+        self._bar: Any = bar
         self._shown = 0
+        self._quiet_postfix = _takes_keyword(bar.set_postfix_str, "refresh")
+        super().__init__(lambda: self._start(total))
+
+    def _start(self, total: int) -> None:
+        bar = self._bar
+        if getattr(bar, "total", None) == total and getattr(bar, "n", 0) == 0:
+            return  # already drawn empty with this total: a reset would draw it again
         reset = getattr(bar, "reset", None)
         if callable(reset):
-            reset(total=total)
+            reset(total=total)  # also tells a notebook bar its new length
         else:
-            bar.total = total  # type: ignore[attr-defined]
+            _set_optional(bar, "total", total)
 
     def _postfix(self, text: str) -> None:
-        try:
-            self._bar.set_postfix_str(text, refresh=False)
-        except TypeError:  # a duck-typed bar without the refresh keyword
+        if self._quiet_postfix:
+            self._bar.set_postfix_str(text, refresh=False)  # the update or close that follows draws it
+        else:
             self._bar.set_postfix_str(text)
 
-    def __call__(self, event: ProgressEvent) -> None:
-        self._postfix(f"{event.tokens_per_sec:.1f} tok/s")
-        delta = event.tokens_generated - self._shown
+    def _advance(self, count: int) -> None:
+        delta = count - self._shown
         if delta > 0:
-            self._shown = event.tokens_generated
+            self._shown = count
             self._bar.update(delta)
 
-    def finalise(self, status: str, error: BaseException | None) -> None:
-        bar: Any = self._bar
-        if status == "success" and isinstance(getattr(bar, "total", None), (int, float)) and bar.n < bar.total:
-            bar.total = bar.n  # ended early but well (stop string, end of text): a full bar, not a failed one
-        if status == "error":
-            self._postfix(f"error: {type(error).__name__}: {error}" if error is not None else "error")
-        elif status == "cancelled":
-            self._postfix("cancelled")
+    def _fill(self) -> None:
+        """Ended early but well (stop string, end of text): a full bar, not a failed one."""
+        n, total = getattr(self._bar, "n", None), getattr(self._bar, "total", None)
+        if _is_number(n) and _is_number(total) and n < total:
+            _set_optional(self._bar, "total", n)
+
+    def _refresh(self) -> None:
         refresh = getattr(self._bar, "refresh", None)
-        if status != "success" and callable(refresh):
+        if callable(refresh):
             refresh()
-        self._bar.close()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        _each(
+            self._report,
+            lambda: self._postfix(f"{event.tokens_per_sec:.1f} tok/s"),
+            lambda: self._advance(event.tokens_generated),
+        )
+
+    def finalise(self, status: str, error: BaseException | None) -> None:
+        steps: tuple[Callable[[], object], ...] = (self._fill,)
+        if status != "success":
+            text = "cancelled" if status == "cancelled" else "error"
+            if status == "error" and error is not None:
+                text = f"error: {type(error).__name__}: {error}"
+            steps = (lambda: self._postfix(text), self._refresh)
+        _each(self._report, *steps, self._bar.close)
 
 
-class _WidgetAdapter:
+class _WidgetAdapter(_Adapter):
     """Drives an ipywidgets ``IntProgress``/``FloatProgress``; keeps the user's description."""
 
     _STYLES: ClassVar[dict[str, str]] = {"success": "success", "cancelled": "warning", "error": "danger"}
 
     def __init__(self, widget: Any, total: int) -> None:
         self._widget = widget
-        widget.max = total
-        widget.value = getattr(widget, "min", 0)
-        if hasattr(widget, "bar_style"):
-            widget.bar_style = ""
+        super().__init__(
+            lambda: setattr(widget, "max", total),
+            lambda: setattr(widget, "value", getattr(widget, "min", 0)),
+            lambda: self._style(""),
+        )
+
+    def _style(self, style: str) -> None:
+        if hasattr(self._widget, "bar_style"):
+            self._widget.bar_style = style
+
+    def _full(self) -> None:
+        self._widget.value = self._widget.max
 
     def __call__(self, event: ProgressEvent) -> None:
-        self._widget.value = min(event.tokens_generated, self._widget.max)
+        _each(self._report, lambda: setattr(self._widget, "value", min(event.tokens_generated, self._widget.max)))
 
     def finalise(self, status: str, error: BaseException | None) -> None:
-        if status == "success":
-            self._widget.value = self._widget.max
-        if hasattr(self._widget, "bar_style"):
-            self._widget.bar_style = self._STYLES[status]
+        steps: tuple[Callable[[], object], ...] = (self._full,) if status == "success" else ()
+        _each(self._report, *steps, lambda: self._style(self._STYLES[status]))
 
 
 def _no_finaliser(status: str, error: BaseException | None) -> None:
@@ -273,7 +354,6 @@ class ProgressSubscriber(Subscriber):
         self._pieces: list[list[str]] = []
         self.error: BaseException | None = None
         """The first exception a callback or the finaliser raised (stashed, not raised)."""
-        self.fired = 0
 
     async def run(self, events: MemoryObjectReceiveStream[Event], expected: int) -> None:
         self._pieces = [[] for _ in range(expected)]
@@ -337,7 +417,6 @@ class ProgressSubscriber(Subscriber):
         )
 
     def _fire(self, now: float, *, final: bool) -> None:
-        self.fired += 1
         try:
             self._callback(self._event(now, final=final))
         except Exception as exc:  # a misbehaving display must not abort generation
@@ -345,9 +424,11 @@ class ProgressSubscriber(Subscriber):
                 self.error = exc
 
     def finalise(self, outcome: Outcome) -> None:
-        self._fire(self._clock(), final=True)
         try:
-            self._finaliser(outcome.status, outcome.error)
-        except Exception as exc:
-            if self.error is None:
-                self.error = exc
+            self._fire(self._clock(), final=True)
+        finally:
+            try:
+                self._finaliser(outcome.status, outcome.error)
+            except Exception as exc:
+                if self.error is None:
+                    self.error = exc

@@ -1,7 +1,8 @@
-"""The AMX guard: models load without llama.cpp's extra buffer types only where those can crash."""
+"""llama.cpp's process-wide set-up: the AMX guard, and its log routed to ``logging`` at honest levels."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,3 +75,18 @@ def test_real_build_and_machine(fresh_guard: None, model_path: Path) -> None:
     assert backend.use_extra_buffers() is not (backend.amx_in_build(info) and backend.cpu_has_amx())
     with Engine(EngineConfig(model_path, n_ctx=256)) as engine:
         assert engine.generate("1, 2, 3, 4,", max_tokens=4, temperature=0).startswith(" 5")
+
+
+def test_a_model_load_logs_no_warning(model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """llama.cpp's notices on every load (vocabulary, SWA cache) are INFO: a WARNING should mean something."""
+    caplog.set_level(logging.INFO, logger="oxillama_py")
+    with Engine(EngineConfig(model_path)) as engine:
+        engine.load_model()
+    warnings = [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and backend.EXTRA_BUFFERS_ENV not in r.getMessage()  # AMX builds only
+    ]
+    assert warnings == []
+    notices = [r.getMessage() for r in caplog.records if r.name == "oxillama_py.llama" and r.levelno == logging.INFO]
+    assert any(m.partition(": ")[2].startswith(backend.BENIGN_NOTICES) for m in notices)  # demoted, not dropped

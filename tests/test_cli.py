@@ -7,6 +7,7 @@ command runs it: text on stdout, the tqdm bar on stderr.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,17 @@ def test_generates_greedy_text_with_a_progress_bar(reference, backend: str) -> N
     assert proc.stdout == reference.complete(PROMPT, N) + "\n"
     assert f"{N}/{N}" in proc.stderr and "tok/s" in proc.stderr  # the bar, finished, on stderr only
     assert "tok/s" not in proc.stdout
+
+
+def test_the_bar_is_drawn_empty_once_and_shows_the_rate_once() -> None:
+    proc = run(PROMPT, "--max-tokens", "8", "--temperature", "0")
+    assert proc.returncode == 0, proc.stderr
+    # tqdm redraws with "\r", which text mode reads as a line break.
+    lines = [line for line in re.split(r"[\r\n]", proc.stderr) if "/8 [" in line]
+    assert len(lines) >= 2 and "| 0/8 [" in lines[0] and "| 8/8 [" in lines[-1], lines
+    assert sum("| 0/8 [" in line for line in lines) == 1, lines  # the empty bar, drawn once
+    for line in lines[1:]:  # the adapter's "x tok/s" postfix, and not tqdm's rate ("x tok/s" or "x s/tok") too
+        assert line.count("tok/s") == 1 and "s/tok" not in line, lines
 
 
 def test_no_progress_and_seeded_sampling_are_reproducible() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import llama_cpp
 
-__all__ = ["ensure_backend", "use_extra_buffers"]
+__all__ = ["BENIGN_NOTICES", "ensure_backend", "use_extra_buffers"]
 
 _log = logging.getLogger("oxillama_py.llama")
 _lock = threading.Lock()
@@ -20,15 +20,39 @@ _ready = False
 _LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _last_level = logging.DEBUG
 
+# What llama.cpp logs at WARNING on ordinary loads of ordinary models (the default Gemma 3 included):
+# it says what it corrected in a vocabulary or chose by default, not that anything is wrong, so these
+# are logged at INFO and a WARNING from this logger means something. Matched after the "function: ".
+BENIGN_NOTICES = (
+    "control-looking token:",  # a token llama.cpp itself re-types as control
+    "control token:",  # "... is not marked as EOG" (older llama.cpp)
+    "special_eos_id is not in special_eog_ids",  # llama.cpp adds it to the EOG set itself
+    "special_eot_id is not in special_eog_ids",
+    "special_eom_id is not in special_eog_ids",
+    "special_eog_ids contains both",
+    "'</s>' is a normal token here",
+    "setting token '",  # "... attribute to USER_DEFINED": a chat-format token fixed up
+    "using full-size SWA cache",  # llama.cpp's default, which the KV reuse across requests relies on
+)
+
+
+def _level(level: int, text: str) -> int:
+    if level == 5:  # the rest of the previous message
+        return _last_level
+    py_level = _LEVELS.get(level, logging.DEBUG)
+    if py_level == logging.WARNING and text.partition(": ")[2].startswith(BENIGN_NOTICES):
+        return logging.INFO
+    return py_level
+
 
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     # llama.cpp prints a lot to stderr by default; a library must not.
     global _last_level
-    py_level = _last_level if level == 5 else _LEVELS.get(level, logging.DEBUG)
-    _last_level = py_level
+    message = text.decode("utf-8", errors="replace").rstrip("\n")
+    _last_level = py_level = _level(level, message)
     if _log.isEnabledFor(py_level):
-        _log.log(py_level, "%s", text.decode("utf-8", errors="replace").rstrip("\n"))
+        _log.log(py_level, "%s", message)
 
 
 def ensure_backend() -> None:
