@@ -24,7 +24,7 @@ from .errors import (
     TokenizerError,
 )
 from .progress import ProgressEvent, make_progress_adapter
-from .results import CompletionResult, SpeculativeStats, Timings, VerifyStep
+from .results import CompletionResult, FinishReason, SpeculativeStats, Timings, VerifyStep
 from .speculative import AsyncSpeculativeEngine, SpeculativeEngine
 
 __version__ = "0.2.0"
@@ -39,6 +39,7 @@ __all__ = [
     "CompletionResult",
     "Engine",
     "EngineConfig",
+    "FinishReason",
     "GenerateError",
     "GenerationCancelled",
     "KvCacheFullError",

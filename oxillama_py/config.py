@@ -1,7 +1,9 @@
-"""Validated configuration: frozen dataclasses that fail fast with a clear ``ValueError``.
+"""Validated configuration: frozen dataclasses that fail fast when built.
 
 Every value is checked when the object is built, so a typo in a sampler setting
-surfaces at the call site instead of as a crash deep inside llama.cpp.
+surfaces at the call site instead of as a crash deep inside llama.cpp: a wrong
+type raises ``TypeError``, a wrong value ``ValueError``, as everywhere in the
+package. Pure data: nothing here does I/O or imports the binding layer.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import KW_ONLY, dataclass, field, replace
-from pathlib import Path
 from typing import Any, TypeAlias
 
 __all__ = [
@@ -28,13 +29,22 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(float(value))  # type: ignore[arg-type]
+def _given(value: object) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _check_type(name: str, value: object, expected: type | tuple[type, ...], what: str) -> None:
+    if not isinstance(value, expected):
+        raise TypeError(f"{name} must be {what}, got {_given(value)}")
+
+
+def _check_bool(name: str, value: object) -> None:
+    _check_type(name, value, bool, "a bool")
 
 
 def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
     if not _is_int(value):
-        raise ValueError(f"{name} must be an int, got {value!r}")
+        raise TypeError(f"{name} must be an int, got {_given(value)}")
     assert isinstance(value, int)
     if value < minimum or (maximum is not None and value > maximum):
         bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
@@ -49,17 +59,20 @@ def _check_float(
     high: float = math.inf,
     low_open: bool = False,
 ) -> None:
-    if not _is_number(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not (_is_int(value) or isinstance(value, float)):
+        raise TypeError(f"{name} must be a number (int or float), got {_given(value)}")
     number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
     too_low = number <= low if low_open else number < low
     if too_low or number > high:
         left = "(" if low_open else "["
         right = "]" if math.isfinite(high) else ")"
-        raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value}")
+        raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value!r}")
 
 
 def check_seed(name: str, value: object) -> None:
+    """``None`` or an int that fits llama.cpp's 32-bit seed."""
     if value is not None:
         _check_int(name, value, minimum=0, maximum=_SEED_MAX)
 
@@ -93,8 +106,7 @@ class SamplerConfig:
         _check_float("repeat_penalty", self.repeat_penalty, low=0.0, low_open=True)
         _check_int("repeat_last_n", self.repeat_last_n, minimum=0)
         check_seed("seed", self.seed)
-        if not _is_int(self.mirostat) or self.mirostat not in (0, 1, 2):
-            raise ValueError(f"mirostat must be 0, 1 or 2, got {self.mirostat!r}")
+        _check_int("mirostat", self.mirostat, minimum=0, maximum=2)
         _check_float("mirostat_tau", self.mirostat_tau, low=0.0, low_open=True)
         _check_float("mirostat_eta", self.mirostat_eta, low=0.0, low_open=True)
 
@@ -145,18 +157,16 @@ class EngineConfig:
     max_concurrency: int = 8
 
     def __post_init__(self) -> None:
-        if self.model_path is not None and not isinstance(self.model_path, (str, os.PathLike)):
-            raise ValueError(f"model_path must be a path or None, got {self.model_path!r}")
-        if isinstance(self.model_path, str) and not self.model_path:
-            raise ValueError("model_path must not be empty")
+        if self.model_path is not None:
+            _check_type("model_path", self.model_path, (str, os.PathLike), "a str, an os.PathLike or None")
+            if not os.fspath(self.model_path):
+                raise ValueError("model_path must not be empty")
         _check_int("n_ctx", self.n_ctx, minimum=16)
         _check_int("n_threads", self.n_threads, minimum=1)
         _check_int("n_batch", self.n_batch, minimum=1)
         check_seed("seed", self.seed)
-        if not isinstance(self.sampler, SamplerConfig):
-            raise ValueError(f"sampler must be a SamplerConfig, got {self.sampler!r}")
-        if not isinstance(self.flash_attn, bool):
-            raise ValueError(f"flash_attn must be a bool, got {self.flash_attn!r}")
+        _check_type("sampler", self.sampler, SamplerConfig, "a SamplerConfig")
+        _check_bool("flash_attn", self.flash_attn)
         _check_int("max_concurrency", self.max_concurrency, minimum=1, maximum=256)
         if self.n_ctx // self.max_concurrency < 8:
             raise ValueError(
@@ -168,12 +178,6 @@ class EngineConfig:
     def slot_ctx(self) -> int:
         """Context cells one sequence may use: prompt plus generated tokens."""
         return self.n_ctx // self.max_concurrency
-
-    def resolved_model_path(self) -> Path:
-        """The model file to load, locating the default model when none was given."""
-        from .llama.model import default_model_path
-
-        return Path(self.model_path) if self.model_path is not None else default_model_path()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,10 +205,18 @@ class SpeculativeConfig:
     """A target model and its drafter: a smaller GGUF model or :class:`PromptLookup`.
 
     ``num_speculative`` is the most tokens drafted per step; the engine adapts
-    the draft length below it to the recent acceptance rate. ``seed`` is the
+    the draft length below it to the recent acceptance rate. ``None`` (the
+    default) lets the drafter offer all it can: ``PromptLookup.num_pred_tokens``
+    (10), or 8 for a draft model (each drafted token costs a draft decode).
+    Measured on a copying task, a cap of 4 gave 1.5x plain decoding, 10 gave 2.6x
+    (``benchmarks/speculative.py``). ``seed`` is the
     default seed of sampled generations (drafting and the acceptance test) when
     neither the call nor the target config gives one. ``trace=True`` records
     every target decode in ``result.speculative.steps`` (for tests and tuning).
+
+    A draft model's ``n_ctx`` must be at least the target's: the draft holds
+    every token the target holds. Its ``sampler`` and ``seed`` must stay unset:
+    the draft samples with each request's. Its ``max_concurrency`` is unused.
     """
 
     target: EngineConfig
@@ -215,11 +227,24 @@ class SpeculativeConfig:
     trace: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.target, EngineConfig):
-            raise ValueError(f"target must be an EngineConfig, got {self.target!r}")
-        if not isinstance(self.draft, (EngineConfig, PromptLookup)):
-            raise ValueError(f"draft must be an EngineConfig or PromptLookup, got {self.draft!r}")
+        _check_type("target", self.target, EngineConfig, "an EngineConfig")
+        _check_type("draft", self.draft, (EngineConfig, PromptLookup), "an EngineConfig or a PromptLookup")
         _check_int("num_speculative", self.num_speculative, minimum=1, maximum=64)
         check_seed("seed", self.seed)
-        if not isinstance(self.trace, bool):
-            raise ValueError(f"trace must be a bool, got {self.trace!r}")
+        _check_bool("trace", self.trace)
+        if isinstance(self.draft, EngineConfig):
+            _check_draft(self.draft, self.target)
+
+
+def _check_draft(draft: EngineConfig, target: EngineConfig) -> None:
+    """Reject draft settings that would otherwise be silently ignored or overflow."""
+    why = "the draft samples with each request's sampler and seed: set them on the target config or per call"
+    if draft.sampler != SamplerConfig():
+        raise ValueError(f"draft.sampler must be left at its default ({why}), got {draft.sampler!r}")
+    if draft.seed is not None:
+        raise ValueError(f"draft.seed must be left at None ({why}), got {draft.seed!r}")
+    if draft.n_ctx < target.n_ctx:
+        raise ValueError(
+            f"draft.n_ctx={draft.n_ctx} is smaller than target.n_ctx={target.n_ctx}; "
+            "the draft must hold every token the target holds"
+        )

