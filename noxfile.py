@@ -10,7 +10,12 @@ import nox
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "lint", "types", "docs"]
 
-BENCHMARKS = ("benchmarks/overhead.py", "benchmarks/batching.py", "benchmarks/speculative.py")
+BENCHMARKS = (
+    "benchmarks/overhead.py",
+    "benchmarks/batching.py",
+    "benchmarks/speculative.py",
+    "benchmarks/coexistence.py",
+)
 
 
 @nox.session

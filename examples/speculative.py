@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--prompt", default=PROMPT)
     parser.add_argument("--max-tokens", type=int, default=96)
-    parser.add_argument("--num-speculative", type=int, default=8)
+    parser.add_argument(
+        "--num-speculative", type=int, default=None, help="draft length cap (default: what the drafter offers)"
+    )
     parser.add_argument("--compare", action="store_true", help="also run plain decoding and compare")
     args = parser.parse_args(argv)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from contextlib import aclosing
 
 import trio
 
@@ -35,10 +34,10 @@ from oxillama_py import AsyncEngine, EngineConfig
 
 
 async def stream_to_stdout(engine: AsyncEngine, prompt: str, max_tokens: int) -> str:
-    """1. Print a completion piece by piece; ``aclosing`` closes the stream promptly if we leave early."""
+    """1. Print a completion piece by piece; leaving the ``async with`` ends the generation there and then."""
     pieces: list[str] = []
     print(f"[stream] {prompt}", end="", flush=True)
-    async with aclosing(engine.stream(prompt, max_tokens, temperature=0.0)) as stream:
+    async with engine.stream(prompt, max_tokens, temperature=0.0) as stream:
         async for piece in stream:
             pieces.append(piece)
             print(piece, end="", flush=True)
@@ -50,7 +49,7 @@ async def stream_with_cancel(engine: AsyncEngine, prompt: str, max_tokens: int, 
     """2. Leave a stream early by cancelling our own scope after ``after`` pieces."""
     received = 0
     with trio.CancelScope() as scope:
-        async with aclosing(engine.stream(prompt, max_tokens, temperature=0.0)) as stream:
+        async with engine.stream(prompt, max_tokens, temperature=0.0) as stream:
             async for piece in stream:
                 received += 1
                 print(f"[cancel] piece {received}: {piece!r}", flush=True)

@@ -23,9 +23,12 @@ from .errors import (
     OxiLlamaError,
     TokenizerError,
 )
+from .options import BatchKwargs, GenerateKwargs
 from .progress import ProgressEvent, make_progress_adapter
 from .results import CompletionResult, FinishReason, SpeculativeStats, Timings, VerifyStep
 from .speculative import AsyncSpeculativeEngine, SpeculativeEngine
+from .stats import EngineStats
+from .stream import TextStream
 
 __version__ = "0.2.0"
 
@@ -34,13 +37,16 @@ logging.getLogger("oxillama_py").addHandler(logging.NullHandler())
 __all__ = [
     "AsyncEngine",
     "AsyncSpeculativeEngine",
+    "BatchKwargs",
     "CancellationToken",
     "CollectTokens",
     "CompletionResult",
     "Engine",
     "EngineConfig",
+    "EngineStats",
     "FinishReason",
     "GenerateError",
+    "GenerateKwargs",
     "GenerationCancelled",
     "KvCacheFullError",
     "LoadError",
@@ -51,6 +57,7 @@ __all__ = [
     "SpeculativeConfig",
     "SpeculativeEngine",
     "SpeculativeStats",
+    "TextStream",
     "Timings",
     "TokenizerError",
     "TqdmProgress",

@@ -1,26 +1,28 @@
 """``AsyncEngine``, the core, and ``Engine``, its blocking facade.
 
-Both have one surface. ``AsyncEngine`` validates a call, turns each prompt into a
-:class:`~oxillama_py.bus.Request`, and runs a :class:`~oxillama_py.bus.Generation`
-whose subscribers (result collector, streaming callback, progress display,
-``stream()`` iterator) consume what the decode worker publishes. ``Engine`` owns
-a blocking portal (one event-loop thread) and forwards every call to it.
+Both have one surface. ``AsyncEngine`` validates a call, tokenizes its prompts
+off the loop into :class:`~oxillama_py.bus.Request` objects, and runs a
+:class:`~oxillama_py.bus.Generation` whose subscribers (result collector,
+streaming callback, progress display) consume what the decode worker publishes;
+``stream()`` drives the same generation from its consumer's own awaits.
+``Engine`` owns a blocking portal (one event-loop thread) and forwards every
+call to it, types included.
 """
 
 from __future__ import annotations
 
-import math
 import queue
 import random
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -28,102 +30,52 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .bus import Finished, Generation, Request, Subscriber
 from .bus.collect import Collector
-from .bus.pieces import PieceForwarder
 from .callback import CallbackSubscriber, check_callback
-from .cancel import CancellationToken
-from .config import EngineConfig, SamplerConfig, check_seed
+from .config import EngineConfig
 from .decode import DecodeWorker
 from .errors import GenerateError, GenerationCancelled, KvCacheFullError, OxiLlamaError
-from .llama import Model
 from .llama.model import resolve_model_path
-from .progress import ProgressSubscriber, check_progress, check_throttle, make_progress_adapter
+from .options import BatchKwargs, GenerateKwargs, GenerateOptions, Unpack
+from .progress import ProgressSubscriber, make_progress_adapter
 from .results import CompletionResult
+from .stats import EngineStats
+from .stream import TextStream
 
-__all__ = ["AsyncEngine", "Engine", "GenerateOptions"]
+__all__ = ["AsyncEngine", "Engine"]
 
 Backend = Literal["asyncio", "trio"]
-
-
-@dataclass(frozen=True)
-class GenerateOptions:
-    """The validated keyword arguments of one ``generate*`` call."""
-
-    max_tokens: int
-    sampler: SamplerConfig
-    stop: tuple[str, ...]
-    cancel_token: CancellationToken | None
-    progress: object
-    progress_throttle_ms: float | None
-    progress_throttle_tokens: int | None
-    progress_capture_text: bool
-    strict_progress: bool
-
-    @classmethod
-    def build(
-        cls,
-        base: SamplerConfig,
-        max_tokens: int,
-        *,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        min_p: float | None = None,
-        repeat_penalty: float | None = None,
-        seed: int | None = None,
-        sampler: SamplerConfig | None = None,
-        stop: str | Sequence[str] | None = None,
-        cancel_token: CancellationToken | None = None,
-        progress: object = None,
-        progress_throttle_ms: float | None = None,
-        progress_throttle_tokens: int | None = None,
-        progress_capture_text: bool = False,
-        strict_progress: bool = False,
-    ) -> GenerateOptions:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-            raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__}")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        if sampler is not None and not isinstance(sampler, SamplerConfig):
-            raise TypeError(f"sampler must be a SamplerConfig, got {type(sampler).__name__}")
-        check_seed("seed", seed)
-        chosen = (sampler or base).with_overrides(
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            seed=seed,
-        )
-        if stop is None:
-            stops: tuple[str, ...] = ()
-        elif isinstance(stop, str):
-            stops = (stop,) if stop else ()
-        else:
-            stops = tuple(stop)
-            if not all(isinstance(s, str) for s in stops):
-                raise TypeError("stop must be a string or a sequence of strings")
-            stops = tuple(s for s in stops if s)
-        if cancel_token is not None and not isinstance(cancel_token, CancellationToken):
-            raise TypeError(f"cancel_token must be a CancellationToken, got {type(cancel_token).__name__}")
-        check_throttle(progress_throttle_ms, progress_throttle_tokens)
-        check_progress(progress)
-        return cls(
-            max_tokens=max_tokens,
-            sampler=chosen,
-            stop=stops,
-            cancel_token=cancel_token,
-            progress=progress,
-            progress_throttle_ms=progress_throttle_ms,
-            progress_throttle_tokens=progress_throttle_tokens,
-            progress_capture_text=bool(progress_capture_text),
-            strict_progress=bool(strict_progress),
-        )
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def _check_prompt(prompt: object) -> str:
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
     return prompt
+
+
+@dataclass(frozen=True)
+class Call:
+    """One prepared call: its generation and what turns the ending into results or errors."""
+
+    generation: Generation
+    collector: Collector
+    progress: ProgressSubscriber | None
+    strict_progress: bool
+
+    async def run(self) -> list[CompletionResult]:
+        """Run the generation (task mode) to its end."""
+        await self.generation.run()
+        return self.results()
+
+    def results(self) -> list[CompletionResult]:
+        """Each request's result, or the error that ended the call."""
+        finished = self.generation.terminals()
+        _raise_for(finished)
+        progress = self.progress
+        if progress is not None and self.strict_progress and progress.error is not None:
+            raise progress.error
+        return [self.collector.result(f) for f in finished]
 
 
 class AsyncEngine:
@@ -207,38 +159,48 @@ class AsyncEngine:
             worker = await anyio.to_thread.run_sync(self._load_blocking)
         return worker
 
-    async def _model(self) -> Model:
-        model = (await self._ready()).model
-        assert model is not None
-        return model
+    @property
+    def stats(self) -> EngineStats:
+        """A snapshot of the decode worker's load (cheap; safe from any thread)."""
+        worker = self._worker
+        if worker is None:
+            return EngineStats(loaded=False, slots=0, active=0, waiting=0, decode_steps=0)
+        return worker.stats()
 
     # -- tokens -----------------------------------------------------------------------
     async def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Token ids as llama.cpp makes them (BOS as the model asks, special tokens parsed)."""
         _check_prompt(text)
-        return (await self._model()).tokenize(text, add_special=add_special, parse_special=parse_special)
+        model = (await self._ready()).model
+        return await anyio.to_thread.run_sync(
+            partial(model.tokenize, text, add_special=add_special, parse_special=parse_special)
+        )
 
     async def detokenize(self, tokens: Sequence[int]) -> str:
         """Text of ``tokens``; control tokens render as nothing."""
-        return (await self._model()).detokenize(list(tokens))
+        if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
+            raise TypeError(f"tokens must be a sequence of ints, got {type(tokens).__name__}")
+        model = (await self._ready()).model
+        return await anyio.to_thread.run_sync(model.detokenize, list(tokens))
 
     # -- generation -------------------------------------------------------------------
-    async def generate(self, prompt: str, max_tokens: int = 128, **options: Any) -> str:
+    async def generate(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> str:
         """Generate a completion of ``prompt`` and return its text.
 
-        Keyword options: ``temperature``, ``top_p``, ``top_k``, ``min_p``,
-        ``repeat_penalty``, ``seed``, ``sampler`` (a :class:`SamplerConfig`),
-        ``stop`` (a string or strings that end the text, excluded from it),
-        ``cancel_token``, and the progress options ``progress``,
-        ``progress_throttle_ms``, ``progress_throttle_tokens``,
-        ``progress_capture_text``, ``strict_progress``.
+        The options (:class:`~oxillama_py.options.GenerateKwargs`): the sampler
+        overrides ``temperature``, ``top_p``, ``top_k``, ``min_p``,
+        ``repeat_penalty``, ``seed`` and ``sampler``; ``stop`` (a string or
+        strings that end the text, excluded from it); ``cancel_token``; and the
+        progress options ``progress``, ``progress_throttle_ms``,
+        ``progress_throttle_tokens``, ``progress_capture_text``, ``strict_progress``.
         Raises :class:`GenerationCancelled` if ``cancel_token`` is cancelled.
         """
         return (await self.complete(prompt, max_tokens, **options)).text
 
-    async def complete(self, prompt: str, max_tokens: int = 128, **options: Any) -> CompletionResult:
+    async def complete(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> CompletionResult:
         """Like :meth:`generate`, returning the whole :class:`CompletionResult`."""
-        (result,) = await self._run([_check_prompt(prompt)], max_tokens, options)
+        opts = self._options(max_tokens, options)
+        (result,) = await (await self._prepare([_check_prompt(prompt)], opts)).run()
         return result
 
     async def generate_streaming(
@@ -246,7 +208,7 @@ class AsyncEngine:
         prompt: str,
         max_tokens: int = 128,
         callback: Callable[..., object] | None = None,
-        **options: Any,
+        **options: Unpack[GenerateKwargs],
     ) -> str:
         """Generate, calling ``callback`` with every text piece as it is decoded.
 
@@ -255,48 +217,26 @@ class AsyncEngine:
         functions are awaited. Returns the full text.
         """
         check_callback(callback)
+        opts = self._options(max_tokens, options)
         extra: list[Subscriber] = [CallbackSubscriber(callback)] if callback is not None else []
-        (result,) = await self._run([_check_prompt(prompt)], max_tokens, options, extra)
+        (result,) = await (await self._prepare([_check_prompt(prompt)], opts, extra)).run()
         return result.text
 
-    async def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> AsyncIterator[str]:
-        """Yield text pieces as they are decoded; joined, they equal :meth:`generate`'s text.
+    def stream(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> TextStream:
+        """Text pieces as they are decoded; joined, they equal :meth:`generate`'s text.
 
-        To stop early, close the iterator (``async with contextlib.aclosing(...)``);
-        leaving its scope cancels the generation cleanly.
+        ``async for piece in engine.stream(...)`` may be left at any time
+        (``break``, an exception, a cancelled scope): the generation is then
+        cancelled and its progress display finalised. ``async with
+        engine.stream(...) as pieces:`` also waits for that end when the block
+        is left. Bad arguments raise here, before any work.
         """
         _check_prompt(prompt)
-        send, receive = anyio.create_memory_object_stream[str](math.inf)
-        failure: list[BaseException] = []
-
-        async def produce() -> None:
-            try:
-                await self._run([prompt], max_tokens, options, [PieceForwarder(send)])
-            except Exception as exc:
-                failure.append(exc)
-            finally:
-                send.close()
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(produce)
-            try:
-                with receive:
-                    async for piece in receive:
-                        yield piece
-            except GeneratorExit:
-                pass  # closed early: raising it here would reach the task group as an error
-            finally:
-                group.cancel_scope.cancel()  # no-op once produce has ended
-        if failure:
-            raise failure[0]
+        opts = self._options(max_tokens, options)
+        return TextStream(lambda buffer: self._prepare([prompt], opts, [buffer]))
 
     async def generate_batch(
-        self,
-        prompts: Sequence[str],
-        max_tokens: int = 128,
-        *,
-        on_complete: Callable[[int, CompletionResult], object] | None = None,
-        **options: Any,
+        self, prompts: Sequence[str], max_tokens: int = 128, **options: Unpack[BatchKwargs]
     ) -> list[str]:
         """Generate a completion for every prompt at once; texts in input order.
 
@@ -304,58 +244,59 @@ class AsyncEngine:
         display for the whole batch; ``on_complete(index, result)`` is called as
         each prompt finishes.
         """
-        results = await self.complete_batch(prompts, max_tokens, on_complete=on_complete, **options)
-        return [result.text for result in results]
+        return [result.text for result in await self.complete_batch(prompts, max_tokens, **options)]
 
     async def complete_batch(
-        self,
-        prompts: Sequence[str],
-        max_tokens: int = 128,
-        *,
-        on_complete: Callable[[int, CompletionResult], object] | None = None,
-        **options: Any,
+        self, prompts: Sequence[str], max_tokens: int = 128, **options: Unpack[BatchKwargs]
     ) -> list[CompletionResult]:
         """Like :meth:`generate_batch`, returning :class:`CompletionResult` objects."""
+        on_complete = options.pop("on_complete", None)
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise TypeError("prompts must be a sequence of strings")
         check_callback(on_complete)
         checked = [_check_prompt(p) for p in prompts]
+        opts = self._options(max_tokens, options)
         if not checked:
             return []
-        return await self._run(checked, max_tokens, options, on_complete=on_complete)
+        return await (await self._prepare(checked, opts, on_complete=on_complete)).run()
 
-    async def _run(
+    def _options(self, max_tokens: int, options: GenerateKwargs) -> GenerateOptions:
+        opts = GenerateOptions.build(self.config.sampler, max_tokens, options)
+        self._check_options(opts)
+        return opts
+
+    async def _prepare(
         self,
         prompts: list[str],
-        max_tokens: int,
-        options: dict[str, Any],
+        opts: GenerateOptions,
         extra: Sequence[Subscriber] = (),
         on_complete: Callable[[int, CompletionResult], object] | None = None,
-    ) -> list[CompletionResult]:
-        opts = GenerateOptions.build(self.config.sampler, max_tokens, **options)
-        self._check_options(opts)
+    ) -> Call:
+        """Load if needed, tokenize (off the loop), and build the call's subscribers.
+
+        The display is touched last, with no await after it: from there on, the
+        caller starts the generation, which always finalises it.
+        """
         worker = await self._ready()
-        requests = self._requests(worker, prompts, opts)
-        # Touch the display only now: from here on the generation always finalises it.
-        callback, finaliser = make_progress_adapter(opts.progress, opts.max_tokens * len(prompts))
+        requests = await anyio.to_thread.run_sync(self._requests, worker, prompts, opts)
+        total = opts.max_tokens * len(prompts)
+        callback, finaliser = make_progress_adapter(opts.progress.target, total)
         collector = Collector(len(requests), on_complete)
         subscribers: list[Subscriber] = [collector, *extra]
         progress: ProgressSubscriber | None = None
         if callback is not None and finaliser is not None:
+            shown = opts.progress
             progress = ProgressSubscriber(
                 callback,
                 finaliser,
-                opts.max_tokens * len(prompts),
-                throttle_ms=opts.progress_throttle_ms,
-                throttle_tokens=opts.progress_throttle_tokens,
-                capture_text=opts.progress_capture_text,
+                total,
+                throttle_ms=shown.throttle_ms,
+                throttle_tokens=shown.throttle_tokens,
+                capture_text=shown.capture_text,
             )
             subscribers.append(progress)
-        finished = await Generation(requests, subscribers, worker.submit).run()
-        _raise_for(finished)
-        if progress is not None and opts.strict_progress and progress.error is not None:
-            raise progress.error
-        return [collector.result(f) for f in finished]
+        generation = Generation(requests, subscribers, worker.submit)
+        return Call(generation, collector, progress, opts.progress.strict)
 
     def _check_options(self, opts: GenerateOptions) -> None:
         """Engine-specific checks of a call's options, before any work."""
@@ -368,8 +309,8 @@ class AsyncEngine:
         return f"n_ctx={self.config.n_ctx} shared by max_concurrency={self.config.max_concurrency}"
 
     def _requests(self, worker: DecodeWorker, prompts: list[str], opts: GenerateOptions) -> list[Request]:
+        """Tokenize and check every prompt (blocking: runs in a worker thread, not on the loop)."""
         model = worker.model
-        assert model is not None
         budget = self._context_budget()
         requests = []
         for index, prompt in enumerate(prompts):
@@ -435,10 +376,10 @@ class Engine:
         """The :class:`AsyncEngine` this facade drives (bound to no loop; usable from any)."""
         return self._async
 
-    def _call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _call(self, func: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         if self._closed:
             raise GenerateError("the engine is closed")
-        future: Future[Any] = self._portal.start_task_soon(lambda: func(*args, **kwargs))
+        future: Future[_T] = self._portal.start_task_soon(partial(func, *args, **kwargs))
         try:
             return future.result()
         except BaseException:
@@ -451,35 +392,36 @@ class Engine:
     def load_model(self) -> None:
         self._call(self._async.load_model)
 
+    @property
+    def stats(self) -> EngineStats:
+        """See :attr:`AsyncEngine.stats`."""
+        return self._async.stats
+
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        result: list[int] = self._call(self._async.tokenize, text, add_special=add_special, parse_special=parse_special)
-        return result
+        return self._call(self._async.tokenize, text, add_special=add_special, parse_special=parse_special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        result: str = self._call(self._async.detokenize, tokens)
-        return result
+        return self._call(self._async.detokenize, tokens)
 
-    def generate(self, prompt: str, max_tokens: int = 128, **options: Any) -> str:
+    def generate(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> str:
         """See :meth:`AsyncEngine.generate`."""
-        result: str = self._call(self._async.generate, prompt, max_tokens, **options)
-        return result
+        return self._call(self._async.generate, prompt, max_tokens, **options)
 
-    def complete(self, prompt: str, max_tokens: int = 128, **options: Any) -> CompletionResult:
-        result: CompletionResult = self._call(self._async.complete, prompt, max_tokens, **options)
-        return result
+    def complete(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> CompletionResult:
+        """See :meth:`AsyncEngine.complete`."""
+        return self._call(self._async.complete, prompt, max_tokens, **options)
 
     def generate_streaming(
         self,
         prompt: str,
         max_tokens: int = 128,
         callback: Callable[..., object] | None = None,
-        **options: Any,
+        **options: Unpack[GenerateKwargs],
     ) -> str:
         """See :meth:`AsyncEngine.generate_streaming`; the callback runs on the engine's loop thread."""
-        result: str = self._call(self._async.generate_streaming, prompt, max_tokens, callback, **options)
-        return result
+        return self._call(self._async.generate_streaming, prompt, max_tokens, callback, **options)
 
-    def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> Iterator[str]:
+    def stream(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> Iterator[str]:
         """Yield text pieces as they are decoded; closing the iterator cancels the generation."""
         pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
 
@@ -505,13 +447,17 @@ class Engine:
                 with suppress(BaseException):
                     future.result()
 
-    def generate_batch(self, prompts: Sequence[str], max_tokens: int = 128, **options: Any) -> list[str]:
-        result: list[str] = self._call(self._async.generate_batch, prompts, max_tokens, **options)
-        return result
+    def generate_batch(
+        self, prompts: Sequence[str], max_tokens: int = 128, **options: Unpack[BatchKwargs]
+    ) -> list[str]:
+        """See :meth:`AsyncEngine.generate_batch`; ``on_complete`` runs on the engine's loop thread."""
+        return self._call(self._async.generate_batch, prompts, max_tokens, **options)
 
-    def complete_batch(self, prompts: Sequence[str], max_tokens: int = 128, **options: Any) -> list[CompletionResult]:
-        result: list[CompletionResult] = self._call(self._async.complete_batch, prompts, max_tokens, **options)
-        return result
+    def complete_batch(
+        self, prompts: Sequence[str], max_tokens: int = 128, **options: Unpack[BatchKwargs]
+    ) -> list[CompletionResult]:
+        """See :meth:`AsyncEngine.complete_batch`."""
+        return self._call(self._async.complete_batch, prompts, max_tokens, **options)
 
     def close(self) -> None:
         """Stop the decode thread and the loop thread (idempotent)."""

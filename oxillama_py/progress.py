@@ -1,9 +1,9 @@
 """Progress hooks: :class:`ProgressEvent`, the adapters, the throttle gate, the subscriber.
 
 All duck-typing of progress objects lives here, in pure Python, in
-:func:`make_progress_adapter`. The progress subscriber is a task of the
-generation's task group: it drains whatever the decode worker published since
-it last ran, fires the adapter at most once per drain when the throttle gate is
+:func:`make_progress_adapter`. The progress subscriber is fed everything the
+decode worker published since it last ran (by its own task, or by a stream's
+consumer), fires the adapter at most once per feed when the throttle gate is
 open, and fires the synthetic final event from its finaliser, so a slow display
 never slows decoding and is finalised exactly once however the generation ends.
 """
@@ -14,12 +14,10 @@ import contextlib
 import inspect
 import math
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeGuard
-
-import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .bus.events import Event, Finished, Step, TokenEvent
 from .bus.subscriber import Outcome, Subscriber
@@ -250,8 +248,10 @@ def make_progress_adapter(
     """
     if obj is None:
         return None, None
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-        raise ValueError(f"max_tokens must be a non-negative int, got {max_tokens!r}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__} {max_tokens!r}")
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens must be >= 0, got {max_tokens!r}")
     kind = check_progress(obj)
     if kind == "tqdm":
         tqdm_adapter = _TqdmAdapter(obj, max_tokens)  # type: ignore[arg-type]
@@ -284,18 +284,19 @@ def check_progress(obj: object) -> str:
 
 
 def check_throttle(throttle_ms: float | None, throttle_tokens: int | None) -> None:
-    """Reject bad throttle settings before any work starts."""
-    if throttle_ms is not None and (
-        isinstance(throttle_ms, bool)
-        or not isinstance(throttle_ms, (int, float))
-        or not math.isfinite(throttle_ms)
-        or throttle_ms < 0
-    ):
-        raise ValueError(f"progress_throttle_ms must be a finite number >= 0, got {throttle_ms!r}")
-    if throttle_tokens is not None and (
-        isinstance(throttle_tokens, bool) or not isinstance(throttle_tokens, int) or throttle_tokens < 1
-    ):
-        raise ValueError(f"progress_throttle_tokens must be an int >= 1, got {throttle_tokens!r}")
+    """Reject bad throttle settings before any work starts (``TypeError`` for a wrong type)."""
+    if throttle_ms is not None:
+        if isinstance(throttle_ms, bool) or not isinstance(throttle_ms, (int, float)):
+            raise TypeError(f"progress_throttle_ms must be a number, got {type(throttle_ms).__name__} {throttle_ms!r}")
+        if not math.isfinite(throttle_ms) or throttle_ms < 0:
+            raise ValueError(f"progress_throttle_ms must be a finite number >= 0, got {throttle_ms!r}")
+    if throttle_tokens is not None:
+        if isinstance(throttle_tokens, bool) or not isinstance(throttle_tokens, int):
+            raise TypeError(
+                f"progress_throttle_tokens must be an int, got {type(throttle_tokens).__name__} {throttle_tokens!r}"
+            )
+        if throttle_tokens < 1:
+            raise ValueError(f"progress_throttle_tokens must be >= 1, got {throttle_tokens!r}")
 
 
 class ThrottleGate:
@@ -351,36 +352,27 @@ class ProgressSubscriber(Subscriber):
         self._count = 0
         self._first: float | None = None
         self._latest: float | None = None
-        self._pieces: list[list[str]] = []
+        self._pieces: dict[int, list[str]] = defaultdict(list)
         self.error: BaseException | None = None
         """The first exception a callback or the finaliser raised (stashed, not raised)."""
 
-    async def run(self, events: MemoryObjectReceiveStream[Event], expected: int) -> None:
-        self._pieces = [[] for _ in range(expected)]
-        remaining = expected
-        while remaining:
-            drained = [await events.receive()]
-            while True:
-                try:
-                    drained.append(events.receive_nowait())
-                except anyio.WouldBlock:
-                    break
-            for event in drained:
-                if isinstance(event, Step):
-                    if self._gate.unthrottled:  # every token asked for: one event each
-                        for token in event.tokens:
-                            self._absorb((token,))
-                            self._gate.mark(token.time, self._count)
-                            self._fire(self._clock(), final=False)
-                    else:
-                        self._absorb(event.tokens)
+    async def feed(self, events: Sequence[Event]) -> None:
+        """Absorb everything queued since the last drain, then fire at most once (coalescing)."""
+        for event in events:
+            if isinstance(event, Step):
+                if self._gate.unthrottled:  # every token asked for: one event each
+                    for token in event.tokens:
+                        self._absorb((token,))
+                        self._gate.mark(token.time, self._count)
+                        self._fire(self._clock(), final=False)
                 else:
-                    self._absorb_end(event)
-                    remaining -= 1
-            now = self._clock()
-            if self._gate.ready(now, self._count):
-                self._gate.mark(now, self._count)
-                self._fire(now, final=False)
+                    self._absorb(event.tokens)
+            else:
+                self._absorb_end(event)
+        now = self._clock()
+        if self._gate.ready(now, self._count):
+            self._gate.mark(now, self._count)
+            self._fire(now, final=False)
 
     def _absorb(self, tokens: tuple[TokenEvent, ...]) -> None:
         self._count += len(tokens)
@@ -388,8 +380,7 @@ class ProgressSubscriber(Subscriber):
             self._first = tokens[0].time
         self._latest = tokens[-1].time
         if self._capture:
-            pieces = self._pieces[tokens[0].sequence]
-            pieces.extend(token.piece for token in tokens)
+            self._pieces[tokens[0].sequence].extend(token.piece for token in tokens)
 
     def _absorb_end(self, finished: Finished) -> None:
         if self._capture and finished.tail:
@@ -405,7 +396,7 @@ class ProgressSubscriber(Subscriber):
             elif self._latest > self._first:  # tokens of one decode step share a time: no rate yet
                 rate = (count - 1) / (self._latest - self._first)
                 eta = max(0.0, (self._total - count) / rate)
-        text = "".join("".join(p) for p in self._pieces) if self._capture else ""
+        text = "".join("".join(self._pieces[i]) for i in sorted(self._pieces)) if self._capture else ""
         return ProgressEvent(
             tokens_generated=count,
             tokens_total=self._total,

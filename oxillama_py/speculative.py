@@ -15,7 +15,8 @@ from typing import Any
 from .config import SpeculativeConfig
 from .decode import DecodeWorker
 from .decode.speculative import SpeculativeWorker
-from .engine import AsyncEngine, Backend, Engine, GenerateOptions
+from .engine import AsyncEngine, Backend, Engine
+from .options import GenerateOptions
 
 __all__ = ["AsyncSpeculativeEngine", "SpeculativeEngine"]
 
@@ -45,10 +46,10 @@ class AsyncSpeculativeEngine(AsyncEngine):
 
     def _context_budget(self) -> int:
         # Drafts occupy cells beyond the accepted text until they are verified.
-        return self.config.n_ctx - self.speculative_config.num_speculative - 1
+        return self.config.n_ctx - self.speculative_config.max_draft - 1
 
     def _budget_reason(self) -> str:
-        return f"n_ctx={self.config.n_ctx} less room for {self.speculative_config.num_speculative} draft tokens"
+        return f"n_ctx={self.config.n_ctx} less room for {self.speculative_config.max_draft} draft tokens"
 
 
 class SpeculativeEngine(Engine):

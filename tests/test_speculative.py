@@ -173,7 +173,7 @@ def test_draft_length_grows_back_when_drafts_pass(lookup_engine: SpeculativeEngi
 
 def test_vocabulary_mismatch_is_a_clear_load_error(tmp_path: Path, model_path: Path) -> None:
     tiny = write_tiny_llama(tmp_path / "tiny.gguf")
-    config = SpeculativeConfig(EngineConfig(model_path, n_ctx=1024), EngineConfig(tiny, n_ctx=256))
+    config = SpeculativeConfig(EngineConfig(model_path, n_ctx=1024), EngineConfig(tiny, n_ctx=1024))
     with SpeculativeEngine(config) as engine, pytest.raises(LoadError, match="vocabulary"):
         engine.load_model()
 

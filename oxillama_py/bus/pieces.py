@@ -1,29 +1,24 @@
-"""The subscriber behind ``stream()``: forwards text pieces to an async iterator."""
+"""The subscriber behind ``stream()``: keeps the pieces until the consumer takes them."""
 
 from __future__ import annotations
 
-from anyio.streams.memory import MemoryObjectSendStream
+from collections import deque
 
 from .events import Finished, Step
-from .subscriber import Outcome, Subscriber
+from .subscriber import Subscriber
 
-__all__ = ["PieceForwarder"]
+__all__ = ["PieceBuffer"]
 
 
-class PieceForwarder(Subscriber):
-    """Sends every non-empty piece, in order, to ``sink``; closes it when finalised."""
+class PieceBuffer(Subscriber):
+    """Every non-empty piece, in order (the end's tail included)."""
 
-    def __init__(self, sink: MemoryObjectSendStream[str]) -> None:
-        self._sink = sink
+    def __init__(self) -> None:
+        self.pieces: deque[str] = deque()
 
     async def on_step(self, step: Step) -> None:
-        for token in step.tokens:
-            if token.piece:
-                await self._sink.send(token.piece)
+        self.pieces.extend(token.piece for token in step.tokens if token.piece)
 
     async def on_finished(self, finished: Finished) -> None:
         if finished.tail:
-            await self._sink.send(finished.tail)
-
-    def finalise(self, outcome: Outcome) -> None:
-        self._sink.close()
+            self.pieces.append(finished.tail)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 from anyio.lowlevel import EventLoopToken, current_token
@@ -34,10 +33,11 @@ class Request:
     stop: tuple[str, ...] = ()
     cancel_token: CancellationToken | None = None
     sequence: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
     _sinks: list[MemoryObjectSendStream[Event]] = field(default_factory=list, init=False, repr=False)
     _loop: EventLoopToken | None = field(default=None, init=False, repr=False)
     _done: anyio.Event | None = field(default=None, init=False, repr=False)
+    _on_end: list[Callable[[], object]] = field(default_factory=list, init=False, repr=False)
+    _end_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _stop_flag: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     terminal: Finished | None = field(default=None, init=False, repr=False)
 
@@ -60,20 +60,37 @@ class Request:
         assert self._done is not None, "request was never bound"
         await self._done.wait()
 
-    def _deliver(self, events: tuple[Event, ...]) -> None:
+    def on_end(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once the terminal event has been delivered (at once if it has).
+
+        Safe from any thread: a dropped stream may be collected outside its loop.
+        """
+        with self._end_lock:
+            if self.terminal is None:
+                self._on_end.append(callback)
+                return
+        callback()
+
+    def _deliver(self, events: tuple[Event, ...], loop_alive: bool = True) -> None:
         if self.terminal is not None:
             return
-        for sink in self._sinks:
-            for event in events:
-                try:
-                    sink.send_nowait(event)
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    break  # that subscriber has already left
+        if loop_alive:
+            for sink in self._sinks:
+                for event in events:
+                    try:
+                        sink.send_nowait(event)
+                    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                        break  # that subscriber has already left
         last = events[-1]
         if isinstance(last, Finished):
-            self.terminal = last
-            assert self._done is not None
-            self._done.set()
+            with self._end_lock:
+                self.terminal = last
+                callbacks, self._on_end = self._on_end, []
+            if loop_alive:
+                assert self._done is not None
+                self._done.set()
+            for callback in callbacks:
+                callback()
 
     # -- worker thread -------------------------------------------------------------
     def cancel_requested(self) -> bool:
@@ -81,6 +98,12 @@ class Request:
         return self._stop_flag.is_set() or (token is not None and token.is_cancelled())
 
     def publish(self, *events: Event) -> None:
-        """Hand events to the caller's loop without waiting for it."""
+        """Hand events to the caller's loop without waiting for it.
+
+        If that loop has ended (a stream abandoned just before its loop closed),
+        nobody can receive them any more: the end is recorded here instead, so
+        what waits for it (an abandoned stream's finalisers) still runs once.
+        """
         assert self._loop is not None, "request was never bound"
-        post(self._loop, self._deliver, events)
+        if not post(self._loop, self._deliver, events):
+            self._deliver(events, loop_alive=False)

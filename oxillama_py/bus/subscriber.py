@@ -1,12 +1,15 @@
-"""The subscriber protocol: a task that reads its own stream and is finalised once."""
+"""The subscriber protocol: fed what the worker published, finalised exactly once."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .events import Event, Finished, FinishReason, Step
 
-__all__ = ["Subscriber", "Outcome"]
+__all__ = ["Outcome", "Subscriber", "receive_batch"]
 
 
 class Outcome:
@@ -31,19 +34,15 @@ class Outcome:
 
 
 class Subscriber:
-    """Override :meth:`on_step`/:meth:`on_finished`, or :meth:`run` to consume differently."""
+    """Override :meth:`on_step`/:meth:`on_finished`, or :meth:`feed` to consume whole batches."""
 
-    async def run(self, events: MemoryObjectReceiveStream[Event], expected: int) -> None:
-        """Consume until ``expected`` requests have finished."""
-        remaining = expected
-        async for event in events:
+    async def feed(self, events: Sequence[Event]) -> None:
+        """Everything published since the previous feed, in order."""
+        for event in events:
             if isinstance(event, Step):
                 await self.on_step(event)
             else:
                 await self.on_finished(event)
-                remaining -= 1
-                if remaining == 0:
-                    return
 
     async def on_step(self, step: Step) -> None:
         """One decode step's tokens of one request."""
@@ -53,3 +52,13 @@ class Subscriber:
 
     def finalise(self, outcome: Outcome) -> None:
         """Runs exactly once, after the generation ended, however it ended."""
+
+
+async def receive_batch(events: MemoryObjectReceiveStream[Event]) -> list[Event]:
+    """Wait for one event, then take whatever else is already queued (coalescing)."""
+    batch = [await events.receive()]
+    while True:
+        try:
+            batch.append(events.receive_nowait())
+        except anyio.WouldBlock:
+            return batch

@@ -35,6 +35,9 @@ class Draft:
 class Drafter(Protocol):
     def draft(self, tokens: Sequence[int], k: int, generated: Sequence[int]) -> Draft: ...
 
+    def prefill(self, tokens: Sequence[int], end: int) -> None:
+        """The target has prefilled ``tokens[:end]``: keep up, so drafting later has little to catch up."""
+
     def accepted(self, n_tokens: int) -> None:
         """Only the first ``n_tokens`` of ``tokens + draft`` are now real."""
 
@@ -68,6 +71,9 @@ class PromptLookupDrafter:
                 return Draft([int(t) for t in arr[start : start + k]])
         return Draft([])
 
+    def prefill(self, tokens: Sequence[int], end: int) -> None:
+        pass
+
     def accepted(self, n_tokens: int) -> None:
         pass
 
@@ -94,19 +100,24 @@ class ModelDrafter:
     def _row(self, index: int) -> npt.NDArray[np.float32]:
         return self.context.logits_array(index)
 
-    def _decode(self, tokens: Sequence[int], start: int) -> int:
+    def _decode(self, tokens: Sequence[int], start: int, *, logits: bool = True) -> int:
         """Decode ``tokens`` from position ``start`` in chunks; the batch index of the last row."""
         n_batch = self.context.n_batch
         last = 0
         for offset in range(0, len(tokens), n_batch):
             chunk = tokens[offset : offset + n_batch]
-            final = offset + len(chunk) == len(tokens)
+            final = logits and offset + len(chunk) == len(tokens)
             self.context.decode(
                 [BatchEntry(t, start + offset + i, 0, final and i == len(chunk) - 1) for i, t in enumerate(chunk)]
             )
             self.decode_calls += 1
             last = len(chunk) - 1
         return last
+
+    def prefill(self, tokens: Sequence[int], end: int) -> None:
+        if end > self.n_cached:
+            self._decode(tokens[self.n_cached : end], self.n_cached, logits=False)
+            self.n_cached = end
 
     def draft(self, tokens: Sequence[int], k: int, generated: Sequence[int]) -> Draft:
         if k <= 0:

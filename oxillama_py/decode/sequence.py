@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..bus import Finished, FinishReason, Request, TokenEvent
@@ -49,20 +51,20 @@ class StopMatcher:
 class Sequence:
     """A request bound to a KV slot (``seq_id``) for as long as it decodes."""
 
-    def __init__(self, request: Request, slot: int, model: Model, submitted: float, admitted: float) -> None:
+    def __init__(self, request: Request, slot: int, model: Model, submitted: float, sampler: Sampler | None) -> None:
         self.request = request
         self.slot = slot
         self.model = model
         self.prompt = request.prompt_tokens
         self.n_prefilled = 0
         self.pos = 0  # tokens of this sequence in the KV cache
-        self.sampler = Sampler(model, request.sampler, request.seed)
+        self.sampler = sampler  # None where tokens are chosen elsewhere (speculative verification)
         cfg = request.sampler
         self._argmax = cfg.is_greedy and (cfg.repeat_penalty == 1.0 or cfg.repeat_last_n == 0)
         self.generated: list[int] = []
         self.last_token = -1
         self.submitted = submitted
-        self.admitted = admitted
+        self.admitted = time.perf_counter()
         self.first_token: float | None = None
         self.reason: FinishReason | None = None
         self._hit_stop = False
@@ -78,6 +80,7 @@ class Sequence:
         """
         if self._argmax:
             return int(np.argmax(context.logits_array(index)))
+        assert self.sampler is not None, "a sampled sequence needs its sampler chain"
         return self.sampler.sample(context.ptr, index)
 
     @property
@@ -127,4 +130,5 @@ class Sequence:
         )
 
     def close(self) -> None:
-        self.sampler.close()
+        if self.sampler is not None:
+            self.sampler.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class SpeculativeSequence(Sequence):
         num_speculative: int,
         trace: bool,
     ) -> None:
-        super().__init__(request, slot, model, submitted, time.perf_counter())
+        super().__init__(request, slot, model, submitted, None)
         self.dist = Distribution(request.sampler, model.n_vocab)
         self.rng = np.random.default_rng(request.seed)
         self.drafter = drafter
@@ -96,7 +97,7 @@ class SpeculativeSequence(Sequence):
 class SpeculativeWorker(DecodeWorker):
     """Owns the target model (and the draft model, if any) for one speculative engine."""
 
-    def __init__(self, config: SpeculativeConfig, model_path: object) -> None:
+    def __init__(self, config: SpeculativeConfig, model_path: Path) -> None:
         super().__init__(config.target, model_path, name="oxillama-speculative")
         self.spec = config
         self.draft_model: Model | None = None
@@ -107,16 +108,7 @@ class SpeculativeWorker(DecodeWorker):
         return 1
 
     def _open(self) -> None:
-        target = self.config
-        self.model = Model(self.model_path)  # type: ignore[arg-type]
-        self.context = Context(
-            self.model,
-            n_ctx=target.n_ctx,
-            n_batch=target.n_batch,
-            n_threads=target.n_threads,
-            n_seq_max=1,
-            flash_attn=target.flash_attn,
-        )
+        super()._open()
         draft = self.spec.draft
         if isinstance(draft, EngineConfig):
             self.draft_model = Model(resolve_model_path(draft.model_path))
@@ -138,7 +130,6 @@ class SpeculativeWorker(DecodeWorker):
         super()._release()
 
     def _new_sequence(self, request: Request, slot: int, submitted: float) -> Sequence:
-        assert self.model is not None
         draft = self.spec.draft
         drafter: Drafter
         if isinstance(draft, PromptLookup):
@@ -148,27 +139,30 @@ class SpeculativeWorker(DecodeWorker):
             self.draft_context.remove(0)
             rng = np.random.default_rng([request.seed, 1])  # its own stream, reproducible per seed
             drafter = ModelDrafter(self.draft_model, self.draft_context, request.sampler, rng)
-        return SpeculativeSequence(
-            request, slot, self.model, submitted, drafter, self.spec.num_speculative, self.spec.trace
-        )
+        return SpeculativeSequence(request, slot, self.model, submitted, drafter, self.spec.max_draft, self.spec.trace)
 
     def step(self) -> None:
-        """Draft, verify in one target decode, publish what was accepted."""
+        """One target decode: a prefill chunk, or a draft verified and what was accepted published.
+
+        A long prompt takes one chunk per step, so a cancellation (checked
+        before every step) ends the request within one chunk.
+        """
         assert self.context is not None
         ctx = self.context
         seq = self._active[0]
         assert isinstance(seq, SpeculativeSequence)
         pending = seq.tokens[seq.n_past :]
         k = min(seq.length.k, seq.remaining - 1)
-        # Prefill: decode prompt chunks until the last pending token and the draft fit one batch.
-        while len(pending) > 1 and len(pending) + k > ctx.n_batch:
+        if len(pending) > 1 and len(pending) + k > ctx.n_batch:
+            # Prefill: the last pending token and the draft must fit the verifying batch.
             chunk = pending[: min(ctx.n_batch, len(pending) - 1)]
             ctx.decode([BatchEntry(t, seq.n_past + i, seq.slot, False) for i, t in enumerate(chunk)])
             self.decode_calls += 1
             seq.target_calls += 1
             self._record(seq, seq.n_past, chunk, [], [], 0, [])
             seq.n_past += len(chunk)
-            pending = pending[len(chunk) :]
+            seq.drafter.prefill(seq.tokens, seq.n_past)
+            return
         k = min(k, ctx.n_batch - len(pending))
         draft = seq.drafter.draft(seq.tokens, k, seq.generated) if k > 0 else Draft([])
         batch = pending + draft.tokens
@@ -218,7 +212,7 @@ class SpeculativeWorker(DecodeWorker):
                 )
             choices.append(choice)
             emitted.append(choice)
-            if choice != proposal or self.model is None or self.model.is_eog(choice):
+            if choice != proposal or self.model.is_eog(choice):
                 break
             history.append(choice)
         return emitted, choices

@@ -15,12 +15,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from ..bus import Finished, FinishReason, Request, Step, TokenEvent
 from ..config import EngineConfig
 from ..errors import GenerateError
-from ..llama import Context, Model
+from ..llama import Context, Model, Sampler
 from ..llama.context import BatchEntry
+from ..stats import EngineStats
 from .sequence import Sequence
 
 __all__ = ["DecodeWorker"]
@@ -32,19 +34,28 @@ _CLOSE = None
 class DecodeWorker:
     """Owns one model's llama.cpp state; serves requests from any thread and loop."""
 
-    def __init__(self, config: EngineConfig, model_path: object, name: str = "oxillama-decode") -> None:
+    def __init__(self, config: EngineConfig, model_path: Path, name: str = "oxillama-decode") -> None:
         self.config = config
         self.model_path = model_path
         self.name = name
-        self.model: Model | None = None
+        self._model: Model | None = None
         self.context: Context | None = None
         self.decode_calls = 0
         self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self._waiting: deque[tuple[Request, float]] = deque()
+        self._active: list[Sequence] = []
+        self._free = list(range(self.n_slots))
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._lock = threading.Lock()
         self._closed = False
+
+    @property
+    def model(self) -> Model:
+        """The loaded model (its calls are safe from any thread, and fail cleanly once it is freed)."""
+        assert self._model is not None, "the worker has not loaded its model"
+        return self._model
 
     # -- any thread ------------------------------------------------------------------
     def start(self) -> None:
@@ -75,16 +86,22 @@ class DecodeWorker:
         if self._thread is not None:
             self._thread.join()
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._closed
+    def stats(self) -> EngineStats:
+        """A snapshot for any thread: list lengths and counters read under the GIL."""
+        return EngineStats(
+            loaded=not self._closed,
+            slots=self.n_slots,
+            active=len(self._active),
+            waiting=len(self._waiting) + self._queue.qsize(),
+            decode_steps=self.decode_calls,
+        )
 
     # -- the worker thread -------------------------------------------------------------
     def _open(self) -> None:
         config = self.config
-        self.model = Model(self.model_path)  # type: ignore[arg-type]
+        self._model = Model(self.model_path)
         self.context = Context(
-            self.model,
+            self._model,
             n_ctx=config.n_ctx,
             n_batch=config.n_batch,
             n_threads=config.n_threads,
@@ -114,13 +131,10 @@ class DecodeWorker:
     def _release(self) -> None:
         if self.context is not None:
             self.context.close()
-        if self.model is not None:
-            self.model.close()
+        if self._model is not None:
+            self._model.close()
 
     def _serve(self) -> None:
-        self._waiting: deque[tuple[Request, float]] = deque()
-        self._active: list[Sequence] = []
-        self._free = list(range(self.n_slots))
         while True:
             if not self._intake(block=not self._active and not self._waiting):
                 self._fail_all(GenerateError("the engine was closed during the generation"))
@@ -160,7 +174,6 @@ class DecodeWorker:
             self._waiting = keep
 
     def _admit(self) -> None:
-        assert self.model is not None
         while self._waiting and self._free:
             request, submitted = self._waiting.popleft()
             slot = self._free.pop(0)
@@ -178,8 +191,7 @@ class DecodeWorker:
         return self.config.max_concurrency
 
     def _new_sequence(self, request: Request, slot: int, submitted: float) -> Sequence:
-        assert self.model is not None
-        return Sequence(request, slot, self.model, submitted, time.perf_counter())
+        return Sequence(request, slot, self.model, submitted, Sampler(self.model, request.sampler, request.seed))
 
     def _guarded_step(self) -> None:
         try:
@@ -254,9 +266,9 @@ class DecodeWorker:
             seq.request.publish(finished)
 
     def _fail_all(self, error: GenerateError) -> None:
-        for seq in list(getattr(self, "_active", [])):
+        for seq in list(self._active):
             self._retire(seq, "error", error)
-        pending = list(getattr(self, "_waiting", []))
+        pending = list(self._waiting)
         while True:
             try:
                 item = self._queue.get_nowait()

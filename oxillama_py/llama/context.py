@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import GenerateError, KvCacheFullError, LoadError
+from .compute import compute
 from .model import Model
 
 __all__ = ["BatchEntry", "Context"]
@@ -50,7 +50,7 @@ class Context:
         params.flash_attn_type = _FLASH_ATTN_ON if flash_attn else _FLASH_ATTN_OFF
         params.kv_unified = True
         params.no_perf = True
-        ptr = llama_cpp.llama_init_from_model(model.ptr, params)
+        ptr = compute(llama_cpp.llama_init_from_model, model.ptr, params)
         if not ptr:
             raise LoadError(f"llama.cpp could not create a context (n_ctx={n_ctx}) for {model.path}")
         self.model = model
@@ -75,16 +75,11 @@ class Context:
             seq_id[i][0] = entry.seq_id
             logits[i] = entry.logits
         batch.n_tokens = n
-        rc = llama_cpp.llama_decode(self.ptr, batch)
+        rc = compute(llama_cpp.llama_decode, self.ptr, batch)
         if rc == 1:
             raise KvCacheFullError("llama.cpp found no free KV cells for the batch")
         if rc != 0:
             raise GenerateError(f"llama_decode failed with code {rc}")
-
-    def logits(self, index: int) -> Any:
-        """The logits row of batch entry ``index`` (a ctypes float array, valid until the next decode)."""
-        ptr = llama_cpp.llama_get_logits_ith(self.ptr, index)
-        return ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float * self._n_vocab)).contents
 
     def logits_array(self, index: int) -> npt.NDArray[np.float32]:
         """Batch entry ``index``'s logits as a numpy view (valid until the next decode)."""
@@ -94,9 +89,6 @@ class Context:
     def remove(self, seq_id: int, start: int = -1, end: int = -1) -> None:
         """Free the KV cells of ``seq_id`` at positions ``[start, end)`` (all by default)."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, start, end)
-
-    def clear(self) -> None:
-        llama_cpp.llama_memory_clear(self.memory, True)
 
     def close(self) -> None:
         if self.ptr:

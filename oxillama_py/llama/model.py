@@ -11,10 +11,13 @@ import llama_cpp
 from ..config import DEFAULT_MODEL_PACKAGE
 from ..errors import LoadError, TokenizerError
 from .backend import ensure_backend, use_extra_buffers
+from .compute import compute
+from .lifetime import Lifetime
 
 __all__ = ["Model", "default_model_path", "resolve_model_path", "check_gguf_file"]
 
 _GGUF_MAGIC = b"GGUF"
+_PIECE_BYTES = 64  # longer pieces are retried with the size llama.cpp asks for
 
 
 def default_model_path() -> Path:
@@ -53,7 +56,13 @@ def check_gguf_file(path: Path) -> None:
 
 
 class Model:
-    """Owns a ``llama_model``; its vocabulary calls are read-only and thread-safe."""
+    """Owns a ``llama_model``; every call on it is safe from any thread.
+
+    Vocabulary calls bring their own buffers (llama.cpp writes into the caller's
+    buffer with the GIL released, so a shared one would mix two callers' bytes),
+    and :meth:`close` frees the model only once no call is in flight; later
+    calls raise :class:`~oxillama_py.GenerateError`.
+    """
 
     def __init__(self, path: Path) -> None:
         check_gguf_file(path)
@@ -62,7 +71,7 @@ class Model:
         params.n_gpu_layers = 0
         if hasattr(params, "use_extra_bufts"):
             params.use_extra_bufts = use_extra_buffers()
-        ptr = llama_cpp.llama_model_load_from_file(str(path).encode("utf-8"), params)
+        ptr = compute(llama_cpp.llama_model_load_from_file, str(path).encode("utf-8"), params)
         if not ptr:
             raise LoadError(f"llama.cpp could not load the model (truncated or corrupt GGUF?): {path}")
         self.path = path
@@ -74,28 +83,33 @@ class Model:
         self.vocab = vocab
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(vocab)
         self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(ptr)
-        self._piece_buf = ctypes.create_string_buffer(256)
+        self._lifetime = Lifetime("the model")
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Tokens exactly as llama.cpp makes them: BOS when the model asks, special tokens parsed."""
         data = text.encode("utf-8")
         capacity = len(data) + 8
-        for _ in range(2):
-            buf = (llama_cpp.llama_token * capacity)()
-            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
-            if n >= 0:
-                return list(buf[:n])
-            capacity = -n
+        with self._lifetime.use():
+            for _ in range(2):
+                buf = (llama_cpp.llama_token * capacity)()
+                n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+                if n >= 0:
+                    return list(buf[:n])
+                capacity = -n
         raise TokenizerError(f"could not tokenize {len(data)} bytes of text")
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(_PIECE_BYTES)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, _PIECE_BYTES, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+        return buf.raw[:n]
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token; control tokens render as nothing (as llama-cpp-python does)."""
-        buf = self._piece_buf
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-        return buf.raw[:n]
+        with self._lifetime.use():
+            return self._piece(token)
 
     def check_tokens(self, tokens: list[int]) -> None:
         for token in tokens:
@@ -104,16 +118,15 @@ class Model:
 
     def detokenize(self, tokens: list[int]) -> str:
         self.check_tokens(tokens)
-        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+        with self._lifetime.use():
+            return b"".join(self._piece(t) for t in tokens).decode("utf-8", errors="replace")
 
     def is_eog(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
-
-    def token_text(self, token: int) -> str:
-        raw = llama_cpp.llama_vocab_get_text(self.vocab, token)
-        return raw.decode("utf-8", errors="replace") if raw else ""
+        with self._lifetime.use():
+            return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
     def close(self) -> None:
-        if self.ptr:
+        """Free the model once the calls in flight have returned (blocking; idempotent)."""
+        if self._lifetime.close():
             llama_cpp.llama_model_free(self.ptr)
             self.ptr = None

@@ -7,7 +7,7 @@ import llama_cpp
 from ..config import SamplerConfig
 from .model import Model
 
-__all__ = ["Sampler", "make_sampler"]
+__all__ = ["Sampler"]
 
 _MIROSTAT_M = 100  # what llama-cpp-python passes for Mirostat v1
 
@@ -61,7 +61,3 @@ class Sampler:
         if self.ptr:
             llama_cpp.llama_sampler_free(self.ptr)
             self.ptr = None
-
-
-def make_sampler(model: Model, config: SamplerConfig, seed: int) -> Sampler:
-    return Sampler(model, config, seed)

@@ -1,0 +1,128 @@
+"""The keyword options of every ``generate*`` call, spelled once and typed.
+
+:class:`GenerateKwargs` is what callers (and type checkers, and IDEs) see;
+:class:`GenerateOptions` is the same, validated, before any work starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypedDict
+
+from .cancel import CancellationToken
+from .config import SamplerConfig, check_seed
+from .progress import check_progress, check_throttle
+from .results import CompletionResult
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # pragma: no cover - Python 3.10
+    from typing_extensions import Unpack
+
+__all__ = ["BatchKwargs", "GenerateKwargs", "GenerateOptions", "ProgressOptions", "Unpack"]
+
+
+class GenerateKwargs(TypedDict, total=False):
+    """Keyword options accepted by ``generate``, ``complete``, ``stream`` and the batch calls."""
+
+    temperature: float | None
+    """0 for greedy decoding; overrides the engine's sampler."""
+    top_p: float | None
+    top_k: int | None
+    min_p: float | None
+    repeat_penalty: float | None
+    seed: int | None
+    """Seed of this call's sampling (reproducible sampled output)."""
+    sampler: SamplerConfig | None
+    """A whole :class:`~oxillama_py.SamplerConfig` instead of the engine's (the overrides above still apply)."""
+    stop: str | Sequence[str] | None
+    """Strings that end the text; the text ends just before the first one."""
+    cancel_token: CancellationToken | None
+    progress: object
+    """``None``, a tqdm bar, an ipywidgets progress bar or a ``Callable[[ProgressEvent], None]``."""
+    progress_throttle_ms: float | None
+    progress_throttle_tokens: int | None
+    progress_capture_text: bool
+    strict_progress: bool
+
+
+class BatchKwargs(GenerateKwargs, total=False):
+    """:class:`GenerateKwargs`, plus what only the batch calls take."""
+
+    on_complete: Callable[[int, CompletionResult], object] | None
+    """Called as ``on_complete(index, result)`` as each prompt finishes (coroutine functions are awaited)."""
+
+
+@dataclass(frozen=True)
+class ProgressOptions:
+    """The ``progress*`` options of one call, validated."""
+
+    target: object = None
+    throttle_ms: float | None = None
+    throttle_tokens: int | None = None
+    capture_text: bool = False
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """The validated options of one call."""
+
+    max_tokens: int
+    sampler: SamplerConfig
+    stop: tuple[str, ...]
+    cancel_token: CancellationToken | None
+    progress: ProgressOptions
+
+    @classmethod
+    def build(cls, base: SamplerConfig, max_tokens: int, options: GenerateKwargs) -> GenerateOptions:
+        unknown = set(options) - set(GenerateKwargs.__annotations__)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+            raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__}")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        sampler = options.get("sampler")
+        if sampler is not None and not isinstance(sampler, SamplerConfig):
+            raise TypeError(f"sampler must be a SamplerConfig, got {type(sampler).__name__}")
+        check_seed("seed", options.get("seed"))
+        chosen = (sampler or base).with_overrides(
+            temperature=options.get("temperature"),
+            top_p=options.get("top_p"),
+            top_k=options.get("top_k"),
+            min_p=options.get("min_p"),
+            repeat_penalty=options.get("repeat_penalty"),
+            seed=options.get("seed"),
+        )
+        cancel_token = options.get("cancel_token")
+        if cancel_token is not None and not isinstance(cancel_token, CancellationToken):
+            raise TypeError(f"cancel_token must be a CancellationToken, got {type(cancel_token).__name__}")
+        progress = ProgressOptions(
+            options.get("progress"),
+            options.get("progress_throttle_ms"),
+            options.get("progress_throttle_tokens"),
+            _flag("progress_capture_text", options.get("progress_capture_text", False)),
+            _flag("strict_progress", options.get("strict_progress", False)),
+        )
+        check_throttle(progress.throttle_ms, progress.throttle_tokens)
+        check_progress(progress.target)
+        return cls(max_tokens, chosen, _stops(options.get("stop")), cancel_token, progress)
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _stops(stop: object) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,) if stop else ()
+    if not isinstance(stop, Sequence) or not all(isinstance(s, str) for s in stop):
+        raise TypeError(f"stop must be a string or a sequence of strings, got {stop!r}")
+    return tuple(s for s in stop if s)

@@ -1,0 +1,185 @@
+"""``stream()``: an async iterator that any consumer may leave at any time.
+
+It holds no task group (PEP 789): a plain ``async for ... break`` without
+``aclosing()`` must not raise into, or log on, the caller's loop; the request
+is dropped at the worker's next step and the progress display is finalised as
+cancelled. ``async with engine.stream(...)`` makes the end explicit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from oxillama_py import AsyncEngine, EngineConfig, GenerationCancelled, ProgressEvent
+from oxillama_py.stream import TextStream
+
+pytestmark = pytest.mark.anyio
+
+PROMPT = "Count: 1, 2, 3,"
+
+
+class DuckBar:
+    """Only what the specification promises to use: update, set_postfix_str, close."""
+
+    __slots__ = ("closed", "postfix", "updates")
+
+    def __init__(self) -> None:
+        self.updates = 0
+        self.postfix: list[str] = []
+        self.closed = 0
+
+    def update(self, n: int = 1) -> None:
+        self.updates += n
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix.append(s)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+async def _until(predicate: Any, steps_budget: int, engine: AsyncEngine) -> int:
+    """Wait until ``predicate()``; return how many decode steps the worker ran meanwhile."""
+    start = engine.stats.decode_steps
+    while not predicate():
+        assert engine.stats.decode_steps - start <= steps_budget, "the worker kept decoding"
+        await anyio.sleep(0.005)
+    return engine.stats.decode_steps - start
+
+
+async def test_break_without_aclosing_frees_the_slot_and_finalises_progress(aengine: AsyncEngine) -> None:
+    events: list[ProgressEvent] = []
+    got: list[str] = []
+    async for piece in aengine.stream(PROMPT, 400, temperature=0, progress=events.append):
+        got.append(piece)
+        if len(got) == 3:
+            break
+    gc.collect()
+    # Dropped within one step (the one in flight may finish), then finalised as cancelled.
+    await _until(lambda: aengine.stats.active == 0 and events and events[-1].is_final, 2, aengine)
+    assert "".join(got).startswith(" 4")
+    assert [e.is_final for e in events].count(True) == 1
+    assert events[-1].tokens_generated < 400
+    assert (await aengine.generate(PROMPT, 8, temperature=0)).startswith(" 4, 5, 6")
+
+
+async def test_break_closes_a_duck_typed_bar_once_as_cancelled(aengine: AsyncEngine) -> None:
+    bar = DuckBar()
+    stream = aengine.stream(PROMPT, 400, temperature=0, progress=bar)
+    async for _ in stream:
+        break
+    del stream
+    await _until(lambda: bar.closed == 1, 2, aengine)
+    assert bar.postfix[-1] == "cancelled"
+    await anyio.sleep(0.05)
+    assert bar.closed == 1
+
+
+async def test_async_with_stream(aengine: AsyncEngine) -> None:
+    expected = await aengine.generate(PROMPT, 24, temperature=0)
+    async with aengine.stream(PROMPT, 24, temperature=0) as pieces:
+        assert "".join([piece async for piece in pieces]) == expected
+    bar = DuckBar()
+    async with aengine.stream(PROMPT, 400, temperature=0, progress=bar) as pieces:
+        async for _ in pieces:
+            break
+        assert aengine.stats.active == 1
+    # Leaving the block waited for the worker to let go, and for the display's end.
+    assert aengine.stats.active == 0
+    assert bar.closed == 1 and bar.postfix[-1] == "cancelled"
+
+
+async def test_cancel_scope_around_a_plain_loop(aengine: AsyncEngine) -> None:
+    events: list[ProgressEvent] = []
+    with anyio.CancelScope() as scope:
+        async for _ in aengine.stream(PROMPT, 400, temperature=0, progress=events.append):
+            scope.cancel()
+    assert scope.cancelled_caught
+    gc.collect()
+    await _until(lambda: aengine.stats.active == 0 and events and events[-1].is_final, 2, aengine)
+
+
+async def test_errors_and_cancellation_token_reach_the_consumer(aengine: AsyncEngine) -> None:
+    from oxillama_py import CancellationToken
+
+    token = CancellationToken()
+    with pytest.raises(GenerationCancelled):
+        async for _ in aengine.stream(PROMPT, 400, temperature=0, cancel_token=token):
+            token.cancel()
+    assert aengine.stats.active == 0
+
+
+async def test_bad_arguments_raise_at_the_call(aengine: AsyncEngine) -> None:
+    with pytest.raises(ValueError, match="max_tokens"):
+        aengine.stream(PROMPT, -1)
+    with pytest.raises(TypeError, match="progress"):
+        aengine.stream(PROMPT, 8, progress=42)
+    with pytest.raises(TypeError):
+        aengine.stream(PROMPT, 8, temprature=0)  # type: ignore[call-arg]
+    assert isinstance(aengine.stream(PROMPT, 8), TextStream)  # never started: nothing to clean up
+    gc.collect()
+
+
+def _plain_break_program(model_path: Path, run: Any) -> tuple[list[str], list[logging.LogRecord], list[Any]]:
+    """The issue's scenario in a loop of its own: break, collect, let the loop end."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(level=logging.DEBUG)
+    for name in ("asyncio", "trio", "oxillama_py"):
+        logging.getLogger(name).addHandler(handler)
+    got: list[str] = []
+    bar = DuckBar()
+
+    async def main() -> None:
+        async with AsyncEngine(EngineConfig(model_path, n_ctx=1024, max_concurrency=1, n_threads=1)) as engine:
+            async for piece in engine.stream(PROMPT, 200, temperature=0, progress=bar):
+                got.append(piece)
+                break
+            gc.collect()
+            # The one slot is free again: a second request is served, not queued behind the first.
+            got.append(await engine.generate(PROMPT, 6, temperature=0))
+
+    unraisable: list[Any] = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            run(main)
+            gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+        for name in ("asyncio", "trio", "oxillama_py"):
+            logging.getLogger(name).removeHandler(handler)
+    assert bar.closed == 1 and bar.postfix[-1] == "cancelled"
+    return got, [r for r in records if r.levelno >= logging.WARNING], unraisable
+
+
+@pytest.mark.parametrize(
+    "runner",
+    [
+        pytest.param(lambda main: asyncio.run(main()), id="asyncio.run"),
+        pytest.param(
+            lambda main: anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True}), id="uvloop"
+        ),
+        pytest.param(lambda main: anyio.run(main, backend="trio"), id="trio.run"),
+    ],
+)
+def test_plain_break_in_a_program_of_its_own(model_path: Path, runner: Any) -> None:
+    got, warnings_logged, unraisable = _plain_break_program(model_path, runner)
+    assert got[0] and got[1].startswith(" 4, 5")
+    assert warnings_logged == []
+    assert unraisable == []
