@@ -100,7 +100,7 @@ def speculative_rows(d: dict[str, Any]) -> list[list[str]]:
         [
             "task",
             "plain Engine",
-            "SpeculativeEngine + PromptLookup",
+            "SpeculativeEngine, default settings",
             "its acceptance rate",
             "llama-cpp-python prompt lookup",
             "raw plain",
@@ -132,8 +132,24 @@ def _check_line(checks: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def coexistence_rows(d: dict[str, Any]) -> list[list[str]]:
+    tps = d["median_tok_per_sec"]
+    rows = [["the process also holds", "first model's tok/s", "ratio to alone"]]
+    for label, name, alone in (
+        ("nothing (oxillama_py Engine alone)", "engine_alone", "engine_alone"),
+        ("a second Engine", "engine_beside_engine", "engine_alone"),
+        ("a SpeculativeEngine", "engine_beside_speculative", "engine_alone"),
+        ("a second Engine, each computing on its own thread", "engine_beside_engine_unshared", "engine_alone"),
+        ("nothing (raw Llama alone)", "raw_alone", "raw_alone"),
+        ("a second raw Llama", "raw_beside_raw", "raw_alone"),
+    ):
+        rows.append([label, _f(tps[name]), _f(tps[name] / tps[alone], 2)])
+    return rows
+
+
 def readme_block(results: Path) -> list[str]:
-    o, b, s = (_load(n, results) for n in ("overhead", "batching", "speculative"))
+    o, b, s, c = (_load(n, results) for n in ("overhead", "batching", "speculative", "coexistence"))
+    build = "with OpenMP, as pip builds it" if c["machine"]["openmp_build"] else "without OpenMP"
     lag = b["checks"]["p99_loop_lag_ms_8"]["value"]
     lines = [
         f"Gemma 3 270M Q4_K_M, greedy, {_machine(o)}; medians of interleaved rounds "
@@ -161,6 +177,13 @@ def readme_block(results: Path) -> list[str]:
         "Checks: " + _check_line(s["targets"]) + ".",
         "",
         "![speculative decoding](benchmarks/results/speculative.png)",
+        "",
+        f"**A second model in the same process** ([`coexistence.py`](benchmarks/coexistence.py), "
+        f"llama-cpp-python {build}, {c['max_tokens']} tokens, median of {c['rounds']} processes each):",
+        "",
+        *_rows_md(coexistence_rows(c)),
+        "",
+        "Checks: " + _check_line(c["targets"]) + ".",
     ]
     return lines
 
