@@ -301,17 +301,11 @@ class AsyncEngine:
     def _check_options(self, opts: GenerateOptions) -> None:
         """Engine-specific checks of a call's options, before any work."""
 
-    def _context_budget(self) -> int:
-        """Context cells one request may fill with its prompt and ``max_tokens``."""
-        return self.config.slot_ctx
-
-    def _budget_reason(self) -> str:
-        return f"n_ctx={self.config.n_ctx} shared by max_concurrency={self.config.max_concurrency}"
-
     def _requests(self, worker: DecodeWorker, prompts: list[str], opts: GenerateOptions) -> list[Request]:
         """Tokenize and check every prompt (blocking: runs in a worker thread, not on the loop)."""
         model = worker.model
-        budget = self._context_budget()
+        config = self.config
+        budget = config.slot_ctx  # a speculative step drafts at most max_tokens - 1 past the text: it fits too
         requests = []
         for index, prompt in enumerate(prompts):
             tokens = model.tokenize(prompt)
@@ -320,7 +314,8 @@ class AsyncEngine:
             if len(tokens) + opts.max_tokens > budget:
                 raise KvCacheFullError(
                     f"prompt of {len(tokens)} tokens plus max_tokens={opts.max_tokens} does not fit the "
-                    f"{budget} context cells one request may use ({self._budget_reason()})"
+                    f"{budget} context cells one request may use "
+                    f"(n_ctx={config.n_ctx} shared by max_concurrency={config.max_concurrency})"
                 )
             seed = opts.sampler.seed
             if seed is None:

@@ -44,13 +44,6 @@ class AsyncSpeculativeEngine(AsyncEngine):
         if opts.sampler.mirostat:
             raise ValueError("SpeculativeEngine does not support mirostat sampling; use temperature/top-k/top-p")
 
-    def _context_budget(self) -> int:
-        # Drafts occupy cells beyond the accepted text until they are verified.
-        return self.config.n_ctx - self.speculative_config.max_draft - 1
-
-    def _budget_reason(self) -> str:
-        return f"n_ctx={self.config.n_ctx} less room for {self.speculative_config.max_draft} draft tokens"
-
 
 class SpeculativeEngine(Engine):
     """The blocking facade over :class:`AsyncSpeculativeEngine`, like :class:`Engine` over :class:`AsyncEngine`."""

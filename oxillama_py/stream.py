@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import anyio.lowlevel
+
 from .bus.pieces import PieceBuffer
 
 if TYPE_CHECKING:
@@ -49,8 +51,9 @@ class TextStream:
         return self
 
     async def __anext__(self) -> str:
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled scope ends the loop, buffered pieces or not
         pieces = self._buffer.pieces
-        if not pieces and self._closed:
+        if self._closed:
             raise StopAsyncIteration
         call = await self._start()
         while not pieces:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 
 import anyio
 import pytest
@@ -18,26 +17,27 @@ PROMPT = "Count: 1, 2, 3,"
 
 async def test_token_from_another_thread_stops_within_a_step(aengine: AsyncEngine) -> None:
     token = CancellationToken()
-    seen: list[tuple[int, float]] = []
-    cancelled_at: list[float] = []
+    seen: list[int] = []
+    steps_at_cancel: list[int] = []
 
     def on_token(piece: str, token_id: int, is_final: bool) -> None:
-        seen.append((token_id, time.perf_counter()))
+        seen.append(token_id)
         if len(seen) == 8:
 
             def cancel() -> None:
-                cancelled_at.append(time.perf_counter())
+                steps_at_cancel.append(aengine.stats.decode_steps)
                 token.cancel()
 
             threading.Thread(target=cancel).start()
 
+    start = aengine.stats.decode_steps
     with pytest.raises(GenerationCancelled):
         await aengine.generate_streaming(PROMPT, 200, on_token, temperature=0, cancel_token=token)
     assert token.is_cancelled()
-    # One decode step is ~20 ms here; the worker checks the token before every step.
-    after = [t for _, t in seen if t > cancelled_at[0]]
-    assert len(after) <= 2, f"{len(after)} tokens arrived after cancel()"
-    assert len(seen) < 20
+    # The worker checks the token before every step: the step in flight may end, no other starts.
+    assert aengine.stats.decode_steps - steps_at_cancel[0] <= 1
+    assert aengine.stats.active == 0
+    assert len(seen) <= aengine.stats.decode_steps - start < 200
     # The engine is reusable and correct afterwards.
     assert (await aengine.generate(PROMPT, 8, temperature=0)).startswith(" 4, 5, 6")
 

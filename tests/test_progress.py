@@ -133,7 +133,6 @@ async def test_default_throttle_fires_far_fewer_events(aengine: AsyncEngine) -> 
     assert fired[0].tokens_generated == 1
     for a, b in zip(fired, fired[1:]):  # each later fire needed 50 ms or 4 tokens since the last
         assert b.tokens_generated - a.tokens_generated >= 4 or b.elapsed_secs - a.elapsed_secs >= 0.045
-    assert max(b.tokens_generated - a.tokens_generated for a, b in zip(fired, fired[1:])) <= 8
     # Each fire after the first needed 4 tokens or 50 ms: that bounds the count whatever the speed.
     n, secs = result.completion_tokens, result.timings.generation_secs
     assert len(fired) <= 1 + n / 4 + secs / 0.045

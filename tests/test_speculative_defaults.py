@@ -46,3 +46,17 @@ def test_defaults_draft_past_the_old_cap_of_4_on_a_copying_task(default_engine: 
     # (the old default, a cap of 4, could never give more than 5).
     assert stats.acceptance_rate > 0.8
     assert stats.tokens_per_target_call > 5
+
+
+def test_prompt_plus_max_tokens_may_fill_the_whole_context(model_path: Path) -> None:
+    """Drafts never reach past ``max_tokens`` (a step drafts at most one less than may still come): no reserve."""
+    config = SpeculativeConfig(EngineConfig(model_path, n_ctx=256), trace=True)
+    with SpeculativeEngine(config) as engine:
+        n_prompt = len(engine.tokenize(COPYING))
+        max_tokens = 256 - n_prompt
+        result = engine.complete(COPYING, max_tokens, temperature=0)
+        assert result.prompt_tokens + max_tokens == 256
+        assert result.speculative is not None and result.speculative.drafted > 0
+        assert result.finish_reason in ("length", "stop")
+        last = result.speculative.steps[-1]
+        assert last.start + len(last.batch) <= 256

@@ -130,3 +130,40 @@ async def test_tokenize_racing_aclose_fails_cleanly(model_path: Path) -> None:
     assert len(lengths) == 1  # every call that ran saw the same, whole result
     with pytest.raises(GenerateError, match="closed"):
         await engine.detokenize([1, 2, 3])
+
+
+def test_a_model_is_freed_only_once_no_call_is_in_flight(model_path: Path) -> None:
+    """The binding layer's guard itself: calls racing ``close()`` finish whole or fail cleanly."""
+    from oxillama_py.llama import Model
+
+    model = Model(model_path)
+    text = " ".join(TEXTS) * 50
+    expected = model.tokenize(text)
+    started = threading.Barrier(5)
+    outcomes: list[object] = []
+
+    def call() -> None:
+        started.wait()
+        while True:
+            try:
+                ids = model.tokenize(text)
+                outcomes.append(ids == expected and model.detokenize(ids[:50]) != "")
+            except GenerateError as exc:
+                outcomes.append(exc)
+                return
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    while not outcomes:
+        pass
+    model.close()  # waits for the calls in flight, then frees
+    for thread in threads:
+        thread.join()
+    assert model.ptr is None
+    assert all(o is True or (isinstance(o, GenerateError) and "closed" in str(o)) for o in outcomes)
+    assert sum(isinstance(o, GenerateError) for o in outcomes) == 4
+    with pytest.raises(GenerateError, match="closed"):
+        model.piece(1)
+    model.close()  # idempotent

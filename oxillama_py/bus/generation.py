@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
 import anyio
+from anyio.lowlevel import EventLoopToken, current_token
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .events import Event, Finished, FinishReason
+from .post import post
 from .request import Request
 from .subscriber import Outcome, Subscriber, receive_batch
 
@@ -46,6 +49,7 @@ class Generation:
         self._remaining = len(self.requests)
         self._streams = ExitStack()  # the pull mode's stream ends, closed when it is finalised
         self._receive: MemoryObjectReceiveStream[Event] | None = None
+        self._loop: tuple[EventLoopToken, int] | None = None  # the pull mode's loop and its thread
         self._finalised = False
 
     # -- task mode ---------------------------------------------------------------------
@@ -90,6 +94,7 @@ class Generation:
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
         self._streams.enter_context(send)
         self._receive = self._streams.enter_context(receive)
+        self._loop = (current_token(), threading.get_ident())
         self._bind([send])
         self._submit_all()
 
@@ -120,15 +125,18 @@ class Generation:
 
         Cancels at once (the worker drops the sequences at its next step) and
         finalises once the worker has acknowledged the last of them, from the
-        loop callback that delivers that acknowledgement.
+        loop callback that delivers that acknowledgement (on the decode thread
+        only if that loop has already ended).
         """
         if self._finalised:
             return
         pending = [request for request in self.requests if not request.finished]
         for request in pending:
             request.cancel()
-        if not pending:
-            self._finalise_when_all_ended()
+        if not pending:  # all ended already: finalise on the loop's thread, not the collector's
+            loop = self._loop
+            if loop is None or loop[1] == threading.get_ident() or not post(loop[0], self._finalise_when_all_ended):
+                self._finalise_when_all_ended()
         for request in pending:
             request.on_end(self._finalise_when_all_ended)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .events import Event, Finished, FinishReason, Step
@@ -37,8 +38,13 @@ class Subscriber:
     """Override :meth:`on_step`/:meth:`on_finished`, or :meth:`feed` to consume whole batches."""
 
     async def feed(self, events: Sequence[Event]) -> None:
-        """Everything published since the previous feed, in order."""
+        """Everything published since the previous feed, in order.
+
+        A cancelled caller stops it between two events, as a stream read event
+        by event would: nothing reaches a callback once its scope is cancelled.
+        """
         for event in events:
+            await anyio.lowlevel.checkpoint_if_cancelled()
             if isinstance(event, Step):
                 await self.on_step(event)
             else:

@@ -198,8 +198,7 @@ class DecodeWorker:
             self.step()
         except Exception as exc:
             _log.exception("decode step failed")
-            for seq in list(self._active):
-                self._retire(seq, "error", exc)
+            self._retire_all(exc)
 
     def step(self) -> None:
         """One ``llama_decode`` over every active sequence, then sample each."""
@@ -253,21 +252,32 @@ class DecodeWorker:
         error: BaseException | None = None,
         step: Step | None = None,
     ) -> None:
-        """Free the slot and its KV cells, then tell the request it ended."""
+        """Free the slot and its KV cells, then tell the request it ended.
+
+        The request is told in a ``finally``: whatever fails while freeing, its
+        caller (which waits, shielded, for this answer) is answered.
+        """
         assert self.context is not None
-        self.context.remove(seq.slot)
-        self._active.remove(seq)
-        self._free.append(seq.slot)
-        seq.close()
-        finished = seq.finished(reason, time.perf_counter(), error)
-        if step is not None:
-            seq.request.publish(step, finished)
-        else:
-            seq.request.publish(finished)
+        finished = Finished("error", time.perf_counter(), len(seq.prompt), error, sequence=seq.request.sequence)
+        try:
+            finished = seq.finished(reason, time.perf_counter(), error)
+            self._active.remove(seq)
+            self.context.remove(seq.slot)
+            self._free.append(seq.slot)
+            seq.close()
+        finally:
+            seq.request.publish(*((step, finished) if step is not None else (finished,)))
+
+    def _retire_all(self, error: BaseException) -> None:
+        """End every active sequence with ``error``; one that fails to retire does not stop the rest."""
+        for seq in list(self._active):
+            try:
+                self._retire(seq, "error", error)
+            except Exception:
+                _log.exception("retiring a sequence failed")
 
     def _fail_all(self, error: GenerateError) -> None:
-        for seq in list(self._active):
-            self._retire(seq, "error", error)
+        self._retire_all(error)
         pending = list(self._waiting)
         while True:
             try:

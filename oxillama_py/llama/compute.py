@@ -87,6 +87,17 @@ _lock = threading.Lock()
 _shared: _ComputeThread | None = None
 
 
+def _forget_after_fork() -> None:
+    # A forked child has no compute thread, only a stale handle to its parent's (and maybe a held lock).
+    global _shared, _lock
+    _shared = None
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def compute(func: Callable[..., _T], *args: Any) -> _T:
     """``func(*args)``, on the shared compute thread when the build needs one (blocking)."""
     if not shared_compute():
