@@ -308,7 +308,9 @@ async def test_slow_callback_does_not_slow_decoding(aengine: AsyncEngine) -> Non
     result = await aengine.complete(prompt, n, temperature=0, progress=slow)
     assert result.completion_tokens == n
     assert advanced[0] >= 10, "decoding stopped while the loop was blocked"
-    assert seen[1].tokens_generated - seen[0].tokens_generated >= 10  # coalesced into one tick
+    # Coalesced into one tick: all but the last of those steps had published their token
+    # (the step counter moves before the step's token is published).
+    assert seen[1].tokens_generated - seen[0].tokens_generated >= 9
 
 
 # -- the adapter factory and the deprecated shims --------------------------------------
