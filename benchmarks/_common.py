@@ -178,6 +178,15 @@ def pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path, dpi: int) -> None:
+    """Lay out, write and close a figure (the results folder is made if needed)."""
+    plt = pyplot()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def verdict(value: float, target: float, *, higher_is_better: bool = True) -> str:
     if math.isnan(value):
         return "n/a"

@@ -560,9 +560,7 @@ def plot(data: dict, path: Path) -> None:
         f"{info['llama_cpp_python']}, {info['threads']} threads, {data['rounds']} rounds ({data['mode']})",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

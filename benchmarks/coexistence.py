@@ -224,10 +224,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("first model's greedy tokens per second")
     build = "OpenMP build" if data["machine"]["openmp_build"] else "build without OpenMP"
     ax.set_title(f"A second model in the same process (llama-cpp-python {build})")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _common.save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

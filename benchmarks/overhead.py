@@ -273,9 +273,7 @@ def plot(data: dict, path: Path) -> None:
         f"{info['threads']} threads, {data['rounds']} rounds ({data['mode']})",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    common.save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

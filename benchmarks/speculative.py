@@ -202,10 +202,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("tokens per second (greedy)")
     ax.set_title("Speculative decoding: oxillama_py vs llama-cpp-python (Gemma 3 270M Q4_K_M)")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _common.save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,3 @@ class Lifetime:
             self._closed = True
             self._cond.wait_for(lambda: not self._users)
             return True
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
