@@ -1,5 +1,8 @@
 """The main job as a command: ``python -m oxillama_py "Once upon a time"``.
 
+``python -m oxillama_py serve ...`` runs the OpenAI-compatible server instead
+(see :mod:`oxillama_py.server.cli`).
+
 The text goes to stdout and the tqdm bar to stderr, so ``> out.txt`` captures
 only the generation.
 """
@@ -51,6 +54,14 @@ def _backend(name: str) -> tuple[str, dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        try:
+            from .server.cli import main as serve
+        except ImportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return serve(argv[1:])
     args = _parser().parse_args(argv)
     try:
         sampler = SamplerConfig().with_overrides(temperature=args.temperature, seed=args.seed)

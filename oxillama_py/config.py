@@ -143,7 +143,10 @@ class EngineConfig:
     ``max_concurrency`` sequences that decode together gets an equal share of it,
     so a request's prompt plus ``max_tokens`` must fit ``n_ctx // max_concurrency``.
     ``flash_attn=False`` (the default) matches llama-cpp-python's ``Llama`` so that
-    greedy output is identical to it.
+    greedy output is identical to it. ``chat_template`` (a built-in name such as
+    ``"gemma"`` or ``"chatml"``, or a Jinja2 string) overrides the model's own for
+    ``chat()``; by default the GGUF's template is used, or the built-in its
+    vocabulary points to.
     """
 
     model_path: str | os.PathLike[str] | None = None
@@ -155,6 +158,7 @@ class EngineConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     flash_attn: bool = False
     max_concurrency: int = 8
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
         if self.model_path is not None:
@@ -168,6 +172,10 @@ class EngineConfig:
         _check_type("sampler", self.sampler, SamplerConfig, "a SamplerConfig")
         _check_bool("flash_attn", self.flash_attn)
         _check_int("max_concurrency", self.max_concurrency, minimum=1, maximum=256)
+        if self.chat_template is not None:
+            _check_type(
+                "chat_template", self.chat_template, str, "a str (a built-in name or a Jinja2 template) or None"
+            )
         if self.n_ctx // self.max_concurrency < 8:
             raise ValueError(
                 f"n_ctx={self.n_ctx} leaves fewer than 8 cells for each of "

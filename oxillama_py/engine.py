@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -30,11 +30,13 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .bus import Finished, Generation, Request, Subscriber
 from .bus.collect import Collector
+from .bus.pieces import PieceBuffer
 from .callback import CallbackSubscriber, check_callback
+from .chat import ChatTemplate, Message, check_messages, resolve_template
 from .config import EngineConfig
 from .decode import DecodeWorker
 from .errors import GenerateError, GenerationCancelled, KvCacheFullError, OxiLlamaError
-from .llama.model import resolve_model_path
+from .llama.model import Model, resolve_model_path
 from .options import BatchKwargs, GenerateKwargs, GenerateOptions, Unpack
 from .progress import ProgressSubscriber, make_progress_adapter
 from .results import CompletionResult
@@ -260,6 +262,103 @@ class AsyncEngine:
             return []
         return await (await self._prepare(checked, opts, on_complete=on_complete)).run()
 
+    # -- chat -------------------------------------------------------------------------
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        max_tokens: int = 128,
+        *,
+        chat_template: str | None = None,
+        **options: Unpack[GenerateKwargs],
+    ) -> CompletionResult:
+        """Answer a conversation: ``messages`` rendered with the chat template, then :meth:`complete`.
+
+        ``messages`` are ``{"role": "system" | "user" | "assistant", "content": str}``
+        dicts; the answer ends at the template's end-of-turn marker. The template
+        is ``chat_template`` (a built-in name or a Jinja2 string), else the
+        engine config's, else the model's own, else the built-in its vocabulary
+        points to (Gemma's turn format for the default model). Every option of
+        :meth:`generate` applies.
+        """
+        checked = check_messages(messages)
+        opts = self._options(max_tokens, options)
+        template = _check_template(chat_template)
+        prompt, opts = await self._chat_prompt(checked, template, opts)
+        (result,) = await (await self._prepare([prompt], opts)).run()
+        return result
+
+    def stream_chat(
+        self,
+        messages: Sequence[Message],
+        max_tokens: int = 128,
+        *,
+        chat_template: str | None = None,
+        **options: Unpack[GenerateKwargs],
+    ) -> TextStream:
+        """:meth:`chat`'s text as pieces, with :meth:`stream`'s semantics."""
+        checked = check_messages(messages)
+        opts = self._options(max_tokens, options)
+        template = _check_template(chat_template)
+
+        async def prepare(buffer: PieceBuffer) -> Call:
+            prompt, chat_opts = await self._chat_prompt(checked, template, opts)
+            return await self._prepare([prompt], chat_opts, [buffer])
+
+        return TextStream(prepare)
+
+    async def apply_chat_template(
+        self,
+        messages: Sequence[Message],
+        *,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """The prompt :meth:`chat` would decode (BOS included as the template writes it)."""
+        checked = check_messages(messages)
+        template = _check_template(chat_template)
+        model = (await self._ready()).model
+        return await anyio.to_thread.run_sync(
+            partial(self._render, model, checked, template, add_generation_prompt=add_generation_prompt)
+        )
+
+    async def _chat_prompt(
+        self, messages: list[dict[str, str]], chosen: str | None, opts: GenerateOptions
+    ) -> tuple[str, GenerateOptions]:
+        model = (await self._ready()).model
+        prompt, template = await anyio.to_thread.run_sync(partial(self._render_for_decode, model, messages, chosen))
+        stop = opts.stop + tuple(s for s in template.stop if s not in opts.stop)
+        return prompt, replace(opts, stop=stop)
+
+    def _template(self, model: Model, chosen: str | None) -> ChatTemplate:
+        return resolve_template(
+            chosen if chosen is not None else self.config.chat_template,
+            model_template=model.chat_template(),
+            has_token=model.has_token,
+        )
+
+    def _render(
+        self, model: Model, messages: list[dict[str, str]], chosen: str | None, *, add_generation_prompt: bool
+    ) -> str:
+        return self._template(model, chosen).render(
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=model.special_text(model.bos),
+            eos_token=model.special_text(model.eos),
+        )
+
+    def _render_for_decode(
+        self, model: Model, messages: list[dict[str, str]], chosen: str | None
+    ) -> tuple[str, ChatTemplate]:
+        """The rendered prompt without the BOS text that tokenizing adds again (blocking)."""
+        template = self._template(model, chosen)
+        bos = model.special_text(model.bos)
+        prompt = template.render(
+            messages, add_generation_prompt=True, bos_token=bos, eos_token=model.special_text(model.eos)
+        )
+        if model.add_bos and bos and prompt.startswith(bos):
+            prompt = prompt[len(bos) :]
+        return prompt, template
+
     def _options(self, max_tokens: int, options: GenerateKwargs) -> GenerateOptions:
         opts = GenerateOptions.build(self.config.sampler, max_tokens, options)
         self._check_options(opts)
@@ -317,13 +416,21 @@ class AsyncEngine:
                     f"{budget} context cells one request may use "
                     f"(n_ctx={config.n_ctx} shared by max_concurrency={config.max_concurrency})"
                 )
-            seed = opts.sampler.seed
-            if seed is None:
-                seed = self.config.seed if self.config.seed is not None else random.getrandbits(31)
+            seed = opts.sampler.seed if opts.sampler.seed is not None else self.config.seed
+            # Prompt i of a seeded batch samples with seed + i: the batch is reproducible, and the
+            # same prompt twice (``n`` choices of one request) gives two different samples.
+            seed = random.getrandbits(31) if seed is None else (seed + index) % 2**32
             requests.append(
                 Request(tokens, opts.max_tokens, opts.sampler, seed, opts.stop, opts.cancel_token, sequence=index)
             )
         return requests
+
+
+def _check_template(chosen: object) -> str | None:
+    """Reject a bad ``chat_template`` argument before any work (the model is not needed for that)."""
+    if chosen is not None:
+        resolve_template(chosen, model_template=None, has_token=lambda _: False)  # type: ignore[arg-type]
+    return chosen  # type: ignore[return-value]
 
 
 def _raise_for(finished: list[Finished]) -> None:
@@ -418,20 +525,62 @@ class Engine:
 
     def stream(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> Iterator[str]:
         """Yield text pieces as they are decoded; closing the iterator cancels the generation."""
+        stream = self._async.stream(prompt, max_tokens, **options)  # validates now, not at the first next()
+        return self._iterate(stream)
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        max_tokens: int = 128,
+        *,
+        chat_template: str | None = None,
+        **options: Unpack[GenerateKwargs],
+    ) -> CompletionResult:
+        """See :meth:`AsyncEngine.chat`."""
+        return self._call(self._async.chat, messages, max_tokens, chat_template=chat_template, **options)
+
+    def stream_chat(
+        self,
+        messages: Sequence[Message],
+        max_tokens: int = 128,
+        *,
+        chat_template: str | None = None,
+        **options: Unpack[GenerateKwargs],
+    ) -> Iterator[str]:
+        """See :meth:`AsyncEngine.stream_chat`; closing the iterator cancels the generation."""
+        stream = self._async.stream_chat(messages, max_tokens, chat_template=chat_template, **options)
+        return self._iterate(stream)
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Message],
+        *,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """See :meth:`AsyncEngine.apply_chat_template`."""
+        return self._call(
+            self._async.apply_chat_template,
+            messages,
+            chat_template=chat_template,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    def _iterate(self, stream: TextStream) -> Iterator[str]:
+        """Pieces of an already validated stream, pumped on the loop thread from the first ``next()``."""
+        if self._closed:
+            raise GenerateError("the engine is closed")
         pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()
 
-        def put(piece: str) -> None:  # one parameter: the piece-per-call callback shape
-            pieces.put(piece)
-
-        async def run() -> str:
+        async def run() -> None:
             try:
-                return await self._async.generate_streaming(prompt, max_tokens, put, **options)
+                async with stream:
+                    async for piece in stream:
+                        pieces.put(piece)
             finally:
                 pieces.put(None)
 
-        if self._closed:
-            raise GenerateError("the engine is closed")
-        future: Future[str] = self._portal.start_task_soon(run)
+        future: Future[None] = self._portal.start_task_soon(run)
         try:
             while (piece := pieces.get()) is not None:
                 yield piece

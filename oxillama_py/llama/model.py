@@ -83,6 +83,9 @@ class Model:
         self.vocab = vocab
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(vocab)
         self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(ptr)
+        self.bos: int = llama_cpp.llama_vocab_bos(vocab)
+        self.eos: int = llama_cpp.llama_vocab_eos(vocab)
+        self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
         self._lifetime = Lifetime("the model")
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
@@ -120,6 +123,25 @@ class Model:
         self.check_tokens(tokens)
         with self._lifetime.use():
             return b"".join(self._piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def special_text(self, token: int) -> str:
+        """The text of a control token (``<bos>``), as a chat template spells it; "" for none."""
+        if token < 0:
+            return ""
+        buf = ctypes.create_string_buffer(_PIECE_BYTES)
+        with self._lifetime.use():
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, _PIECE_BYTES, 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+
+    def chat_template(self) -> str | None:
+        """The GGUF's ``tokenizer.chat_template``, if it carries one."""
+        with self._lifetime.use():
+            raw = llama_cpp.llama_model_chat_template(self.ptr, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
+    def has_token(self, text: str) -> bool:
+        """Whether ``text`` is one token of the vocabulary (a chat marker, say)."""
+        return len(self.tokenize(text, add_special=False, parse_special=True)) == 1
 
     def is_eog(self, token: int) -> bool:
         with self._lifetime.use():

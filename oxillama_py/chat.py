@@ -1,0 +1,209 @@
+"""Chat templates: a list of messages rendered into the prompt the model was trained on.
+
+Templates are Jinja2, rendered as the Hugging Face convention does (``messages``,
+``add_generation_prompt``, ``bos_token``, ``eos_token``, ``raise_exception``),
+in a sandbox: a template read from a GGUF file is untrusted input. A model's own
+``tokenizer.chat_template`` wins; a file without one gets the built-in template
+its vocabulary points to (Gemma's turn tokens → ``"gemma"``), else ChatML. Pure
+Python: nothing here touches llama.cpp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, NoReturn
+
+__all__ = ["BUILTIN_TEMPLATES", "ChatTemplate", "Message", "check_messages", "resolve_template"]
+
+Message = Mapping[str, Any]
+"""``{"role": "system" | "developer" | "user" | "assistant", "content": str}``."""
+
+ROLES = frozenset({"system", "developer", "user", "assistant"})
+
+# Each built-in folds a system message the way its model family expects, and names
+# the marker that ends a turn: a stop string where the model would print it as text.
+_GEMMA = """\
+{%- if messages[0].role in ('system', 'developer') -%}
+  {%- set preamble = messages[0].content | trim ~ '\\n\\n' -%}{%- set turns = messages[1:] -%}
+{%- else -%}
+  {%- set preamble = '' -%}{%- set turns = messages -%}
+{%- endif -%}
+{{- bos_token -}}
+{%- for m in turns -%}
+  {%- if (m.role == 'user') != (loop.index0 % 2 == 0) -%}
+    {{- raise_exception('Gemma conversations alternate user and assistant turns, starting with user') -}}
+  {%- endif -%}
+  {{- '<start_of_turn>' ~ ('model' if m.role == 'assistant' else 'user') ~ '\\n' -}}
+  {{- (preamble if loop.first else '') ~ (m.content | trim) ~ '<end_of_turn>\\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<start_of_turn>model\\n' -}}{%- endif -%}
+"""
+
+_CHATML = """\
+{%- for m in messages -%}
+  {{- '<|im_start|>' ~ ('system' if m.role == 'developer' else m.role) ~ '\\n' ~ m.content ~ '<|im_end|>\\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}
+"""
+
+_LLAMA3 = """\
+{{- bos_token -}}
+{%- for m in messages -%}
+  {{- '<|start_header_id|>' ~ ('system' if m.role == 'developer' else m.role) ~ '<|end_header_id|>\\n\\n' -}}
+  {{- m.content | trim ~ '<|eot_id|>' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}
+"""
+
+_PHI3 = """\
+{%- for m in messages -%}
+  {{- '<|' ~ ('system' if m.role == 'developer' else m.role) ~ '|>\\n' ~ m.content ~ '<|end|>\\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}
+"""
+
+_MISTRAL = """\
+{%- if messages[0].role in ('system', 'developer') -%}
+  {%- set preamble = messages[0].content ~ '\\n\\n' -%}{%- set turns = messages[1:] -%}
+{%- else -%}
+  {%- set preamble = '' -%}{%- set turns = messages -%}
+{%- endif -%}
+{{- bos_token -}}
+{%- for m in turns -%}
+  {%- if (m.role == 'user') != (loop.index0 % 2 == 0) -%}
+    {{- raise_exception('Mistral conversations alternate user and assistant turns, starting with user') -}}
+  {%- endif -%}
+  {%- if m.role == 'user' -%}
+    {{- '[INST] ' ~ (preamble if loop.first else '') ~ m.content ~ ' [/INST]' -}}
+  {%- else -%}
+    {{- m.content ~ eos_token -}}
+  {%- endif -%}
+{%- endfor -%}
+"""
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A Jinja2 chat template and the strings that end the assistant's turn."""
+
+    name: str
+    source: str
+    stop: tuple[str, ...] = ()
+
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        bos_token: str = "",
+        eos_token: str = "",
+    ) -> str:
+        """The prompt text; a template's own ``raise_exception`` surfaces as ``ValueError``."""
+        checked = check_messages(messages)
+        try:
+            text: str = _compile(self.source).render(
+                messages=checked,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=bos_token,
+                eos_token=eos_token,
+                raise_exception=_raise_exception,
+            )
+        except _TemplateRaised as exc:
+            raise ValueError(f"chat template {self.name!r} rejected the messages: {exc}") from None
+        except Exception as exc:  # a broken template from a GGUF file or a user: say which
+            raise ValueError(f"chat template {self.name!r} failed to render: {type(exc).__name__}: {exc}") from None
+        return text
+
+
+BUILTIN_TEMPLATES: dict[str, ChatTemplate] = {
+    "gemma": ChatTemplate("gemma", _GEMMA, ("<end_of_turn>",)),
+    "chatml": ChatTemplate("chatml", _CHATML, ("<|im_end|>",)),
+    "llama3": ChatTemplate("llama3", _LLAMA3, ("<|eot_id|>",)),
+    "phi3": ChatTemplate("phi3", _PHI3, ("<|end|>",)),
+    "mistral": ChatTemplate("mistral", _MISTRAL, ("[INST]",)),
+}
+
+# A vocabulary token that only one family's template uses, in the order checked.
+_MARKERS = (
+    ("<start_of_turn>", "gemma"),
+    ("<|start_header_id|>", "llama3"),
+    ("<|im_start|>", "chatml"),
+    ("<|assistant|>", "phi3"),
+    ("[INST]", "mistral"),
+)
+
+
+def resolve_template(
+    chosen: str | None,
+    *,
+    model_template: str | None,
+    has_token: Callable[[str], bool],
+) -> ChatTemplate:
+    """The template to use: the caller's choice, else the model's own, else the one its vocabulary points to.
+
+    ``chosen`` is a built-in name or a Jinja2 source (anything containing ``{``).
+    """
+    if chosen is not None:
+        if not isinstance(chosen, str):
+            raise TypeError(f"chat_template must be a str or None, got {type(chosen).__name__}")
+        if chosen in BUILTIN_TEMPLATES:
+            return BUILTIN_TEMPLATES[chosen]
+        if "{" not in chosen:
+            names = ", ".join(sorted(BUILTIN_TEMPLATES))
+            raise ValueError(f"unknown chat template {chosen!r}: give one of {names}, or a Jinja2 template string")
+        _compile(chosen)
+        return ChatTemplate("custom", chosen, _stops_in(chosen))
+    if model_template:
+        return ChatTemplate("model", model_template, _stops_in(model_template))
+    for marker, name in _MARKERS:
+        if has_token(marker):
+            return BUILTIN_TEMPLATES[name]
+    return BUILTIN_TEMPLATES["chatml"]
+
+
+def _stops_in(source: str) -> tuple[str, ...]:
+    """The turn-end markers of the known families that a custom or GGUF template uses."""
+    markers = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>")
+    return tuple(marker for marker in markers if marker in source)
+
+
+def check_messages(messages: object) -> list[dict[str, str]]:
+    """Plain ``{"role", "content"}`` dicts, or ``ValueError``/``TypeError`` naming the bad message."""
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise TypeError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+    if not messages:
+        raise ValueError("messages must not be empty")
+    checked = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ValueError(f"messages[{index}] must be a dict with 'role' and 'content', got {message!r}")
+        role = message.get("role")
+        content = message.get("content")
+        if role not in ROLES:
+            raise ValueError(f"messages[{index}] has unknown role {role!r}; roles are {', '.join(sorted(ROLES))}")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{index}]['content'] must be a str, got {type(content).__name__}")
+        checked.append({"role": role, "content": content})
+    return checked
+
+
+class _TemplateRaised(Exception):
+    pass
+
+
+def _raise_exception(message: str) -> NoReturn:
+    raise _TemplateRaised(message)
+
+
+@lru_cache(maxsize=32)
+def _compile(source: str) -> Any:
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    try:
+        return environment.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"chat template is not valid Jinja2: {exc}") from None

@@ -1,0 +1,126 @@
+"""``python -m oxillama_py serve``: the app on uvicorn (asyncio, uvloop) or hypercorn (trio).
+
+On SIGINT or SIGTERM the server stops accepting connections, lets running
+generations finish for ``--shutdown-grace`` seconds, cancels what is left,
+then the lifespan closes the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from ..config import EngineConfig
+from ..errors import OxiLlamaError
+from .app import ServerSettings, create_app
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m oxillama_py serve",
+        description="Serve a GGUF model over an OpenAI-compatible HTTP API (default model: Gemma 3 270M).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", "-m", default=None, help="path to a GGUF file (default: the bundled Gemma 3 270M)")
+    parser.add_argument(
+        "--model-name", default=None, help="the name clients pass as 'model' (default: the file's stem)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--backend", choices=("asyncio", "uvloop", "trio"), default="asyncio")
+    parser.add_argument("--max-concurrency", type=int, default=8, help="sequences decoded together (slots)")
+    parser.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot; more get 429")
+    parser.add_argument("--n-ctx", type=int, default=16384, help="context cells, shared equally by the slots")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    parser.add_argument("--chat-template", default=None, help="built-in name (gemma, chatml, llama3, ...) or Jinja2")
+    parser.add_argument("--api-key", default=None, help="required bearer token (default: $OXILLAMA_API_KEY, or none)")
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    parser.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds running requests get at shutdown")
+    parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        extra: dict[str, Any] = {} if args.threads is None else {"n_threads": args.threads}
+        config = EngineConfig(
+            args.model,
+            n_ctx=args.n_ctx,
+            max_concurrency=args.max_concurrency,
+            chat_template=args.chat_template,
+            **extra,
+        )
+        settings = ServerSettings(
+            model_name=args.model_name,
+            api_key=args.api_key,
+            max_queue=args.max_queue,
+            max_body_bytes=args.max_body_bytes,
+        )
+        if args.shutdown_grace < 0:
+            raise ValueError(f"--shutdown-grace must be >= 0, got {args.shutdown_grace}")
+        app = create_app(config, settings)
+    except (OxiLlamaError, ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    print(f"oxillama_py: serving on http://{args.host}:{args.port} ({args.backend})", file=sys.stderr, flush=True)
+    try:
+        if args.backend == "trio":
+            _run_hypercorn(app, args.host, args.port, args.shutdown_grace, args.log_level)
+        else:
+            _run_uvicorn(app, args.host, args.port, args.shutdown_grace, args.log_level, args.backend == "uvloop")
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _run_uvicorn(app: Any, host: str, port: int, grace: float, log_level: str, uvloop: bool) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="none",  # anyio.run below brings the loop (uvloop or not)
+        lifespan="on",
+        log_level=log_level,
+        timeout_graceful_shutdown=math.ceil(grace),
+        access_log=log_level in ("debug", "info"),
+    )
+    server = uvicorn.Server(config)
+    anyio.run(server.serve, backend="asyncio", backend_options={"use_uvloop": uvloop})
+    if not server.started:
+        raise SystemExit(1)  # uvicorn logged why (port in use, startup failed)
+
+
+def _run_hypercorn(app: Any, host: str, port: int, grace: float, log_level: str) -> None:
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = grace
+    config.loglevel = log_level.upper()
+    config.accesslog = "-" if log_level in ("debug", "info") else None
+
+    async def run() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def shutdown_trigger() -> None:
+                async for _ in signals:
+                    return
+
+            await serve(app, config, shutdown_trigger=shutdown_trigger)
+
+    anyio.run(run, backend="trio")

@@ -1,0 +1,223 @@
+"""The OpenAI request bodies, checked field by field into one :class:`Job` before any decoding.
+
+Known fields with a wrong type or value get a 400 naming the field; fields the
+engine cannot honour (``logprobs``, ``tools``, token-id prompts) get a 400 that
+says so; fields with no effect here (``user``, zero penalties) are accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..options import GenerateKwargs
+from .errors import bad_request
+
+__all__ = ["Job", "parse_chat", "parse_completion"]
+
+MAX_N = 16
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request, validated: what to decode and how to answer."""
+
+    kind: Literal["chat", "completion"]
+    model: str | None
+    prompts: tuple[str, ...]
+    """Completion prompts (one entry for a chat: unused)."""
+    messages: tuple[dict[str, str], ...]
+    n: int
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    seed: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    include_progress: bool
+    echo: bool = False
+
+    def generate_options(self) -> GenerateKwargs:
+        """The engine's keyword options for this job."""
+        options: GenerateKwargs = {"stop": list(self.stop)}
+        if self.temperature is not None:
+            options["temperature"] = self.temperature
+        if self.top_p is not None:
+            options["top_p"] = self.top_p
+        if self.seed is not None:
+            options["seed"] = self.seed
+        return options
+
+
+def parse_chat(body: object) -> Job:
+    fields = _object(body)
+    messages = fields.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty array of messages", "messages")
+    checked = tuple(_message(i, m) for i, m in enumerate(messages))
+    max_tokens = _opt_int(fields, "max_completion_tokens", 1)
+    if max_tokens is None:
+        max_tokens = _opt_int(fields, "max_tokens", 1)
+    _unsupported(fields, "tools", "functions", "tool_choice", "function_call")
+    if fields.get("logprobs") not in (None, False):
+        raise bad_request("'logprobs' is not supported by this server", "logprobs")
+    return _job(fields, "chat", (), checked, max_tokens)
+
+
+def parse_completion(body: object) -> Job:
+    fields = _object(body)
+    prompt = fields.get("prompt")
+    if isinstance(prompt, str):
+        prompts: tuple[str, ...] = (prompt,)
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = tuple(prompt)
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, (int, list)) for p in prompt):
+        raise bad_request("prompts given as token ids are not supported; send text", "prompt")
+    else:
+        raise bad_request("'prompt' must be a string or a non-empty array of strings", "prompt")
+    max_tokens = _opt_int(fields, "max_tokens", 1)
+    echo = fields.get("echo", False)
+    if not isinstance(echo, bool):
+        raise bad_request("'echo' must be a boolean", "echo")
+    if fields.get("logprobs") is not None:
+        raise bad_request("'logprobs' is not supported by this server", "logprobs")
+    if fields.get("suffix") not in (None, ""):
+        raise bad_request("'suffix' is not supported by this server", "suffix")
+    best_of = fields.get("best_of")
+    if best_of is not None and best_of != fields.get("n", 1):
+        raise bad_request("'best_of' is not supported by this server (leave it out or equal to n)", "best_of")
+    return _job(fields, "completion", prompts, (), max_tokens, echo=echo)
+
+
+def _job(
+    fields: Mapping[str, Any],
+    kind: Literal["chat", "completion"],
+    prompts: tuple[str, ...],
+    messages: tuple[dict[str, str], ...],
+    max_tokens: int | None,
+    *,
+    echo: bool = False,
+) -> Job:
+    model = fields.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad_request("'model' must be a string", "model")
+    n = _opt_int(fields, "n", 1, MAX_N)
+    stream = fields.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean", "stream")
+    include_usage = include_progress = False
+    options = fields.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise bad_request("'stream_options' is only allowed when 'stream' is true", "stream_options")
+        if not isinstance(options, dict):
+            raise bad_request("'stream_options' must be an object", "stream_options")
+        include_usage = _flag(options, "include_usage", "stream_options.include_usage")
+        include_progress = _flag(options, "include_progress", "stream_options.include_progress")
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = _opt_float(fields, name, -2.0, 2.0)
+        if value not in (None, 0.0):
+            raise bad_request(f"'{name}' is not supported by this server (leave it out or 0)", name)
+    response_format = fields.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise bad_request("'response_format' other than {'type': 'text'} is not supported yet", "response_format")
+    return Job(
+        kind=kind,
+        model=model,
+        prompts=prompts,
+        messages=messages,
+        n=n if n is not None else 1,
+        max_tokens=max_tokens,
+        temperature=_opt_float(fields, "temperature", 0.0, 2.0),
+        top_p=_opt_float(fields, "top_p", 0.0, 1.0, low_open=True),
+        seed=_opt_int(fields, "seed", 0, 2**32 - 1),
+        stop=_stop(fields.get("stop")),
+        stream=stream,
+        include_usage=include_usage,
+        include_progress=include_progress,
+        echo=echo,
+    )
+
+
+def _object(body: object) -> Mapping[str, Any]:
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    return body
+
+
+def _message(index: int, message: object) -> dict[str, str]:
+    param = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise bad_request(f"{param} must be an object with 'role' and 'content'", param)
+    role = message.get("role")
+    if role not in ("system", "developer", "user", "assistant"):
+        raise bad_request(f"{param}.role {role!r} is not supported (system, developer, user, assistant)", param)
+    content = message.get("content")
+    if isinstance(content, list):  # OpenAI's content parts: text only here
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise bad_request(f"{param}.content: only text parts are supported", f"{param}.content")
+            texts.append(part["text"])
+        content = "".join(texts)
+    if not isinstance(content, str):
+        raise bad_request(f"{param}.content must be a string", f"{param}.content")
+    return {"role": role, "content": content}
+
+
+def _unsupported(fields: Mapping[str, Any], *names: str) -> None:
+    for name in names:
+        if fields.get(name) not in (None, [], "none"):
+            raise bad_request(f"'{name}' is not supported by this server", name)
+
+
+def _flag(fields: Mapping[str, Any], name: str, param: str) -> bool:
+    value = fields.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad_request(f"'{param}' must be a boolean", param)
+    return value
+
+
+def _opt_int(fields: Mapping[str, Any], name: str, low: int, high: int | None = None) -> int | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_request(f"'{name}' must be an integer", name)
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"between {low} and {high}"
+        raise bad_request(f"'{name}' must be {bound}, got {value}", name)
+    return value
+
+
+def _opt_float(
+    fields: Mapping[str, Any], name: str, low: float, high: float, *, low_open: bool = False
+) -> float | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise bad_request(f"'{name}' must be a number", name)
+    if value < low or value > high or (low_open and value == low):
+        opening = "(" if low_open else "["
+        raise bad_request(f"'{name}' must be in {opening}{low}, {high}], got {value}", name)
+    return float(value)
+
+
+def _stop(stop: object) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        return (stop,) if stop else ()
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        if len(stop) > 16:
+            raise bad_request("'stop' takes at most 16 strings", "stop")
+        return tuple(s for s in stop if s)
+    raise bad_request("'stop' must be a string or an array of strings", "stop")
