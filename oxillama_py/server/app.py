@@ -10,6 +10,7 @@ request runs in, as any cancellation does.
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import os
 import time
@@ -309,7 +310,7 @@ class Server:
 
     async def playground(self, request: Request) -> Response:
         page = resources.files(__package__).joinpath("playground.html").read_text(encoding="utf-8")
-        return HTMLResponse(page.replace("{{MODEL}}", self.model_name))
+        return HTMLResponse(page.replace("{{MODEL}}", html.escape(self.model_name)))
 
 
 class EventStream(Response):
