@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 
 
-def write_tiny_llama(path: Path, *, n_embd: int = 16, n_ff: int = 32, extra_words: int = 40) -> Path:
+def write_tiny_llama(
+    path: Path, *, n_embd: int = 16, n_ff: int = 32, extra_words: int = 40, chat_template: str | None = None
+) -> Path:
     """A one-layer llama with random weights and a 259+``extra_words``-token SentencePiece vocabulary."""
     import gguf
 
@@ -36,6 +38,8 @@ def write_tiny_llama(path: Path, *, n_embd: int = 16, n_ff: int = 32, extra_word
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
 
     def tensor(name: str, *shape: int) -> None:
         writer.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
