@@ -225,9 +225,68 @@ def speculative_rst(results: Path) -> list[str]:
     ]
 
 
+def _cell(d: dict[str, Any], name: str, level: int, pick: Callable[[dict[str, Any]], float], digits: int) -> str:
+    entry = d["results"].get(name, {}).get(str(level))
+    return "-" if entry is None else _f(pick(entry), digits)
+
+
+def server_rows(d: dict[str, Any]) -> list[list[str]]:
+    names = ("oxillama", "llama_cpp_server", "llama_server")
+    rows = [
+        [
+            "concurrent clients",
+            "oxillama_py server tok/s",
+            "llama-cpp-python server tok/s",
+            "llama-server (C++) tok/s",
+            "TTFT p50 ms (same order)",
+            "TTFT p99 ms (same order)",
+            "oxillama / llama-cpp-python",
+            "oxillama / llama-server",
+        ]
+    ]
+    for level in d["levels"]:
+        k = str(level)
+        rows.append(
+            [
+                k,
+                *(_cell(d, n, level, lambda e: e["tok_per_sec"]["median"], 1) for n in names),
+                " / ".join(_cell(d, n, level, lambda e: e["ttft_ms"]["p50"], 0) for n in names),
+                " / ".join(_cell(d, n, level, lambda e: e["ttft_ms"]["p99"], 0) for n in names),
+                _f(d["ratios"]["vs_llama_cpp_server"][k]["tok_per_sec"], 2),
+                _f(d["ratios"]["vs_llama_server"][k]["tok_per_sec"], 2),
+            ]
+        )
+    return rows
+
+
+def server_readme(results: Path) -> list[str]:
+    link = "[`server.py`](benchmarks/server.py)"
+    if not (results / "server.json").is_file():
+        return [
+            f"**OpenAI-compatible servers** ({link}): not measured yet; run `python benchmarks/server.py`, "
+            "then `python benchmarks/figures.py`."
+        ]
+    d = _load("server", results)
+    quick = " (quick mode: a smoke run, too short to judge by)" if d["mode"] == "quick" else ""
+    return [
+        f"**OpenAI-compatible servers** ({link}, streaming `/v1/completions` clients, {d['max_tokens']} tokens "
+        f"each, greedy, {_machine(d)}, median of {d['rounds']} rounds{quick}; aggregate tok/s and time to first "
+        f"token). The oxillama_py server and llama.cpp's `llama-server` (built from the llama.cpp in the same "
+        f"llama-cpp-python sdist) run {d['slots']} slots of {d['slot_ctx']} cells; llama-cpp-python's server "
+        "has one slot by design and serves one request at a time:",
+        "",
+        *_rows_md(server_rows(d)),
+        "",
+        "Checks: " + _check_line(d["checks"]) + ".",
+        "",
+        "![streaming clients against three servers](benchmarks/results/server.png)",
+    ]
+
+
 # (file, start marker, end marker, renderer)
 TARGETS: list[tuple[Path, str, str, Callable[[Path], list[str]]]] = [
     (ROOT / "README.md", "<!-- FIGURES -->", "<!-- /FIGURES -->", readme_block),
+    (ROOT / "README.md", "<!-- FIGURES:server -->", "<!-- /FIGURES:server -->", server_readme),
     (ROOT / "docs" / "batching.rst", ".. FIGURES", ".. /FIGURES", batching_rst),
     (ROOT / "docs" / "speculative.rst", ".. FIGURES", ".. /FIGURES", speculative_rst),
 ]
@@ -242,12 +301,14 @@ def render(text: str, start: str, end: str, block: list[str]) -> str:
 
 
 def rendered(results: Path = RESULTS) -> list[tuple[Path, str, str]]:
-    """Each target file with its current text and the text its JSON calls for."""
-    out = []
+    """Each target file with its current text and the text its JSON calls for (all of its blocks)."""
+    current: dict[Path, str] = {}
+    wanted: dict[Path, str] = {}
     for path, start, end, renderer in TARGETS:
-        text = path.read_text(encoding="utf-8")
-        out.append((path, text, render(text, start, end, renderer(results))))
-    return out
+        if path not in current:
+            current[path] = wanted[path] = path.read_text(encoding="utf-8")
+        wanted[path] = render(wanted[path], start, end, renderer(results))
+    return [(path, current[path], wanted[path]) for path in current]
 
 
 def stale(results: Path = RESULTS) -> list[Path]:
