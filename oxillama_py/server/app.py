@@ -383,7 +383,7 @@ async def _engine_errors(work: Awaitable[_T]) -> _T:
     try:
         return await work
     except KvCacheFullError as exc:
-        raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from None
+        raise APIError(400, str(exc), code="context_length_exceeded") from None
     except (ValueError, TypeError) as exc:
         raise bad_request(str(exc)) from None
     except OxiLlamaError as exc:

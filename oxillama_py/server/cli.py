@@ -72,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OxiLlamaError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    # llama.cpp's own chatter (the oxillama_py.llama logger) only at --log-level debug.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("oxillama_py").setLevel("DEBUG" if args.log_level == "debug" else "WARNING")
     print(f"oxillama_py: serving on http://{args.host}:{args.port} ({args.backend})", file=sys.stderr, flush=True)
     try:
         if args.backend == "trio":
@@ -98,6 +100,10 @@ def _run_uvicorn(app: Any, host: str, port: int, grace: float, log_level: str, u
         access_log=log_level in ("debug", "info"),
     )
     server = uvicorn.Server(config)
+    # uvicorn handles SIGINT/SIGTERM itself (graceful shutdown), then re-raises the signal to the
+    # handler that was there before it: make that a no-op, so a clean shutdown exits with 0.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: None)
     anyio.run(server.serve, backend="asyncio", backend_options={"use_uvloop": uvloop})
     if not server.started:
         raise SystemExit(1)  # uvicorn logged why (port in use, startup failed)
