@@ -177,13 +177,23 @@ def test_progress_widgets_notebook(python3_kernel: str, monkeypatch: pytest.Monk
     assert len(widget_views) == 2  # the IntProgress and the tqdm.notebook bar
 
 
-# -- the web backend ---------------------------------------------------------------------
+# -- the web backend: the server mounted in a user's own application ------------------------
+
+WEB_MAX_TOKENS = 8  # the example's --max-tokens: /summarize's budget and a chat's default
 
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _load_web_backend() -> Any:
+    spec = importlib.util.spec_from_file_location("web_backend_example", EXAMPLES / "web_backend.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +207,7 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 sys.executable,
                 str(EXAMPLES / "web_backend.py"),
                 *("--host", "127.0.0.1", "--port", str(port)),
-                *("--n-ctx", "4096", "--max-concurrency", "8", "--max-tokens", "8"),
+                *("--n-ctx", "4096", "--max-concurrency", "8", "--max-tokens", str(WEB_MAX_TOKENS)),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -211,7 +221,8 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if proc.poll() is not None:
                 pytest.fail(f"the web backend exited {proc.returncode}:\n{log_path.read_text(encoding='utf-8')}")
             try:
-                if httpx.get(f"{base}/health", timeout=2).json().get("model_loaded"):
+                # The user's lifespan loads the shared engine; the mounted server reports it.
+                if httpx.get(f"{base}/llm/health", timeout=2).json().get("model_loaded"):
                     break
             except httpx.TransportError:
                 pass
@@ -220,7 +231,7 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.2)
         yield base
     finally:
-        proc.terminate()  # SIGTERM: uvicorn shuts down gracefully, the lifespan closes the engine
+        proc.terminate()  # SIGTERM: uvicorn shuts down gracefully, the user's lifespan closes the engine
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -231,27 +242,23 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert "Application shutdown complete" in log_text, log_text
 
 
-async def _read_events(
-    client: httpx.AsyncClient, url: str, params: dict[str, Any], *, stop_after_token: bool = False
-) -> list[tuple[str, Any, float]]:
-    """Parse the server-sent events of one request into ``(event, data, arrival time)``."""
-    events: list[tuple[str, Any, float]] = []
-    async with client.stream("GET", url, params=params) as response:
-        assert response.status_code == 200, await response.aread()
-        assert response.headers["content-type"].startswith("text/event-stream")
-        name, data = "message", []
-        async for line in response.aiter_lines():
-            if line == "":
-                if data:
-                    events.append((name, json.loads("\n".join(data)), time.perf_counter()))
-                    if stop_after_token and name == "token":
-                        break  # leaving the block closes the connection mid-stream
-                name, data = "message", []
-            elif line.startswith("event:"):
-                name = line[len("event:") :].strip()
-            elif line.startswith("data:"):
-                data.append(line[len("data:") :].removeprefix(" "))
-    return events
+def _health(base: str) -> dict[str, Any]:
+    response = httpx.get(f"{base}/llm/health", timeout=30)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _wait_idle(base: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll the mounted ``/health`` until no slot is busy and nothing is admitted or queued."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = _health(base)
+        if health["slots_busy"] == 0 and health["admitted"] == 0 and health["queue"] == 0:
+            return health
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server is still busy after {timeout} s: {health}")
+        time.sleep(0.05)
 
 
 PROMPTS = [
@@ -264,90 +271,214 @@ PROMPTS = [
     "To be, or not to be,",
     "Photosynthesis is the process by which",
 ]
+TEXT = "The cat sat on the mat all afternoon, watching the birds in the garden and ignoring the dog."
+
+
+def test_web_backend_own_routes_share_the_engine(web_server: str) -> None:
+    openai = pytest.importorskip("openai", reason="the test extra installs it")
+    hello = httpx.get(f"{web_server}/hello", timeout=30)
+    assert hello.status_code == 200 and hello.text.startswith("Hello from my own application")
+
+    before = _wait_idle(web_server)
+    summary = httpx.get(f"{web_server}/summarize", params={"text": TEXT}, timeout=SCRIPT_TIMEOUT)
+    assert summary.status_code == 200, summary.text
+    body = summary.json()
+    assert isinstance(body["summary"], str) and body["finish_reason"] in ("stop", "length")
+    assert 1 <= body["completion_tokens"] <= WEB_MAX_TOKENS
+    after = _wait_idle(web_server)
+    # One engine: the user's route decoded on it (the mounted server's engine-wide counter moved),
+    # but it is not one of the server's requests.
+    assert after["decode_steps"] > before["decode_steps"], (before, after)
+    assert after["requests_served"] == before["requests_served"]
+
+    # The same conversation through the mounted OpenAI route: the same engine, template and greedy text.
+    messages = _load_web_backend().summary_messages(TEXT)
+    with openai.OpenAI(base_url=f"{web_server}/llm/v1", api_key="unused", max_retries=0, timeout=300) as client:
+        chat = client.chat.completions.create(
+            model=after["model"], messages=messages, max_tokens=WEB_MAX_TOKENS, temperature=0
+        )
+    assert chat.choices[0].message.content.strip() == body["summary"]
+    assert chat.usage.completion_tokens == body["completion_tokens"]
+
+    for params in ({}, {"text": "  "}, {"text": "x" * 5000}):
+        response = httpx.get(f"{web_server}/summarize", params=params, timeout=30)
+        assert response.status_code in (400, 413), response.text
+        assert "error" in response.json()
+
+
+def test_web_backend_mounted_openai_routes(web_server: str) -> None:
+    openai = pytest.importorskip("openai", reason="the test extra installs it")
+    health = _health(web_server)
+    assert health["status"] == "ok" and health["model_loaded"] is True and health["slots"] == 8
+    model = health["model"]
+    with openai.OpenAI(base_url=f"{web_server}/llm/v1", api_key="unused", max_retries=0, timeout=300) as client:
+        assert [m.id for m in client.models.list().data] == [model]
+        completion = client.completions.create(
+            model=model, prompt="The capital of France is", max_tokens=6, temperature=0
+        )
+        assert completion.choices[0].text and completion.usage.completion_tokens <= 6
+        chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], temperature=0)
+        assert chat.choices[0].message.role == "assistant"
+        assert 1 <= chat.usage.completion_tokens <= WEB_MAX_TOKENS  # no max_tokens: the example's default
+        stream = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0, stream=True
+        )
+        chunks = list(stream)
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert [c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason] in (["stop"], ["length"])
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
+
+    # The mounted app answers its own unknown routes in OpenAI's error shape; the host's stay the host's.
+    unknown = httpx.get(f"{web_server}/llm/v1/engines", timeout=30)
+    assert unknown.status_code == 404 and set(unknown.json()["error"]) == {"message", "type", "param", "code"}
+    assert httpx.get(f"{web_server}/v1/models", timeout=30).status_code == 404
+
+    # The playground page sits at /llm/ and computes its API URLs from its own location.
+    page = httpx.get(f"{web_server}/llm/", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert model in page.text and 'fetch("/v1' not in page.text
+    _wait_idle(web_server)
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_web_backend_streams_concurrent_clients(web_server: str) -> None:
+async def test_web_backend_httpx_streams_concurrently_through_the_prefix(web_server: str) -> None:
     max_tokens = 10
-    results: dict[int, list[tuple[str, Any, float]]] = {}
+    url = f"{web_server}/llm/v1/chat/completions"
+    results: dict[int, list[tuple[str | None, str]]] = {}
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(SCRIPT_TIMEOUT)) as client:
 
         async def one(index: int) -> None:
-            params = {"prompt": PROMPTS[index], "max_tokens": max_tokens, "temperature": 0}
-            results[index] = await _read_events(client, f"{web_server}/generate", params)
+            body = {
+                "messages": [{"role": "user", "content": PROMPTS[index]}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True, "include_progress": True},
+            }
+            events: list[tuple[str | None, str]] = []
+            async with client.stream("POST", url, json=body) as response:
+                assert response.status_code == 200, await response.aread()
+                assert response.headers["content-type"].startswith("text/event-stream")
+                name: str | None = None
+                async for line in response.aiter_lines():
+                    if line.startswith("event: "):
+                        name = line[len("event: ") :]
+                    elif line.startswith("data: "):
+                        events.append((name, line[len("data: ") :]))
+                        name = None
+            results[index] = events
+
+        async def summarize() -> None:  # the user's own route, decoding in the same batch
+            response = await client.get(f"{web_server}/summarize", params={"text": TEXT})
+            assert response.status_code == 200, response.text
 
         async with anyio.create_task_group() as group:
             for index in range(len(PROMPTS)):
                 group.start_soon(one, index)
+            group.start_soon(summarize)
 
     assert sorted(results) == list(range(len(PROMPTS)))
-    for index, events in results.items():
-        names = [name for name, _, _ in events]
-        assert "error" not in names, events
-        tokens = [data["text"] for name, data, _ in events if name == "token"]
-        progress = [data for name, data, _ in events if name == "progress"]
-        assert tokens, f"client {index} got no token: {events}"
-        assert names[-1] == "done", events
-        done_text = events[-1][1]["text"]
-        assert "".join(tokens) == done_text, (tokens, done_text)
-        assert progress and progress[-1]["is_final"] is True, progress
-        assert [p["is_final"] for p in progress].count(True) == 1, progress
-        final = progress[-1]
-        assert final["tokens_total"] == max_tokens
-        assert 1 <= final["tokens_generated"] <= max_tokens
-        assert set(final) >= {"tokens_generated", "tokens_total", "elapsed_secs", "tokens_per_sec", "eta_secs"}
+    for events in results.values():
+        assert events[-1] == (None, "[DONE]"), events
+        assert "error" not in {name for name, _ in events}, events
+        chunks = [json.loads(data) for name, data in events[:-1] if name is None]
+        progress = [json.loads(data) for name, data in events if name == "progress"]
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        usage = chunks[-1]["usage"]
+        assert chunks[-1]["choices"] == [] and 1 <= usage["completion_tokens"] <= max_tokens
+        assert progress and [p["is_final"] for p in progress].count(True) == 1 and progress[-1]["is_final"]
+        assert progress[-1]["tokens_total"] == max_tokens
+        assert progress[-1]["tokens_generated"] == usage["completion_tokens"]
         counts = [p["tokens_generated"] for p in progress]
         assert counts == sorted(counts), counts
-
-    # One shared engine batches the requests: every client saw its first token before any finished.
-    first_tokens = [next(t for name, _, t in events if name == "token") for events in results.values()]
-    dones = [events[-1][2] for events in results.values()]
-    assert max(first_tokens) < min(dones)
+    _wait_idle(web_server)
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_web_backend_client_disconnect_and_bad_requests(web_server: str) -> None:
+async def test_web_backend_client_disconnect_frees_the_slot(web_server: str) -> None:
+    before = await anyio.to_thread.run_sync(_wait_idle, web_server)
+    # Greedy, this prompt runs to max_tokens (no end of text): the stream is still decoding when we leave.
+    budget = 480  # a slot holds 4096 / 8 = 512 cells
+    body = {"prompt": "The history of the city begins", "max_tokens": budget, "temperature": 0, "stream": True}
     async with httpx.AsyncClient(timeout=httpx.Timeout(SCRIPT_TIMEOUT)) as client:
-        before = (await client.get(f"{web_server}/health")).json()["requests"]
-        # Leave mid-stream: the server cancels that generation (it would run 480 tokens) and keeps serving.
-        params = {"prompt": "Write a very long story about a dragon.", "max_tokens": 480, "temperature": 0}
-        events = await _read_events(client, f"{web_server}/generate", params, stop_after_token=True)
-        assert events and events[-1][0] == "token"
-        with anyio.fail_after(60):
-            while True:
-                stats = (await client.get(f"{web_server}/health")).json()["requests"]
-                if stats["disconnected"] > before["disconnected"]:
-                    break
-                await anyio.sleep(0.05)
-        assert stats["active"] == 0, stats
-        assert stats["disconnected"] == before["disconnected"] + 1, stats
-
-        events = await _read_events(client, f"{web_server}/generate", {"prompt": "Hello", "temperature": 0})
-        assert events[-1][0] == "done"
-        final = [data for name, data, _ in events if name == "progress"][-1]
-        assert final["is_final"] and final["tokens_total"] == 8  # the server's --max-tokens default
-
-        page = await client.get(f"{web_server}/")
-        assert page.status_code == 200 and "EventSource" in page.text
-
-        for params in ({}, {"prompt": "Hi", "max_tokens": "many"}, {"prompt": "Hi", "max_tokens": 0}):
-            response = await client.get(f"{web_server}/generate", params=params)
-            assert response.status_code == 400, response.text
-            assert "error" in response.json()
+        async with client.stream("POST", f"{web_server}/llm/v1/completions", json=body) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data: {") and json.loads(line[len("data: ") :])["choices"][0]["text"]:
+                    break  # text arrived: leaving the block closes the connection mid-stream
+            busy = (await client.get(f"{web_server}/llm/health")).json()
+            assert busy["slots_busy"] == 1 and busy["admitted"] == 1, busy
+        after = await anyio.to_thread.run_sync(_wait_idle, web_server)  # cancelled: slot and place freed
+        assert after["requests_served"] == before["requests_served"] + 1, after
+        assert after["decode_steps"] - before["decode_steps"] < budget, (before, after)  # it did not run to the end
+        # The server keeps serving.
+        again = await client.post(
+            f"{web_server}/llm/v1/completions", json={"prompt": "Hello", "max_tokens": 2, "temperature": 0}
+        )
+        assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 2
 
 
-def test_web_backend_create_app_is_importable() -> None:
-    spec = importlib.util.spec_from_file_location("web_backend_example", EXAMPLES / "web_backend.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_web_backend_playground_works_under_the_prefix(web_server: str, tmp_path: Path) -> None:
+    """The mounted playground, in headless Chromium: its requests go to /llm/v1/..., not /v1/...."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, chromedriver = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+    if not (chromium.is_file() and chromedriver.is_file()):
+        pytest.skip("headless Chromium is missing (Debian's 'chromium' and 'chromium-driver' packages)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(chromium)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"):
+        options.add_argument(flag)
+    options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(chromedriver)), options=options)
+    try:
+        driver.set_page_load_timeout(60)
+        for page in (f"{web_server}/llm/", f"{web_server}/llm"):  # without the slash: redirected to it
+            driver.get(page)
+            assert driver.current_url == f"{web_server}/llm/"
+            wait = WebDriverWait(driver, SCRIPT_TIMEOUT, poll_frequency=0.05)
+            wait.until(lambda d: d.find_element(By.ID, "send").is_enabled())
+            field = driver.find_element(By.ID, "max-tokens")
+            field.clear()
+            field.send_keys("4")
+            driver.find_element(By.ID, "prompt").send_keys("Name three colours.")
+            driver.find_element(By.ID, "send").click()
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") != "running")
+            status = driver.find_element(By.ID, "status").text
+            assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "done", status
+            assert status.startswith("done: "), status
+            sent = driver.execute_script(
+                "return performance.getEntriesByType('resource').map(e => e.name).filter(u => u.includes('/v1/'))"
+            )
+            assert sent == [f"{web_server}/llm/v1/chat/completions"], sent
+            errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert errors == [], errors
+    finally:
+        driver.quit()
+    _wait_idle(web_server)
+
+
+def test_web_backend_build_app_is_importable() -> None:
     from starlette.applications import Starlette
+    from starlette.routing import Mount
 
     from oxillama_py import EngineConfig
 
-    app = module.create_app(EngineConfig(n_ctx=2048))  # builds only; the lifespan loads the model
+    module = _load_web_backend()
+    app = module.build_app(EngineConfig(n_ctx=2048))  # builds only; the lifespan loads the model
     assert isinstance(app, Starlette)
-    assert {"/", "/health", "/generate"} <= {route.path for route in app.routes}
+    assert {"/hello", "/summarize"} <= {getattr(route, "path", None) for route in app.routes}
+    (mount,) = [route for route in app.routes if isinstance(route, Mount)]
+    assert mount.path == "/llm"
+    assert {"/", "/health", "/v1/chat/completions", "/v1/completions"} <= {
+        getattr(r, "path", None) for r in mount.routes
+    }
