@@ -239,3 +239,18 @@ def test_api_key_from_environment() -> None:
             timeout=120,
         )
         assert ok.status_code == 200 and json.loads(ok.text)["usage"]["completion_tokens"] == 1
+
+
+@pytest.mark.anyio
+async def test_closed_engine_is_503_shutting_down(config: Any) -> None:
+    """A mounted app has no lifespan of its own: its host closing the engine is its shutdown."""
+    from oxillama_py import AsyncEngine
+    from oxillama_py.server import create_app
+
+    engine = AsyncEngine(config)
+    await engine.aclose()
+    transport = httpx.ASGITransport(app=create_app(engine))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        health = await http.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "shutting_down"
+        assert_error(await http.post("/v1/completions", json={"prompt": "x"}), 503, code="shutting_down")

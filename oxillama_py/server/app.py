@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import html
 import json
+import logging
 import os
 import time
 import uuid
@@ -43,6 +44,7 @@ from .protocol import Job, parse_chat, parse_completion
 __all__ = ["ServerSettings", "create_app"]
 
 _T = TypeVar("_T")
+_log = logging.getLogger("oxillama_py.server")
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,11 @@ class Server:
         except (ValueError, UnicodeDecodeError):
             raise bad_request("the request body is not valid JSON") from None
 
+    @property
+    def shutting_down(self) -> bool:
+        """Once the lifespan ends, or the engine is closed (a mounted app's host closes it)."""
+        return self.stopping or self.engine.closed
+
     def check_model(self, job: Job) -> None:
         if job.model is not None and job.model != self.model_name:
             raise APIError(
@@ -175,7 +182,7 @@ class Server:
         self.authorize(request)
         job = parse(await self.read_json(request))
         self.check_model(job)
-        if self.stopping:
+        if self.shutting_down:
             raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
         count = job.n * max(1, len(job.prompts))
         self.admission.reserve(count, self.settings.retry_after_secs)
@@ -291,7 +298,7 @@ class Server:
 
     async def health(self, request: Request) -> Response:
         stats = self.engine.stats
-        status = "shutting_down" if self.stopping else ("ok" if stats.loaded else "loading")
+        status = "shutting_down" if self.shutting_down else ("ok" if stats.loaded else "loading")
         return JSONResponse(
             {
                 "status": status,
@@ -391,6 +398,8 @@ async def _engine_errors(work: Awaitable[_T]) -> _T:
 
 
 def _server_error(exc: OxiLlamaError) -> APIError:
+    """The client learns that it failed; the log learns why."""
+    _log.error("generation failed: %s: %s", type(exc).__name__, exc)
     return APIError(500, f"the generation failed: {type(exc).__name__}", type="server_error", code="generation_failed")
 
 
