@@ -18,11 +18,13 @@ from .engine import AsyncEngine, Engine
 from .errors import (
     GenerateError,
     GenerationCancelled,
+    GrammarError,
     KvCacheFullError,
     LoadError,
     OxiLlamaError,
     TokenizerError,
 )
+from .grammar import Grammar
 from .options import BatchKwargs, GenerateKwargs
 from .progress import ProgressEvent, make_progress_adapter
 from .results import CompletionResult, FinishReason, SpeculativeStats, Timings, VerifyStep
@@ -48,6 +50,8 @@ __all__ = [
     "GenerateError",
     "GenerateKwargs",
     "GenerationCancelled",
+    "Grammar",
+    "GrammarError",
     "KvCacheFullError",
     "LoadError",
     "OxiLlamaError",

@@ -37,6 +37,7 @@ from .config import EngineConfig
 from .decode import DecodeWorker
 from .errors import GenerateError, GenerationCancelled, KvCacheFullError, OxiLlamaError
 from .llama.model import Model, resolve_model_path
+from .llama.sampling import check_grammar
 from .options import BatchKwargs, GenerateKwargs, GenerateOptions, Unpack
 from .progress import ProgressSubscriber, make_progress_adapter
 from .results import CompletionResult
@@ -404,6 +405,8 @@ class AsyncEngine:
         """Tokenize and check every prompt (blocking: runs in a worker thread, not on the loop)."""
         model = worker.model
         config = self.config
+        if opts.grammar is not None:
+            check_grammar(model, opts.grammar)  # a malformed grammar fails here, before any decoding
         budget = config.slot_ctx  # a speculative step drafts at most max_tokens - 1 past the text: it fits too
         requests = []
         for index, prompt in enumerate(prompts):
@@ -421,7 +424,16 @@ class AsyncEngine:
             # same prompt twice (``n`` choices of one request) gives two different samples.
             seed = random.getrandbits(31) if seed is None else (seed + index) % 2**32
             requests.append(
-                Request(tokens, opts.max_tokens, opts.sampler, seed, opts.stop, opts.cancel_token, sequence=index)
+                Request(
+                    tokens,
+                    opts.max_tokens,
+                    opts.sampler,
+                    seed,
+                    opts.stop,
+                    opts.cancel_token,
+                    sequence=index,
+                    grammar=opts.grammar,
+                )
             )
         return requests
 

@@ -9,6 +9,7 @@ __all__ = [
     "TokenizerError",
     "KvCacheFullError",
     "GenerationCancelled",
+    "GrammarError",
 ]
 
 
@@ -34,3 +35,10 @@ class KvCacheFullError(GenerateError):
 
 class GenerationCancelled(OxiLlamaError):
     """The generation was stopped by a :class:`~oxillama_py.CancellationToken`."""
+
+
+class GrammarError(OxiLlamaError, ValueError):
+    """A grammar or JSON Schema the engine cannot constrain output to (malformed, or an unsupported keyword).
+
+    Raised before any decoding. It is also a ``ValueError``: bad input, like the other argument errors.
+    """

@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from .cancel import CancellationToken
 from .config import SamplerConfig, check_seed
+from .grammar import Grammar, resolve_grammar
 from .progress import check_progress, check_throttle
 from .results import CompletionResult
 
@@ -46,6 +47,12 @@ class GenerateKwargs(TypedDict, total=False):
     progress_throttle_tokens: int | None
     progress_capture_text: bool
     strict_progress: bool
+    grammar: str | Grammar | None
+    """Constrain the output to a GBNF grammar (llama.cpp's format) or a :class:`~oxillama_py.Grammar`."""
+    json_schema: Mapping[str, Any] | type | None
+    """Constrain the output to JSON valid against this schema (a dict, or a pydantic model class)."""
+    json: bool
+    """Constrain the output to a JSON object (any)."""
 
 
 class BatchKwargs(GenerateKwargs, total=False):
@@ -75,6 +82,7 @@ class GenerateOptions:
     stop: tuple[str, ...]
     cancel_token: CancellationToken | None
     progress: ProgressOptions
+    grammar: Grammar | None = None
 
     @classmethod
     def build(cls, base: SamplerConfig, max_tokens: int, options: GenerateKwargs) -> GenerateOptions:
@@ -109,7 +117,8 @@ class GenerateOptions:
         )
         check_throttle(progress.throttle_ms, progress.throttle_tokens)
         check_progress(progress.target)
-        return cls(max_tokens, chosen, _stops(options.get("stop")), cancel_token, progress)
+        grammar = resolve_grammar(options.get("grammar"), options.get("json_schema"), options.get("json", False))
+        return cls(max_tokens, chosen, _stops(options.get("stop")), cancel_token, progress, grammar)
 
 
 def _flag(name: str, value: object) -> bool:

@@ -16,6 +16,7 @@ from .config import SpeculativeConfig
 from .decode import DecodeWorker
 from .decode.speculative import SpeculativeWorker
 from .engine import AsyncEngine, Backend, Engine
+from .errors import GrammarError
 from .options import GenerateOptions
 
 __all__ = ["AsyncSpeculativeEngine", "SpeculativeEngine"]
@@ -43,6 +44,11 @@ class AsyncSpeculativeEngine(AsyncEngine):
     def _check_options(self, opts: GenerateOptions) -> None:
         if opts.sampler.mirostat:
             raise ValueError("SpeculativeEngine does not support mirostat sampling; use temperature/top-k/top-p")
+        if opts.grammar is not None:
+            raise GrammarError(
+                "SpeculativeEngine does not constrain output with a grammar or JSON Schema; "
+                "use Engine or AsyncEngine for grammar=, json_schema= or json="
+            )
 
 
 class SpeculativeEngine(Engine):

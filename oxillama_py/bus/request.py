@@ -12,6 +12,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ..cancel import CancellationToken
 from ..config import SamplerConfig
+from ..grammar import Grammar
 from .events import Event, Finished
 from .post import post
 
@@ -33,6 +34,8 @@ class Request:
     stop: tuple[str, ...] = ()
     cancel_token: CancellationToken | None = None
     sequence: int = 0
+    grammar: Grammar | None = None
+    """The constraint of this request's output, if any."""
     _sinks: list[MemoryObjectSendStream[Event]] = field(default_factory=list, init=False, repr=False)
     _loop: EventLoopToken | None = field(default=None, init=False, repr=False)
     _done: anyio.Event | None = field(default=None, init=False, repr=False)

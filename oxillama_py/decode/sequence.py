@@ -60,7 +60,9 @@ class Sequence:
         self.pos = 0  # tokens of this sequence in the KV cache
         self.sampler = sampler  # None where tokens are chosen elsewhere (speculative verification)
         cfg = request.sampler
-        self._argmax = cfg.is_greedy and (cfg.repeat_penalty == 1.0 or cfg.repeat_last_n == 0)
+        self._argmax = (
+            cfg.is_greedy and (cfg.repeat_penalty == 1.0 or cfg.repeat_last_n == 0) and request.grammar is None
+        )
         self.generated: list[int] = []
         self.last_token = -1
         self.submitted = submitted

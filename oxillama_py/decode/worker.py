@@ -191,7 +191,9 @@ class DecodeWorker:
         return self.config.max_concurrency
 
     def _new_sequence(self, request: Request, slot: int, submitted: float) -> Sequence:
-        return Sequence(request, slot, self.model, submitted, Sampler(self.model, request.sampler, request.seed))
+        return Sequence(
+            request, slot, self.model, submitted, Sampler(self.model, request.sampler, request.seed, request.grammar)
+        )
 
     def _guarded_step(self) -> None:
         try:

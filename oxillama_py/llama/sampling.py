@@ -1,25 +1,83 @@
-"""A llama.cpp sampler chain built from :class:`~oxillama_py.SamplerConfig`."""
+"""A llama.cpp sampler chain built from :class:`~oxillama_py.SamplerConfig`, optionally under a grammar."""
 
 from __future__ import annotations
 
+import ctypes
+
 import llama_cpp
+import numpy as np
+import numpy.typing as npt
 
 from ..config import SamplerConfig
+from ..errors import GrammarError
+from ..grammar import Grammar
 from .model import Model
 
-__all__ = ["Sampler"]
+__all__ = ["Sampler", "check_grammar"]
 
 _MIROSTAT_M = 100  # what llama-cpp-python passes for Mirostat v1
 
 
-class Sampler:
-    """One sequence's sampler chain; its state (penalty window, RNG) is per sequence."""
+def _grammar_sampler(model: Model, grammar: Grammar) -> ctypes.c_void_p:
+    ptr = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.gbnf.encode("utf-8"), grammar.root.encode("utf-8"))
+    if not ptr:
+        raise GrammarError(
+            "llama.cpp could not parse the grammar (malformed GBNF, an undefined rule, "
+            f"or no rule named {grammar.root!r}); its log has the details"
+        )
+    return ptr  # type: ignore[no-any-return]
 
-    def __init__(self, model: Model, config: SamplerConfig, seed: int) -> None:
+
+def check_grammar(model: Model, grammar: Grammar) -> None:
+    """Parse ``grammar`` against ``model``'s vocabulary now, so a bad one fails before any decoding."""
+    llama_cpp.llama_sampler_free(_grammar_sampler(model, grammar))
+
+
+class _Candidates:
+    """A reusable ``llama_token_data_array`` over a whole vocabulary (or over one token)."""
+
+    def __init__(self, n: int) -> None:
+        self.items = (llama_cpp.llama_token_data * n)()
+        self.view = np.ctypeslib.as_array(self.items)
+        self.ids = np.arange(n, dtype=np.int32)
+        self.array = llama_cpp.llama_token_data_array(
+            ctypes.cast(self.items, ctypes.POINTER(llama_cpp.llama_token_data)), n, -1, False
+        )
+        self.pointer = ctypes.pointer(self.array)
+        self.n = n
+
+    def fill(self, logits: npt.NDArray[np.float32]) -> None:
+        view = self.view
+        view["id"] = self.ids  # samplers sort and shrink the array in place: reset all of it
+        view["logit"] = logits
+        view["p"] = 0.0
+        self.array.size = self.n
+        self.array.selected = -1
+        self.array.sorted = False
+
+    def selected(self) -> int:
+        return int(self.items[self.array.selected].id)
+
+
+class Sampler:
+    """One sequence's sampler chain; its state (penalty window, RNG, grammar) is per sequence.
+
+    Under a grammar, the token is first chosen without it and kept if the grammar
+    allows it (checking one token is cheap); only otherwise is the grammar
+    applied to the whole vocabulary and the token chosen again, as llama.cpp's
+    own samplers do. The result is exactly the constrained choice: greedy picks
+    the best allowed token, and sampling draws from the constrained distribution.
+    """
+
+    def __init__(self, model: Model, config: SamplerConfig, seed: int, grammar: Grammar | None = None) -> None:
         self.config = config
         self.seed = seed
+        self.n_vocab = model.n_vocab
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         self.ptr = chain
+        self.grammar_ptr = None
+        self._all: _Candidates | None = None
+        self._one: _Candidates | None = None
 
         def add(sampler: object) -> None:
             llama_cpp.llama_sampler_chain_add(chain, sampler)
@@ -49,15 +107,55 @@ class Sampler:
             add(llama_cpp.llama_sampler_init_min_p(config.min_p, 1))
             add(llama_cpp.llama_sampler_init_temp(config.temperature))
             add(llama_cpp.llama_sampler_init_dist(seed))
+        if grammar is not None:
+            try:
+                self.grammar_ptr = _grammar_sampler(model, grammar)
+            except GrammarError:
+                self.close()
+                raise
+            self._all = _Candidates(model.n_vocab)
+            self._one = _Candidates(1)
 
     def sample(self, ctx_ptr: object, index: int) -> int:
         """Pick the next token from batch entry ``index``'s logits and record it in the chain."""
-        return int(llama_cpp.llama_sampler_sample(self.ptr, ctx_ptr, index))
+        if self.grammar_ptr is None:
+            return int(llama_cpp.llama_sampler_sample(self.ptr, ctx_ptr, index))
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx_ptr, index), shape=(self.n_vocab,))
+        token = self._choose(logits, constrained=False)
+        if not self._allowed(token, float(logits[token])):
+            token = self._choose(logits, constrained=True)
+        llama_cpp.llama_sampler_accept(self.grammar_ptr, token)
+        llama_cpp.llama_sampler_accept(self.ptr, token)
+        return token
+
+    def _choose(self, logits: npt.NDArray[np.float32], *, constrained: bool) -> int:
+        candidates = self._all
+        assert candidates is not None
+        candidates.fill(logits)
+        if constrained:
+            llama_cpp.llama_sampler_apply(self.grammar_ptr, candidates.pointer)
+        llama_cpp.llama_sampler_apply(self.ptr, candidates.pointer)
+        return candidates.selected()
+
+    def _allowed(self, token: int, logit: float) -> bool:
+        one = self._one
+        assert one is not None
+        one.items[0] = llama_cpp.llama_token_data(token, logit, 0.0)
+        one.array.size = 1
+        one.array.selected = -1
+        one.array.sorted = False
+        llama_cpp.llama_sampler_apply(self.grammar_ptr, one.pointer)
+        return bool(np.isfinite(one.items[0].logit))
 
     def accept(self, token: int) -> None:
         llama_cpp.llama_sampler_accept(self.ptr, token)
+        if self.grammar_ptr is not None:
+            llama_cpp.llama_sampler_accept(self.grammar_ptr, token)
 
     def close(self) -> None:
         if self.ptr:
             llama_cpp.llama_sampler_free(self.ptr)
             self.ptr = None
+        if self.grammar_ptr:
+            llama_cpp.llama_sampler_free(self.grammar_ptr)
+            self.grammar_ptr = None
