@@ -10,8 +10,10 @@ Python: nothing here touches llama.cpp.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, NoReturn
 
@@ -32,6 +34,9 @@ _GEMMA = """\
 {%- endif -%}
 {{- bos_token -}}
 {%- for m in turns -%}
+  {%- if m.role not in ('user', 'assistant') -%}
+    {{- raise_exception('a system message may only come first') -}}
+  {%- endif -%}
   {%- if (m.role == 'user') != (loop.index0 % 2 == 0) -%}
     {{- raise_exception('Gemma conversations alternate user and assistant turns, starting with user') -}}
   {%- endif -%}
@@ -72,6 +77,9 @@ _MISTRAL = """\
 {%- endif -%}
 {{- bos_token -}}
 {%- for m in turns -%}
+  {%- if m.role not in ('user', 'assistant') -%}
+    {{- raise_exception('a system message may only come first') -}}
+  {%- endif -%}
   {%- if (m.role == 'user') != (loop.index0 % 2 == 0) -%}
     {{- raise_exception('Mistral conversations alternate user and assistant turns, starting with user') -}}
   {%- endif -%}
@@ -197,12 +205,25 @@ def _raise_exception(message: str) -> NoReturn:
     raise _TemplateRaised(message)
 
 
+def _tojson(value: object, indent: int | None = None) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+def _strftime_now(format: str) -> str:
+    return datetime.now().strftime(format)
+
+
 @lru_cache(maxsize=32)
 def _compile(source: str) -> Any:
     from jinja2 import TemplateSyntaxError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    # As transformers renders chat templates: loop controls, tojson keeping non-ASCII, strftime_now.
+    environment = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
+    environment.filters["tojson"] = _tojson
+    environment.globals["strftime_now"] = _strftime_now
     try:
         return environment.from_string(source)
     except TemplateSyntaxError as exc:

@@ -176,6 +176,9 @@ class EngineConfig:
             _check_type(
                 "chat_template", self.chat_template, str, "a str (a built-in name or a Jinja2 template) or None"
             )
+            from .chat import resolve_template  # pure Python: an unknown name or bad Jinja2 fails here
+
+            resolve_template(self.chat_template, model_template=None, has_token=lambda _: False)
         if self.n_ctx // self.max_concurrency < 8:
             raise ValueError(
                 f"n_ctx={self.n_ctx} leaves fewer than 8 cells for each of "

@@ -16,7 +16,7 @@ import random
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, replace
 from functools import partial
@@ -36,6 +36,7 @@ from .chat import ChatTemplate, Message, check_messages, resolve_template
 from .config import EngineConfig
 from .decode import DecodeWorker
 from .errors import GenerateError, GenerationCancelled, KvCacheFullError, OxiLlamaError
+from .grammar import grammar_for
 from .llama.model import Model, resolve_model_path
 from .llama.sampling import check_grammar
 from .options import BatchKwargs, GenerateKwargs, GenerateOptions, Unpack
@@ -330,6 +331,16 @@ class AsyncEngine:
         stop = opts.stop + tuple(s for s in template.stop if s not in opts.stop)
         return prompt, replace(opts, stop=stop)
 
+    async def _chat_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """How many tokens :meth:`chat` would prefill for ``messages`` (BOS included)."""
+        model = (await self._ready()).model
+
+        def count() -> int:
+            prompt, _ = self._render_for_decode(model, messages, None)
+            return len(model.tokenize(prompt))
+
+        return await anyio.to_thread.run_sync(count)
+
     def _template(self, model: Model, chosen: str | None) -> ChatTemplate:
         return resolve_template(
             chosen if chosen is not None else self.config.chat_template,
@@ -405,8 +416,9 @@ class AsyncEngine:
         """Tokenize and check every prompt (blocking: runs in a worker thread, not on the loop)."""
         model = worker.model
         config = self.config
-        if opts.grammar is not None:
-            check_grammar(model, opts.grammar)  # a malformed grammar fails here, before any decoding
+        grammars = [grammar_for(opts.grammar, index, len(prompts)) for index in range(len(prompts))]
+        for grammar in {g for g in grammars if g is not None}:
+            check_grammar(model, grammar)  # a malformed grammar fails here, before any decoding
         budget = config.slot_ctx  # a speculative step drafts at most max_tokens - 1 past the text: it fits too
         requests = []
         for index, prompt in enumerate(prompts):
@@ -422,7 +434,8 @@ class AsyncEngine:
             seed = opts.sampler.seed if opts.sampler.seed is not None else self.config.seed
             # Prompt i of a seeded batch samples with seed + i: the batch is reproducible, and the
             # same prompt twice (``n`` choices of one request) gives two different samples.
-            seed = random.getrandbits(31) if seed is None else (seed + index) % 2**32
+            # (mod 2**32 - 1: the sum never becomes 0xFFFFFFFF, llama.cpp's "pick a random seed")
+            seed = random.getrandbits(31) if seed is None else (seed + index) % 0xFFFFFFFF if index else seed
             requests.append(
                 Request(
                     tokens,
@@ -432,7 +445,7 @@ class AsyncEngine:
                     opts.stop,
                     opts.cancel_token,
                     sequence=index,
-                    grammar=opts.grammar,
+                    grammar=grammars[index],
                 )
             )
         return requests
@@ -493,14 +506,23 @@ class Engine:
     def _call(self, func: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         if self._closed:
             raise GenerateError("the engine is closed")
-        future: Future[_T] = self._portal.start_task_soon(partial(func, *args, **kwargs))
+        ended = threading.Event()
+
+        async def run() -> _T:
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                ended.set()
+
+        future: Future[_T] = self._portal.start_task_soon(run)
         try:
             return future.result()
         except BaseException:
             # e.g. KeyboardInterrupt in the calling thread: stop the generation, and return
-            # only once it has ended, so no display or callback outlives this call.
+            # only once it has ended, so no display or callback outlives this call. (A
+            # cancelled future is done at once; the task ends later, and says so.)
             future.cancel()
-            wait([future])
+            ended.wait()
             raise
 
     def load_model(self) -> None:
@@ -600,8 +622,8 @@ class Engine:
         finally:
             if not future.done():
                 future.cancel()
-                with suppress(BaseException):
-                    future.result()
+                while pieces.get() is not None:  # run() ends with None once the stream is finalised
+                    pass
 
     def generate_batch(
         self, prompts: Sequence[str], max_tokens: int = 128, **options: Unpack[BatchKwargs]

@@ -13,7 +13,7 @@ from typing import Any, TypedDict
 
 from .cancel import CancellationToken
 from .config import SamplerConfig, check_seed
-from .grammar import Grammar, resolve_grammar
+from .grammar import Constraint, Grammar, resolve_grammar
 from .progress import check_progress, check_throttle
 from .results import CompletionResult
 
@@ -47,10 +47,12 @@ class GenerateKwargs(TypedDict, total=False):
     progress_throttle_tokens: int | None
     progress_capture_text: bool
     strict_progress: bool
-    grammar: str | Grammar | None
-    """Constrain the output to a GBNF grammar (llama.cpp's format) or a :class:`~oxillama_py.Grammar`."""
-    json_schema: Mapping[str, Any] | type | None
-    """Constrain the output to JSON valid against this schema (a dict, or a pydantic model class)."""
+    grammar: str | Grammar | Sequence[str | Grammar | None] | None
+    """Constrain the output to a GBNF grammar (llama.cpp's format) or a :class:`~oxillama_py.Grammar`;
+    a list gives each prompt of a batch its own (``None``: unconstrained)."""
+    json_schema: Mapping[str, Any] | type | Sequence[Mapping[str, Any] | type | None] | None
+    """Constrain the output to JSON valid against this schema (a dict, or a pydantic model class);
+    a list gives each prompt of a batch its own (``None``: unconstrained)."""
     json: bool
     """Constrain the output to a JSON object (any)."""
 
@@ -82,7 +84,7 @@ class GenerateOptions:
     stop: tuple[str, ...]
     cancel_token: CancellationToken | None
     progress: ProgressOptions
-    grammar: Grammar | None = None
+    grammar: Constraint = None
 
     @classmethod
     def build(cls, base: SamplerConfig, max_tokens: int, options: GenerateKwargs) -> GenerateOptions:

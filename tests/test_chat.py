@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gguf_factory import write_tiny_llama
@@ -75,6 +76,20 @@ def test_sync_stream_chat_and_options(engine: Engine) -> None:
     assert result.text == again.text  # seeded sampling is reproducible
     assert events and events[-1].is_final
     assert "".join(engine.stream_chat(USER, 12, temperature=0)) == engine.chat(USER, 12, temperature=0).text
+
+
+def test_closing_a_sync_stream_finalises_before_it_returns(engine: Engine) -> None:
+    events: list[Any] = []
+    pieces = engine.stream_chat(USER, 200, temperature=0, progress=events.append)
+    next(pieces)
+    next(pieces)
+    pieces.close()  # type: ignore[attr-defined]
+    assert events and events[-1].is_final  # the display was finalised before close() returned
+    plain: list[Any] = []
+    stream = engine.stream("Once upon a time", 200, temperature=0, progress=plain.append)
+    next(stream)
+    stream.close()  # type: ignore[attr-defined]
+    assert plain and plain[-1].is_final
 
 
 def test_chat_template_choice(engine: Engine) -> None:

@@ -247,3 +247,56 @@ def test_max_completion_tokens_and_echo(server: ServerProcess, engine: Engine) -
         timeout=300,
     ).json()
     assert echoed["choices"][0]["text"] == PROMPT + engine.generate(PROMPT, 4, temperature=0)
+
+
+# -- structured output -----------------------------------------------------------------------
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 10},
+        "age": {"type": "integer", "minimum": 0, "maximum": 99},
+    },
+    "required": ["name", "age"],
+}
+
+
+def test_response_format_json_schema_and_json_object(server: ServerProcess, client: Any) -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="validating structured output needs jsonschema")
+    response_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}
+    chat = client.chat.completions.create(
+        model=model_name(server),
+        messages=[{"role": "user", "content": "A person as JSON."}],
+        max_tokens=64,
+        temperature=1.0,
+        seed=5,
+        n=3,
+        response_format=response_format,
+    )
+    for choice in chat.choices:
+        assert choice.finish_reason == "stop"
+        jsonschema.validate(json.loads(choice.message.content), SCHEMA)
+    completion = httpx.post(
+        server.api_url + "/completions",
+        json={"prompt": "Record:", "max_tokens": 64, "response_format": response_format, "temperature": 1.0},
+        timeout=300,
+    ).json()
+    jsonschema.validate(json.loads(completion["choices"][0]["text"]), SCHEMA)
+    anything = client.chat.completions.create(
+        model=model_name(server),
+        messages=[{"role": "user", "content": "Some JSON."}],
+        max_tokens=96,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
+    text = anything.choices[0].message.content
+    if anything.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+    else:
+        assert text.startswith("{")
+    bad = httpx.post(
+        server.api_url + "/completions",
+        json={"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"schema": {"format": "x"}}}},
+        timeout=60,
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "response_format"

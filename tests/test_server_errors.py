@@ -178,6 +178,17 @@ def test_oversized_bodies_are_413_before_parsing(server: ServerProcess) -> None:
     assert head.startswith("HTTP/1.1 413")
 
 
+def test_deeply_nested_json_is_400(server: ServerProcess) -> None:
+    nested = b"{\"messages\":" + b"[" * 1900 + b"]" * 1900 + b"}"  # deeper than json allows, under 4 kB
+    assert_error(post(server, "/chat/completions", nested), 400)
+
+
+def test_more_choices_than_the_server_admits_is_400_not_429(server: ServerProcess) -> None:
+    capacity = int(server.health()["capacity"])  # type: ignore[call-overload]
+    body = {"prompt": ["a"] * (capacity // 16 + 1), "n": 16, "max_tokens": 1}
+    assert_error(post(server, "/completions", body), 400, param="n")
+
+
 def test_no_user_input_gives_500(server: ServerProcess) -> None:
     garbage: list[object] = [
         b"",
@@ -190,7 +201,8 @@ def test_no_user_input_gives_500(server: ServerProcess) -> None:
         {"messages": MESSAGES, "stream_options": "x", "stream": True},
         {"messages": MESSAGES, "n": True},
         {"messages": MESSAGES, "top_p": 2},
-        {"messages": MESSAGES, "response_format": {"type": "json_object"}},
+        {"messages": MESSAGES, "response_format": {"type": "xml"}},
+        {"messages": MESSAGES, "response_format": {"type": "json_schema", "json_schema": {"schema": {"not": {}}}}},
         {"prompt": ["a", 1]},
     ]
     for body in garbage:

@@ -8,13 +8,13 @@ lives in :mod:`oxillama_py.llama.sampling`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GrammarError
 from .schema import ANY_JSON_OBJECT, schema_to_gbnf
 
-__all__ = ["Grammar", "GrammarError", "resolve_grammar"]
+__all__ = ["Constraint", "Grammar", "GrammarError", "grammar_for", "resolve_grammar"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Grammar:
 
     gbnf: str
     root: str = "root"
-    schema: Mapping[str, Any] | None = None
+    schema: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
     """The JSON Schema this grammar was made from, if any."""
 
     def __post_init__(self) -> None:
@@ -61,8 +61,16 @@ def _schema_document(schema: object) -> Mapping[str, Any]:
     raise GrammarError(f"json_schema must be a dict or a pydantic model class, got {type(schema).__name__}")
 
 
-def resolve_grammar(grammar: object, json_schema: object, json: object) -> Grammar | None:
-    """The one constraint of a call, from its ``grammar`` / ``json_schema`` / ``json`` options."""
+Constraint = Grammar | tuple[Grammar | None, ...] | None
+"""A call's constraint: one grammar for every prompt, one per prompt, or none."""
+
+
+def resolve_grammar(grammar: object, json_schema: object, json: object) -> Constraint:
+    """The constraint of a call, from its ``grammar`` / ``json_schema`` / ``json`` options.
+
+    ``grammar`` and ``json_schema`` may be lists (one entry per prompt, ``None``
+    for an unconstrained one): a batch whose prompts each have their own.
+    """
     if not isinstance(json, bool):
         raise TypeError(f"json must be a bool, got {type(json).__name__}")
     given = [name for name, value in (("grammar", grammar), ("json_schema", json_schema)) if value is not None]
@@ -71,13 +79,30 @@ def resolve_grammar(grammar: object, json_schema: object, json: object) -> Gramm
     if len(given) > 1:
         raise ValueError(f"give at most one of grammar, json_schema and json (got {', '.join(given)})")
     if grammar is not None:
-        if isinstance(grammar, Grammar):
-            return grammar
-        if isinstance(grammar, str):
-            return Grammar(grammar)
-        raise TypeError(f"grammar must be a GBNF str or a Grammar, got {type(grammar).__name__}")
+        if isinstance(grammar, (list, tuple)):
+            return tuple(None if g is None else _one_grammar(g) for g in grammar)
+        return _one_grammar(grammar)
     if json_schema is not None:
+        if isinstance(json_schema, (list, tuple)):
+            return tuple(None if s is None else Grammar.from_json_schema(s) for s in json_schema)
         return Grammar.from_json_schema(json_schema)
     if json:
         return Grammar.json_object()
     return None
+
+
+def _one_grammar(grammar: object) -> Grammar:
+    if isinstance(grammar, Grammar):
+        return grammar
+    if isinstance(grammar, str):
+        return Grammar(grammar)
+    raise TypeError(f"grammar must be a GBNF str or a Grammar, got {type(grammar).__name__}")
+
+
+def grammar_for(constraint: Constraint, index: int, count: int) -> Grammar | None:
+    """Prompt ``index``'s grammar (of ``count`` prompts)."""
+    if isinstance(constraint, tuple):
+        if len(constraint) != count:
+            raise ValueError(f"{len(constraint)} grammars or schemas were given for {count} prompts")
+        return constraint[index]
+    return constraint

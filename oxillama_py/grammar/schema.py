@@ -167,9 +167,8 @@ class _Converter:
             kind = "number" if "number" in inferred else inferred[0]
         if kind not in _KEYWORDS:
             raise GrammarError(f"unsupported JSON Schema type: {kind!r}")
-        misplaced = (set().union(*_KEYWORDS.values()) - _KEYWORDS[kind]) & set(schema)
-        if misplaced:
-            raise GrammarError(f"keyword(s) {', '.join(sorted(misplaced))} do not apply to type {kind!r}")
+        # Keywords of other types do not constrain this one (JSON Schema ignores them), e.g.
+        # maxLength in {"type": ["string", "null"], "maxLength": 8} when the value is null.
         visit: Any = getattr(self, f"visit_{kind}")
         return str(visit(schema, hint))
 

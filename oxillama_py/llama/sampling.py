@@ -16,6 +16,8 @@ from .model import Model
 __all__ = ["Sampler", "check_grammar"]
 
 _MIROSTAT_M = 100  # what llama-cpp-python passes for Mirostat v1
+SHORTLIST = 1024
+"""Tokens a refused choice is retried among, under the grammar, before the whole vocabulary."""
 
 
 def _grammar_sampler(model: Model, grammar: Grammar) -> ctypes.c_void_p:
@@ -46,14 +48,22 @@ class _Candidates:
         self.pointer = ctypes.pointer(self.array)
         self.n = n
 
-    def fill(self, logits: npt.NDArray[np.float32]) -> None:
+    def fill(self, logits: npt.NDArray[np.float32], ids: npt.NDArray[np.int32] | None = None) -> None:
+        """All of ``logits``, or (with ``ids``) those tokens' logits; samplers sort and shrink it, so reset all."""
         view = self.view
-        view["id"] = self.ids  # samplers sort and shrink the array in place: reset all of it
-        view["logit"] = logits
+        if ids is None:
+            view["id"] = self.ids
+            view["logit"] = logits
+        else:
+            view["id"] = ids
+            view["logit"] = logits[ids]
         view["p"] = 0.0
         self.array.size = self.n
         self.array.selected = -1
         self.array.sorted = False
+
+    def any_allowed(self) -> bool:
+        return bool(np.isfinite(self.view["logit"][: self.array.size]).any())
 
     def selected(self) -> int:
         return int(self.items[self.array.selected].id)
@@ -78,6 +88,7 @@ class Sampler:
         self.grammar_ptr = None
         self._all: _Candidates | None = None
         self._one: _Candidates | None = None
+        self._short: _Candidates | None = None
 
         def add(sampler: object) -> None:
             llama_cpp.llama_sampler_chain_add(chain, sampler)
@@ -115,6 +126,7 @@ class Sampler:
                 raise
             self._all = _Candidates(model.n_vocab)
             self._one = _Candidates(1)
+            self._short = _Candidates(SHORTLIST) if model.n_vocab > SHORTLIST else None
 
     def sample(self, ctx_ptr: object, index: int) -> int:
         """Pick the next token from batch entry ``index``'s logits and record it in the chain."""
@@ -123,7 +135,7 @@ class Sampler:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx_ptr, index), shape=(self.n_vocab,))
         token = self._choose(logits, constrained=False)
         if not self._allowed(token, float(logits[token])):
-            token = self._choose(logits, constrained=True)
+            token = self._choose_constrained(logits)
         llama_cpp.llama_sampler_accept(self.grammar_ptr, token)
         llama_cpp.llama_sampler_accept(self.ptr, token)
         return token
@@ -136,6 +148,24 @@ class Sampler:
             llama_cpp.llama_sampler_apply(self.grammar_ptr, candidates.pointer)
         llama_cpp.llama_sampler_apply(self.ptr, candidates.pointer)
         return candidates.selected()
+
+    def _choose_constrained(self, logits: npt.NDArray[np.float32]) -> int:
+        """The grammar over the shortlist of the most likely tokens, else over the whole vocabulary.
+
+        Matching a token against the grammar is what costs (tens of ms for a
+        262k vocabulary), so it is tried on the ``SHORTLIST`` tokens with the
+        highest logits first: the best allowed token of the vocabulary is among
+        them whenever any of them is allowed, so greedy decoding is exact, and
+        sampling loses only the far tail of the allowed tokens.
+        """
+        shortlist = self._short
+        if shortlist is not None:
+            shortlist.fill(logits, np.argpartition(logits, -SHORTLIST)[-SHORTLIST:].astype(np.int32))
+            llama_cpp.llama_sampler_apply(self.grammar_ptr, shortlist.pointer)
+            if shortlist.any_allowed():
+                llama_cpp.llama_sampler_apply(self.ptr, shortlist.pointer)
+                return shortlist.selected()
+        return self._choose(logits, constrained=True)
 
     def _allowed(self, token: int, logit: float) -> bool:
         one = self._one

@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..config import EngineConfig
 from ..engine import AsyncEngine
-from ..errors import KvCacheFullError, OxiLlamaError
+from ..errors import GenerateError, GrammarError, KvCacheFullError, OxiLlamaError
 from ..llama.model import resolve_model_path
 from ..progress import ProgressEvent
 from ..results import CompletionResult
@@ -58,7 +58,7 @@ class ServerSettings:
     """
 
     model_name: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     max_queue: int = 64
     max_body_bytes: int = 1 << 20
     default_max_tokens: int = 512
@@ -147,6 +147,8 @@ class Server:
             return json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError):
             raise bad_request("the request body is not valid JSON") from None
+        except RecursionError:
+            raise bad_request("the request body is nested too deeply") from None
 
     @property
     def shutting_down(self) -> bool:
@@ -167,8 +169,7 @@ class Server:
             return job.max_tokens
         if job.kind == "completion":
             return 16  # OpenAI's default for completions
-        prompt = await self.engine.apply_chat_template(list(job.messages))
-        used = len(await self.engine.tokenize(prompt, add_special=False))
+        used = await self.engine._chat_prompt_tokens(list(job.messages))  # the server is part of the package
         return max(1, min(self.settings.default_max_tokens, self.engine.config.slot_ctx - used))
 
     # -- routes -------------------------------------------------------------------------
@@ -185,6 +186,12 @@ class Server:
         if self.shutting_down:
             raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
         count = job.n * max(1, len(job.prompts))
+        if count > self.admission.capacity:
+            raise bad_request(
+                f"the request asks for {count} sequences (n times the prompts); this server admits at most "
+                f"{self.admission.capacity} at once",
+                "n",
+            )
         self.admission.reserve(count, self.settings.retry_after_secs)
         try:
             run = await _engine_errors(self._open(job))
@@ -202,7 +209,12 @@ class Server:
         return JSONResponse(self._body(run, results))
 
     async def _open(self, job: Job) -> JobRun:
-        return await open_job(self.engine, job, await self.max_tokens(job))
+        try:
+            return await open_job(self.engine, job, await self.max_tokens(job))
+        except GenerateError:
+            if self.shutting_down:  # the engine closed under us: the server is going away, not failing
+                raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down") from None
+            raise
 
     def _body(self, run: JobRun, results: list[CompletionResult]) -> dict[str, Any]:
         job = run.job
@@ -263,22 +275,29 @@ class Server:
         elif job.echo:
             for index in range(choices):
                 yield chunk(delta(index, run.prompts[index], None))
-        ends: dict[int, str] = {}
+        ended: set[int] = set()
         try:
             async with aclosing(run.events()) as events:
                 async for item in events:
                     if isinstance(item, Piece):
                         yield chunk(delta(item.choice, item.text, None))
-                    elif isinstance(item, End):
-                        ends[item.choice] = "length" if item.reason == "length" else "stop"
+                    elif isinstance(item, End):  # each choice's finish as it happens, as OpenAI sends it
+                        if item.reason in ("stop", "length"):
+                            ended.add(item.choice)
+                            yield chunk(delta(item.choice, None, item.reason))
                     elif isinstance(item, ProgressEvent):
                         yield _sse(asdict(item), event="progress")
             results = run.finished()
         except OxiLlamaError as exc:
             yield _sse(_server_error(exc).body(), event="error")
             return
+        except Exception:  # a bug of ours: the headers are out, so end the stream with an error event
+            _log.exception("streaming a response failed")
+            yield _sse(APIError(500, "internal server error", type="server_error").body(), event="error")
+            return
         for index in range(choices):
-            yield chunk(delta(index, None, ends.get(index, _reason(results[index]))))
+            if index not in ended:
+                yield chunk(delta(index, None, _reason(results[index])))
         if job.include_usage:
             yield _sse({**envelope, "choices": [], "usage": _usage(job, results)})
         yield b"data: [DONE]\n\n"
@@ -391,6 +410,8 @@ async def _engine_errors(work: Awaitable[_T]) -> _T:
         return await work
     except KvCacheFullError as exc:
         raise APIError(400, str(exc), code="context_length_exceeded") from None
+    except GrammarError as exc:
+        raise bad_request(str(exc), "response_format", code="invalid_schema") from None
     except (ValueError, TypeError) as exc:
         raise bad_request(str(exc)) from None
     except OxiLlamaError as exc:

@@ -73,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # llama.cpp's own chatter (the oxillama_py.llama logger) only at --log-level debug.
+    missing = _missing_backend(args.backend)
+    if missing:
+        print(f"error: --backend {args.backend} needs {missing}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("oxillama_py").setLevel("DEBUG" if args.log_level == "debug" else "WARNING")
     print(f"oxillama_py: serving on http://{args.host}:{args.port} ({args.backend})", file=sys.stderr, flush=True)
@@ -84,6 +88,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _missing_backend(backend: str) -> str | None:
+    """What to install for ``backend``, or None when it is there."""
+    import importlib.util
+
+    needs = {"asyncio": ["uvicorn"], "uvloop": ["uvicorn", "uvloop"], "trio": ["hypercorn", "trio"]}[backend]
+    absent = [name for name in needs if importlib.util.find_spec(name) is None]
+    if not absent:
+        return None
+    extras = "server" + (",trio" if "trio" in absent else "") + (",uvloop" if "uvloop" in absent else "")
+    return f"{', '.join(absent)}: pip install 'oxillama-py[{extras}]'"
 
 
 def _run_uvicorn(app: Any, host: str, port: int, grace: float, log_level: str, uvloop: bool) -> None:

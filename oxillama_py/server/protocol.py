@@ -39,10 +39,16 @@ class Job:
     include_usage: bool
     include_progress: bool
     echo: bool = False
+    json: bool = False
+    json_schema: dict[str, Any] | None = None
 
     def generate_options(self) -> GenerateKwargs:
         """The engine's keyword options for this job."""
         options: GenerateKwargs = {"stop": list(self.stop)}
+        if self.json_schema is not None:
+            options["json_schema"] = self.json_schema
+        elif self.json:
+            options["json"] = True
         if self.temperature is not None:
             options["temperature"] = self.temperature
         if self.top_p is not None:
@@ -123,9 +129,7 @@ def _job(
         value = _opt_float(fields, name, -2.0, 2.0)
         if value not in (None, 0.0):
             raise bad_request(f"'{name}' is not supported by this server (leave it out or 0)", name)
-    response_format = fields.get("response_format")
-    if response_format is not None and response_format != {"type": "text"}:
-        raise bad_request("'response_format' other than {'type': 'text'} is not supported yet", "response_format")
+    json_mode, json_schema = _response_format(fields.get("response_format"))
     return Job(
         kind=kind,
         model=model,
@@ -141,7 +145,30 @@ def _job(
         include_usage=include_usage,
         include_progress=include_progress,
         echo=echo,
+        json=json_mode,
+        json_schema=json_schema,
     )
+
+
+def _response_format(value: object) -> tuple[bool, dict[str, Any] | None]:
+    """OpenAI's ``response_format``: text, any JSON object, or JSON valid against a schema."""
+    param = "response_format"
+    if value is None:
+        return False, None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise bad_request("'response_format' must be an object with a 'type'", param)
+    kind = value["type"]
+    if kind == "text":
+        return False, None
+    if kind == "json_object":
+        return True, None
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise bad_request("'response_format.json_schema' must be an object with a 'schema' object", param)
+        schema = spec.get("schema")
+        return (True, None) if schema is None else (False, schema)
+    raise bad_request(f"'response_format.type' {kind!r} is not one of text, json_object, json_schema", param)
 
 
 def _object(body: object) -> Mapping[str, Any]:
@@ -215,9 +242,11 @@ def _stop(stop: object) -> tuple[str, ...]:
     if stop is None:
         return ()
     if isinstance(stop, str):
-        return (stop,) if stop else ()
+        stop = [stop]
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
         if len(stop) > 16:
             raise bad_request("'stop' takes at most 16 strings", "stop")
+        if any(len(s) > 256 for s in stop):
+            raise bad_request("a 'stop' string may be at most 256 characters long", "stop")
         return tuple(s for s in stop if s)
     raise bad_request("'stop' must be a string or an array of strings", "stop")
