@@ -179,7 +179,7 @@ def test_oversized_bodies_are_413_before_parsing(server: ServerProcess) -> None:
 
 
 def test_deeply_nested_json_is_400(server: ServerProcess) -> None:
-    nested = b"{\"messages\":" + b"[" * 1900 + b"]" * 1900 + b"}"  # deeper than json allows, under 4 kB
+    nested = b'{"messages":' + b"[" * 1900 + b"]" * 1900 + b"}"  # deeper than json allows, under 4 kB
     assert_error(post(server, "/chat/completions", nested), 400)
 
 
