@@ -283,10 +283,78 @@ def server_readme(results: Path) -> list[str]:
     ]
 
 
+def structured_rows(d: dict[str, Any]) -> list[list[str]]:
+    res, ratios = d["results"], d["ratios"]
+    rows = [
+        [
+            "scenario",
+            "oxillama_py unconstrained",
+            "oxillama_py `json_schema=`",
+            "llama-cpp-python `LlamaGrammar`",
+            "llama-cpp-python unconstrained",
+            "oxillama_py json / unconstrained",
+            "json: oxillama_py / llama-cpp-python",
+            "tokens per JSON output",
+        ]
+    ]
+    labels = {
+        "one_greedy": "1 request, greedy",
+        "one_sampled": "1 request, temperature 1.0",
+        "eight_greedy": "8 requests, greedy (aggregate; llama-cpp-python one after another)",
+    }
+    for name, label in labels.items():
+        per = res[name]
+        counts = [n for sample in per["ox_json"]["tokens_per_sequence"][:1] for n in sample]
+        rows.append(
+            [
+                label,
+                *(
+                    _f(per[c]["tok_per_sec"]["median"]) if c in per else "-"
+                    for c in ("ox_free", "ox_json", "raw_json", "raw_free")
+                ),
+                _f(ratios[name]["ox_json_vs_ox_free"]["median"], 2),
+                _f(ratios[name]["ox_json_vs_raw_json"]["median"], 2),
+                str(counts[0]) if len(counts) == 1 else f"{min(counts)}-{max(counts)}",
+            ]
+        )
+    return rows
+
+
+def structured_readme(results: Path) -> list[str]:
+    link = "[`structured.py`](benchmarks/structured.py)"
+    if not (results / "structured.json").is_file():
+        return [
+            f"**Structured output** ({link}): not measured yet; run `python benchmarks/structured.py`, "
+            "then `python benchmarks/figures.py`."
+        ]
+    d = _load("structured", results)
+    quick = " (quick mode: a smoke run, too short to judge by)" if d["mode"] == "quick" else ""
+    valid = sum(v["valid"] for v in d["validation"].values())
+    total = sum(v["total"] for v in d["validation"].values())
+    same = d["same_text"]["one_greedy"]["ox_json_equals_raw_json"]
+    return [
+        f"**Structured output** ({link}, a JSON Schema with bounded strings, integers and an enum array; "
+        f"{_machine(d)}; tok/s, median of {d['rounds']} interleaved rounds, {d['batch_rounds']} with 8 "
+        f"requests{quick}). Both constrained sides use the same GBNF grammar, "
+        "`Grammar.from_json_schema(schema).gbnf`; the unconstrained calls decode as many tokens as the "
+        "JSON outputs have:",
+        "",
+        *_rows_md(structured_rows(d)),
+        "",
+        f"Constrained outputs that parsed and validated against the schema (`jsonschema`): {valid} of {total}; "
+        f"greedy JSON {'equal' if same else 'not equal'} to llama-cpp-python's. Checks: "
+        + _check_line(d["checks"])
+        + ".",
+        "",
+        "![constrained and unconstrained decoding](benchmarks/results/structured.png)",
+    ]
+
+
 # (file, start marker, end marker, renderer)
 TARGETS: list[tuple[Path, str, str, Callable[[Path], list[str]]]] = [
     (ROOT / "README.md", "<!-- FIGURES -->", "<!-- /FIGURES -->", readme_block),
     (ROOT / "README.md", "<!-- FIGURES:server -->", "<!-- /FIGURES:server -->", server_readme),
+    (ROOT / "README.md", "<!-- FIGURES:structured -->", "<!-- /FIGURES:structured -->", structured_readme),
     (ROOT / "docs" / "batching.rst", ".. FIGURES", ".. /FIGURES", batching_rst),
     (ROOT / "docs" / "speculative.rst", ".. FIGURES", ".. /FIGURES", speculative_rst),
 ]
