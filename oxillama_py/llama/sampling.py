@@ -17,7 +17,9 @@ __all__ = ["Sampler", "check_grammar"]
 
 _MIROSTAT_M = 100  # what llama-cpp-python passes for Mirostat v1
 SHORTLIST = 1024
-"""Tokens a refused choice is retried among, under the grammar, before the whole vocabulary."""
+"""At most this many tokens a refused choice is retried among, under the grammar, before the whole vocabulary."""
+SHORTLIST_MARGIN = 10.0
+"""The shortlist is the tokens whose logit is within this of the best (e^-10: 5e-5 of its probability at T=1)."""
 
 
 def _grammar_sampler(model: Model, grammar: Grammar) -> ctypes.c_void_p:
@@ -48,9 +50,13 @@ class _Candidates:
         self.pointer = ctypes.pointer(self.array)
         self.n = n
 
+    def resize(self, n: int) -> None:
+        """Use the first ``n`` entries only (at most the capacity)."""
+        self.n = n
+
     def fill(self, logits: npt.NDArray[np.float32], ids: npt.NDArray[np.int32] | None = None) -> None:
         """All of ``logits``, or (with ``ids``) those tokens' logits; samplers sort and shrink it, so reset all."""
-        view = self.view
+        view = self.view[: self.n]
         if ids is None:
             view["id"] = self.ids
             view["logit"] = logits
@@ -89,6 +95,7 @@ class Sampler:
         self._all: _Candidates | None = None
         self._one: _Candidates | None = None
         self._short: _Candidates | None = None
+        self._plain_greedy = False
 
         def add(sampler: object) -> None:
             llama_cpp.llama_sampler_chain_add(chain, sampler)
@@ -127,13 +134,15 @@ class Sampler:
             self._all = _Candidates(model.n_vocab)
             self._one = _Candidates(1)
             self._short = _Candidates(SHORTLIST) if model.n_vocab > SHORTLIST else None
+            self._plain_greedy = config.temperature == 0.0 and config.repeat_penalty == 1.0
 
     def sample(self, ctx_ptr: object, index: int) -> int:
         """Pick the next token from batch entry ``index``'s logits and record it in the chain."""
         if self.grammar_ptr is None:
             return int(llama_cpp.llama_sampler_sample(self.ptr, ctx_ptr, index))
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx_ptr, index), shape=(self.n_vocab,))
-        token = self._choose(logits, constrained=False)
+        # Plain greedy: the chain is argmax, and numpy's is 25x cheaper than filling the candidates.
+        token = int(np.argmax(logits)) if self._plain_greedy else self._choose(logits, constrained=False)
         if not self._allowed(token, float(logits[token])):
             token = self._choose_constrained(logits)
         llama_cpp.llama_sampler_accept(self.grammar_ptr, token)
@@ -160,7 +169,11 @@ class Sampler:
         """
         shortlist = self._short
         if shortlist is not None:
-            shortlist.fill(logits, np.argpartition(logits, -SHORTLIST)[-SHORTLIST:].astype(np.int32))
+            near = np.flatnonzero(logits >= logits.max() - SHORTLIST_MARGIN)  # cheap: no partial sort
+            if len(near) > SHORTLIST:
+                near = np.argpartition(logits, -SHORTLIST)[-SHORTLIST:]
+            shortlist.resize(len(near))
+            shortlist.fill(logits, near.astype(np.int32))
             llama_cpp.llama_sampler_apply(self.grammar_ptr, shortlist.pointer)
             if shortlist.any_allowed():
                 llama_cpp.llama_sampler_apply(self.ptr, shortlist.pointer)
