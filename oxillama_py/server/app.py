@@ -84,7 +84,7 @@ class Admission:
 
     capacity: int
     admitted: int = 0
-    served: int = field(default=0)
+    served: int = 0
 
     def reserve(self, count: int, retry_after: int) -> None:
         if self.admitted + count > self.capacity:
@@ -201,7 +201,7 @@ class Server:
         if job.stream:
             return EventStream(self._stream(run), on_close=lambda: self.admission.release(count))
         try:
-            results = await _until_disconnect(request, lambda: _engine_errors(run.results()))
+            results = await _until_disconnect(request.receive, lambda: _engine_errors(run.results()))
         finally:
             self.admission.release(count)
         if results is None:  # the client went away; nobody reads this
@@ -366,14 +366,14 @@ class EventStream(Response):
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-            await _until_disconnect_receive(receive, body)
+            await _until_disconnect(receive, body)
         except OSError:  # the connection broke while we wrote to it
             pass
         finally:
             self.on_close()
 
 
-async def _until_disconnect_receive(receive: Receive, work: Callable[[], Awaitable[_T]]) -> _T | None:
+async def _until_disconnect(receive: Receive, work: Callable[[], Awaitable[_T]]) -> _T | None:
     """Run ``work()`` until it ends or the client disconnects (then it is cancelled: ``None``)."""
     outcome: list[tuple[_T | None, Exception | None]] = []
 
@@ -398,10 +398,6 @@ async def _until_disconnect_receive(receive: Receive, work: Callable[[], Awaitab
     if error is not None:
         raise error
     return value
-
-
-async def _until_disconnect(request: Request, work: Callable[[], Awaitable[_T]]) -> _T | None:
-    return await _until_disconnect_receive(request.receive, work)
 
 
 async def _engine_errors(work: Awaitable[_T]) -> _T:
