@@ -29,7 +29,7 @@ from .options import BatchKwargs, GenerateKwargs
 from .progress import ProgressEvent, make_progress_adapter
 from .results import CompletionResult, FinishReason, SpeculativeStats, Timings, VerifyStep
 from .speculative import AsyncSpeculativeEngine, SpeculativeEngine
-from .stats import EngineStats
+from .stats import EngineStats, PrefixCacheStats
 from .stream import TextStream
 
 __version__ = "0.2.0"
@@ -46,6 +46,7 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "EngineStats",
+    "PrefixCacheStats",
     "FinishReason",
     "GenerateError",
     "GenerateKwargs",

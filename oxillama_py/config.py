@@ -147,6 +147,12 @@ class EngineConfig:
     ``"gemma"`` or ``"chatml"``, or a Jinja2 string) overrides the model's own for
     ``chat()``; by default the GGUF's template is used, or the built-in its
     vocabulary points to.
+
+    ``prefix_cache_tokens`` is the most KV cells that finished sequences keep
+    for later requests that start the same way (the prefix cache; ``None``:
+    half of ``n_ctx``; ``0``: off). Cached cells live in the same context as
+    the running sequences and are evicted, least recently used first, whenever
+    a running sequence needs the room.
     """
 
     model_path: str | os.PathLike[str] | None = None
@@ -159,6 +165,7 @@ class EngineConfig:
     flash_attn: bool = False
     max_concurrency: int = 8
     chat_template: str | None = None
+    prefix_cache_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.model_path is not None:
@@ -179,11 +186,18 @@ class EngineConfig:
             from .chat import resolve_template  # pure Python: an unknown name or bad Jinja2 fails here
 
             resolve_template(self.chat_template, model_template=None, has_token=lambda _: False)
+        if self.prefix_cache_tokens is not None:
+            _check_int("prefix_cache_tokens", self.prefix_cache_tokens, minimum=0, maximum=self.n_ctx)
         if self.n_ctx // self.max_concurrency < 8:
             raise ValueError(
                 f"n_ctx={self.n_ctx} leaves fewer than 8 cells for each of "
                 f"max_concurrency={self.max_concurrency} sequences"
             )
+
+    @property
+    def prefix_cache_capacity(self) -> int:
+        """KV cells the prefix cache may keep: ``prefix_cache_tokens``, or half of ``n_ctx``."""
+        return self.n_ctx // 2 if self.prefix_cache_tokens is None else self.prefix_cache_tokens
 
     @property
     def slot_ctx(self) -> int:

@@ -33,8 +33,9 @@ from .bus.collect import Collector
 from .bus.pieces import PieceBuffer
 from .callback import CallbackSubscriber, check_callback
 from .chat import ChatTemplate, Message, check_messages, resolve_template
-from .config import EngineConfig
+from .config import EngineConfig, SamplerConfig
 from .decode import DecodeWorker
+from .decode.prefix_cache import ALIGN
 from .errors import GenerateError, GenerationCancelled, KvCacheFullError, OxiLlamaError
 from .grammar import grammar_for
 from .llama.model import Model, resolve_model_path
@@ -263,6 +264,39 @@ class AsyncEngine:
         if not checked:
             return []
         return await (await self._prepare(checked, opts, on_complete=on_complete)).run()
+
+    # -- prefix cache -----------------------------------------------------------------
+    async def cache_prefix(self, text: str) -> int:
+        """Prefill ``text`` into the prefix cache now, pinned; return how many of its tokens it keeps.
+
+        Later prompts that start with the same tokens (a system prompt, few-shot
+        examples) skip its prefill from their first request on. A pinned prefix
+        is evicted only after every unpinned one (when the cache is over its
+        capacity, or a running request needs the room). ``text`` is tokenized
+        as a prompt (BOS first, if the model adds one): a prompt reuses it only
+        if its own tokens start with the same ones, so end it where a prompt
+        would break naturally (after a newline, say). The cache keeps whole
+        blocks of 64 tokens (see :doc:`prefix-cache`), so up to 63 tokens at the
+        end are prefilled again by each request.
+        """
+        _check_prompt(text)
+        config = self.config
+        capacity = config.prefix_cache_capacity
+        if capacity == 0:
+            raise ValueError("the prefix cache is off (EngineConfig.prefix_cache_tokens=0)")
+        worker = await self._ready()
+        tokens = await anyio.to_thread.run_sync(worker.model.tokenize, text)
+        if not tokens:
+            raise ValueError("text is empty and the model adds no BOS token")
+        if len(tokens) > min(capacity, config.slot_ctx):
+            raise KvCacheFullError(
+                f"a prefix of {len(tokens)} tokens does not fit the prefix cache's {capacity} cells "
+                f"or the {config.slot_ctx} cells one request may use"
+            )
+        request = Request(tokens, 0, SamplerConfig.greedy(), 0, pin=True)
+        collector = Collector(1)
+        await Call(Generation([request], [collector], worker.submit), collector, None, False).run()
+        return len(tokens) - len(tokens) % ALIGN
 
     # -- chat -------------------------------------------------------------------------
     async def chat(
@@ -532,6 +566,10 @@ class Engine:
     def stats(self) -> EngineStats:
         """See :attr:`AsyncEngine.stats`."""
         return self._async.stats
+
+    def cache_prefix(self, text: str) -> int:
+        """See :meth:`AsyncEngine.cache_prefix`."""
+        return self._call(self._async.cache_prefix, text)
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         return self._call(self._async.tokenize, text, add_special=add_special, parse_special=parse_special)

@@ -86,6 +86,8 @@ class CompletionResult:
     timings: Timings
     speculative: SpeculativeStats | None = None
     """Draft statistics, for generations of a :class:`~oxillama_py.SpeculativeEngine`."""
+    cached_tokens: int = 0
+    """Prompt tokens whose KV cells came from the prefix cache instead of a prefill."""
 
     @property
     def tokens_per_sec(self) -> float:

@@ -50,4 +50,5 @@ class Collector(Subscriber):
                 total_secs=max(0.0, end - finished.submitted),
             ),
             speculative=finished.speculative,
+            cached_tokens=finished.cached_tokens,
         )

@@ -47,6 +47,7 @@ class Finished:
     tail: str = ""
     sequence: int = 0
     speculative: SpeculativeStats | None = field(default=None)
+    cached_tokens: int = 0
 
 
 Event = Step | Finished

@@ -36,6 +36,8 @@ class Request:
     sequence: int = 0
     grammar: Grammar | None = None
     """The constraint of this request's output, if any."""
+    pin: bool = False
+    """Prefill the prompt into the prefix cache, pinned, and generate nothing (``cache_prefix``)."""
     _sinks: list[MemoryObjectSendStream[Event]] = field(default_factory=list, init=False, repr=False)
     _loop: EventLoopToken | None = field(default=None, init=False, repr=False)
     _done: anyio.Event | None = field(default=None, init=False, repr=False)

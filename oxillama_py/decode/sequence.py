@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from ..bus import Finished, FinishReason, Request, TokenEvent
 from ..llama import Context, Detokenizer, Model, Sampler
 
-__all__ = ["Sequence", "StopMatcher"]
+__all__ = ["Run", "Sequence", "StopMatcher"]
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Cells ``[start, end)`` of a sequence that were computed as one ``block``.
+
+    A sequence that shares another's cells inherits its runs; cells of one block
+    are the same cells in every sequence that holds them, so counting blocks
+    counts the cells the KV cache really holds.
+    """
+
+    block: int
+    start: int
+    end: int
 
 
 class StopMatcher:
@@ -58,6 +74,9 @@ class Sequence:
         self.prompt = request.prompt_tokens
         self.n_prefilled = 0
         self.pos = 0  # tokens of this sequence in the KV cache
+        self.cached_tokens = 0  # prompt tokens whose cells came from the prefix cache
+        self.inherited: tuple[Run, ...] = ()
+        self.block = 0  # the lineage id of the cells this sequence computes itself
         self.sampler = sampler  # None where tokens are chosen elsewhere (speculative verification)
         cfg = request.sampler
         self._argmax = (
@@ -72,6 +91,24 @@ class Sequence:
         self._hit_stop = False
         self._detok = Detokenizer()
         self._stops = StopMatcher(request.stop)
+
+    def reuse(self, n_tokens: int, runs: tuple[Run, ...]) -> None:
+        """Start with the first ``n_tokens`` prompt cells already in the KV cache."""
+        self.n_prefilled = self.pos = self.cached_tokens = n_tokens
+        self.inherited = runs
+
+    def kv_tokens(self) -> npt.NDArray[np.int32]:
+        """The tokens whose cells this sequence holds, in position order."""
+        held = self.prompt[: self.pos]
+        if self.pos > len(self.prompt):
+            held = held + self.generated[: self.pos - len(self.prompt)]
+        return np.asarray(held, dtype=np.int32)
+
+    def runs(self) -> tuple[Run, ...]:
+        """The lineage of the cells this sequence holds: what it inherited, then its own."""
+        held = len(self.kv_tokens())
+        own = (Run(self.block, self.cached_tokens, held),) if held > self.cached_tokens else ()
+        return self.inherited + own
 
     def pick(self, context: Context, index: int) -> int:
         """The next token from batch row ``index``.
@@ -129,6 +166,7 @@ class Sequence:
             first_token=self.first_token,
             tail=tail,
             sequence=self.request.sequence,
+            cached_tokens=self.cached_tokens,
         )
 
     def close(self) -> None:

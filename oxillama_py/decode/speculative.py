@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from ..bus import Finished, FinishReason, Request, SpeculativeStats, TokenEvent, VerifyStep
 from ..config import EngineConfig, PromptLookup, SpeculativeConfig
@@ -28,7 +29,7 @@ from ..llama.context import BatchEntry
 from ..llama.model import resolve_model_path
 from .distribution import Distribution, sample_from
 from .drafters import Draft, Drafter, ModelDrafter, PromptLookupDrafter
-from .sequence import Sequence
+from .sequence import Run, Sequence
 from .worker import DecodeWorker
 
 __all__ = ["SpeculativeWorker"]
@@ -76,6 +77,13 @@ class SpeculativeSequence(Sequence):
         self.accepted_drafts = 0
         self.target_calls = 0
         self.trace: list[VerifyStep] | None = [] if trace else None
+
+    def reuse(self, n_tokens: int, runs: tuple[Run, ...]) -> None:
+        super().reuse(n_tokens, runs)
+        self.n_past = n_tokens
+
+    def kv_tokens(self) -> npt.NDArray[np.int32]:
+        return np.asarray(self.tokens[: self.n_past], dtype=np.int32)
 
     def stats(self) -> SpeculativeStats:
         return SpeculativeStats(
@@ -152,11 +160,19 @@ class SpeculativeWorker(DecodeWorker):
         seq = self._active[0]
         assert isinstance(seq, SpeculativeSequence)
         pending = seq.tokens[seq.n_past :]
+        if seq.request.pin:  # a prefix to cache: every token decoded, nothing sampled
+            chunk = pending[: ctx.n_batch]
+            self._decode([BatchEntry(t, seq.n_past + i, seq.slot, False) for i, t in enumerate(chunk)])
+            self.decode_calls += 1
+            seq.n_past += len(chunk)
+            if seq.n_past == len(seq.tokens):
+                self._retire(seq, "stop")
+            return
         k = min(seq.length.k, seq.remaining - 1)
         if len(pending) > 1 and len(pending) + k > ctx.n_batch:
             # Prefill: the last pending token and the draft must fit the verifying batch.
             chunk = pending[: min(ctx.n_batch, len(pending) - 1)]
-            ctx.decode([BatchEntry(t, seq.n_past + i, seq.slot, False) for i, t in enumerate(chunk)])
+            self._decode([BatchEntry(t, seq.n_past + i, seq.slot, False) for i, t in enumerate(chunk)])
             self.decode_calls += 1
             seq.target_calls += 1
             self._record(seq, seq.n_past, chunk, [], [], 0, [])
@@ -167,7 +183,7 @@ class SpeculativeWorker(DecodeWorker):
         draft = seq.drafter.draft(seq.tokens, k, seq.generated) if k > 0 else Draft([])
         batch = pending + draft.tokens
         base = len(pending) - 1
-        ctx.decode([BatchEntry(t, seq.n_past + i, seq.slot, i >= base) for i, t in enumerate(batch)])
+        self._decode([BatchEntry(t, seq.n_past + i, seq.slot, i >= base) for i, t in enumerate(batch)])
         self.decode_calls += 1
         seq.target_calls += 1
         emitted, choices = self._verify(seq, base, draft)

@@ -15,14 +15,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from pathlib import Path
+
+import numpy as np
 
 from ..bus import Finished, FinishReason, Request, Step, TokenEvent
 from ..config import EngineConfig
-from ..errors import GenerateError
+from ..errors import GenerateError, KvCacheFullError
 from ..llama import Context, Model, Sampler
 from ..llama.context import BatchEntry
-from ..stats import EngineStats
+from ..stats import EngineStats, PrefixCacheStats
+from .prefix_cache import Holder, PrefixCache
 from .sequence import Sequence
 
 __all__ = ["DecodeWorker"]
@@ -40,6 +44,7 @@ class DecodeWorker:
         self.name = name
         self._model: Model | None = None
         self.context: Context | None = None
+        self.cache: PrefixCache | None = None
         self.decode_calls = 0
         self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._waiting: deque[tuple[Request, float]] = deque()
@@ -94,20 +99,24 @@ class DecodeWorker:
             active=len(self._active),
             waiting=len(self._waiting) + self._queue.qsize(),
             decode_steps=self.decode_calls,
+            prefix_cache=self.cache.snapshot if self.cache is not None else PrefixCacheStats(),
         )
 
     # -- the worker thread -------------------------------------------------------------
     def _open(self) -> None:
         config = self.config
         self._model = Model(self.model_path)
+        capacity = config.prefix_cache_capacity
+        n_ids = PrefixCache.ids_for(self.n_slots, capacity)
         self.context = Context(
             self._model,
             n_ctx=config.n_ctx,
             n_batch=config.n_batch,
             n_threads=config.n_threads,
-            n_seq_max=config.max_concurrency,
+            n_seq_max=self.n_slots + n_ids,
             flash_attn=config.flash_attn,
         )
+        self.cache = PrefixCache(self.context.memory, self._model.n_swa, capacity, self.n_slots, n_ids)
 
     def _main(self) -> None:
         try:
@@ -183,7 +192,20 @@ class DecodeWorker:
                 self._free.insert(0, slot)
                 _end_unstarted(request, submitted, "error", exc)
                 continue
+            self._lend(seq)
             self._active.append(seq)
+
+    def _lend(self, seq: Sequence) -> None:
+        """Give a new sequence the longest cached prefix of its prompt that is still correct."""
+        cache = self.cache
+        assert cache is not None
+        seq.block = cache.new_block()
+        others = (Holder(s.slot, s.kv_tokens(), s.runs()) for s in self._active)
+        prompt = np.asarray(seq.prompt, dtype=np.int32)
+        reuse = cache.lookup(prompt, others, count=not seq.request.pin)
+        if reuse is not None:
+            cache.share(reuse, seq.slot)
+            seq.reuse(reuse.n_tokens, reuse.runs)
 
     @property
     def n_slots(self) -> int:
@@ -208,6 +230,7 @@ class DecodeWorker:
         ctx = self.context
         entries: list[BatchEntry] = []
         sampled: list[tuple[Sequence, int]] = []
+        pinned: list[Sequence] = []  # prefixes to cache: prefilled, never sampled
         for seq in self._active:
             if not seq.prefilling:
                 sampled.append((seq, len(entries)))
@@ -221,15 +244,22 @@ class DecodeWorker:
                 continue
             chunk = seq.prompt[seq.n_prefilled : seq.n_prefilled + budget]
             last = seq.n_prefilled + len(chunk) == len(seq.prompt)
+            pin = seq.request.pin
             for offset, token in enumerate(chunk):
-                entries.append(BatchEntry(token, seq.pos + offset, seq.slot, last and offset == len(chunk) - 1))
+                logits = last and not pin and offset == len(chunk) - 1
+                entries.append(BatchEntry(token, seq.pos + offset, seq.slot, logits))
             seq.n_prefilled += len(chunk)
             seq.pos += len(chunk)
             budget -= len(chunk)
             if last:
-                sampled.append((seq, len(entries) - 1))
-        ctx.decode(entries)
+                if pin:
+                    pinned.append(seq)
+                else:
+                    sampled.append((seq, len(entries) - 1))
+        self._decode(entries)
         self.decode_calls += 1
+        for seq in pinned:
+            self._retire(seq, "stop")
         now = time.perf_counter()
         for seq, index in sampled:
             try:
@@ -238,6 +268,21 @@ class DecodeWorker:
                 self._retire(seq, "error", exc)
                 continue
             self._emit(seq, (event,) if event is not None else ())
+
+    def _decode(self, entries: Seq[BatchEntry]) -> None:
+        """Decode, evicting cached prefixes (least recently used first) while the KV cache is full.
+
+        llama.cpp changes nothing when it finds no room for a batch, so the
+        same batch is simply tried again; a cached prefix never stops a request.
+        """
+        assert self.context is not None and self.cache is not None
+        while True:
+            try:
+                self.context.decode(entries)
+                return
+            except KvCacheFullError:
+                if not self.cache.evict_one():
+                    raise
 
     def _emit(self, seq: Sequence, tokens: tuple[TokenEvent, ...]) -> None:
         """Publish one step's tokens of ``seq`` (with its end, if it ended)."""
@@ -264,11 +309,24 @@ class DecodeWorker:
         try:
             finished = seq.finished(reason, time.perf_counter(), error)
             self._active.remove(seq)
+            if reason != "error":
+                self._keep(seq, pinned=seq.request.pin and reason == "stop")
             self.context.remove(seq.slot)
             self._free.append(seq.slot)
             seq.close()
         finally:
             seq.request.publish(*((step, finished) if step is not None else (finished,)))
+
+    def _keep(self, seq: Sequence, *, pinned: bool) -> None:
+        """Hand the cells of an ended sequence to the prefix cache (its state is whole between steps).
+
+        Never cells of a failed sequence: a step that raised may have left them half written.
+        """
+        assert self.cache is not None
+        try:
+            self.cache.store(seq.slot, seq.kv_tokens(), seq.runs(), pinned=pinned)
+        except Exception:  # the cache is an optimisation: a failure here only loses the entry
+            _log.exception("caching a prefix failed")
 
     def _retire_all(self, error: BaseException) -> None:
         """End every active sequence with ``error``; one that fails to retire does not stop the rest."""

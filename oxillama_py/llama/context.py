@@ -48,7 +48,8 @@ class Context:
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.flash_attn_type = _FLASH_ATTN_ON if flash_attn else _FLASH_ATTN_OFF
-        params.kv_unified = True
+        params.kv_unified = True  # one cell store: seq_cp shares cells instead of copying them
+        params.swa_full = True  # a full-size SWA cache: overwrites only what the window left behind
         params.no_perf = True
         ptr = compute(llama_cpp.llama_init_from_model, model.ptr, params)
         if not ptr:

@@ -86,6 +86,7 @@ class Model:
         self.bos: int = llama_cpp.llama_vocab_bos(vocab)
         self.eos: int = llama_cpp.llama_vocab_eos(vocab)
         self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
+        self.n_swa: int = llama_cpp.llama_model_n_swa(ptr)  # sliding-window size; 0 without SWA layers
         self._lifetime = Lifetime("the model")
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:

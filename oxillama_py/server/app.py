@@ -317,6 +317,7 @@ class Server:
 
     async def health(self, request: Request) -> Response:
         stats = self.engine.stats
+        cache = stats.prefix_cache
         status = "shutting_down" if self.shutting_down else ("ok" if stats.loaded else "loading")
         return JSONResponse(
             {
@@ -330,6 +331,16 @@ class Server:
                 "capacity": self.admission.capacity,
                 "requests_served": self.admission.served,
                 "decode_steps": stats.decode_steps,
+                "prefix_cache": {
+                    "capacity_tokens": cache.capacity,
+                    "tokens": cache.tokens,
+                    "entries": cache.entries,
+                    "lookups": cache.lookups,
+                    "hits": cache.hits,
+                    "hit_rate": cache.hit_rate,
+                    "cached_prompt_tokens": cache.hit_tokens,
+                    "evictions": cache.evictions,
+                },
             },
             status_code=200 if status == "ok" else 503,
         )
@@ -424,10 +435,16 @@ def _reason(result: CompletionResult) -> str:
     return "length" if result.finish_reason == "length" else "stop"
 
 
-def _usage(job: Job, results: list[CompletionResult]) -> dict[str, int]:
-    prompt = sum(r.prompt_tokens for r in results[:: job.n])  # each prompt counts once, not once per choice
+def _usage(job: Job, results: list[CompletionResult]) -> dict[str, Any]:
+    firsts = results[:: job.n]  # each prompt counts once, not once per choice
+    prompt = sum(r.prompt_tokens for r in firsts)
     completion = sum(r.completion_tokens for r in results)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in firsts)},
+    }
 
 
 def _sse(data: object, event: str | None = None) -> bytes:

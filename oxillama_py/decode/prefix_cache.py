@@ -1,0 +1,268 @@
+"""The prefix cache: KV cells of earlier sequences, lent to new ones that start the same way.
+
+A finished (or cancelled) sequence's cells stay in the context under a cache
+``seq_id`` of their own. A new request whose prompt starts with the tokens of a
+cached entry, or of a sequence still decoding, gets those cells added to its
+slot (``llama_memory_seq_cp``: with a unified KV cache this shares the cells,
+nothing is copied) and prefills only the rest.
+
+Sliding-window attention (Gemma 3: 512-token window on most layers). llama.cpp
+keeps a second KV cache for the SWA layers. Even at full size (``swa_full``) it
+overwrites a cell that the window has left behind (its position is ``n_swa`` or
+more below its sequence's last one) when it is the next cell it searches, and
+then purges that sequence's positions below it, so each sequence keeps a
+contiguous range ``[pos_min, pos_max]`` there. A suffix decoded after position
+``L`` reads the SWA cells of ``[L - n_swa, L)``, so a reuse of ``L`` tokens is
+correct only if ``llama_memory_seq_pos_min(source) <= L - n_swa``; otherwise
+it falls back to a full prefill. Cells held by two sequences are never
+overwritten, so what is shared stays whole.
+
+Bit-exactness. llama.cpp's attention sums over KV cells in SIMD accumulators
+by cell index, so a sequence computes the same numbers as on a fresh context
+only if its cells sit on the same grid: measured here (AVX-512), shifting a
+whole sequence by 16 cells keeps every logit, by 1, 8 or 37 cells moves them
+by up to 2.9; a hole of 64 cells inside a sequence keeps them, of 9, 32 or 96
+does not. So the cache keeps and lends multiples of :data:`ALIGN` cells only:
+every block of cells it keeps starts and ends on a 64-cell grid, llama.cpp's
+allocator (which restarts at the first cell freed) places a lone new sequence
+on that grid too, and a hit computes exactly what a fresh engine would, as long
+as the reused cells were prefilled (not generated one token at a time).
+
+Only the decode thread uses this module; :meth:`PrefixCache.snapshot` is an
+immutable object that other threads may read.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
+
+from ..stats import PrefixCacheStats
+from .sequence import Run
+
+__all__ = ["ALIGN", "Holder", "PrefixCache", "Reuse", "common_prefix", "MIN_REUSE"]
+
+Tokens = npt.NDArray[np.int32]
+
+ALIGN = 64
+"""Cells are kept and lent in multiples of this (the grid of llama.cpp's SIMD sums)."""
+MIN_REUSE = ALIGN
+"""Shorter shared prefixes are prefilled again: they save little and would add an entry."""
+MAX_ENTRIES = 64
+"""Cache ``seq_id`` values beyond the slots (llama.cpp allows 256 sequences in all)."""
+LLAMA_MAX_SEQ = 256
+
+
+def common_prefix(a: Tokens, b: Tokens) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if differ.size else n
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A ``seq_id`` whose cells a new sequence may share: its tokens with KV, and their lineage."""
+
+    seq_id: int
+    tokens: Tokens
+    runs: tuple[Run, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reuse:
+    """What a new sequence takes: the first ``n_tokens`` cells of ``source``."""
+
+    source: int
+    n_tokens: int
+    runs: tuple[Run, ...]
+
+
+@dataclass(slots=True)
+class _Entry:
+    seq_id: int
+    tokens: Tokens
+    runs: tuple[Run, ...]
+    pinned: bool
+    used: int
+
+
+def _aligned(n: int) -> int:
+    return n - n % ALIGN
+
+
+def truncate(runs: Iterable[Run], n: int) -> tuple[Run, ...]:
+    """The lineage of the first ``n`` cells."""
+    return tuple(Run(r.block, r.start, min(r.end, n)) for r in runs if r.start < n)
+
+
+def _cells(runs: Iterable[Run]) -> int:
+    """Distinct cells of several holders: cells of one block are shared, from its start."""
+    spans: dict[int, tuple[int, int]] = {}
+    for run in runs:
+        start, end = spans.get(run.block, (run.start, run.end))
+        spans[run.block] = (start, max(end, run.end))
+    return sum(end - start for start, end in spans.values())
+
+
+def _covers(big: tuple[Run, ...], small: tuple[Run, ...]) -> bool:
+    ends = {r.block: r.end for r in big}
+    return all(ends.get(r.block, -1) >= r.end for r in small)
+
+
+class PrefixCache:
+    """LRU entries of KV cells, at most ``capacity`` distinct cells, each under its own ``seq_id``."""
+
+    def __init__(self, memory: object, n_swa: int, capacity: int, first_seq_id: int, n_ids: int) -> None:
+        self._memory = memory
+        self.n_swa = n_swa
+        self.capacity = capacity if n_ids > 0 else 0
+        self._free_ids = list(range(first_seq_id, first_seq_id + n_ids))
+        self._entries: list[_Entry] = []
+        self._tick = itertools.count(1)
+        self._blocks = itertools.count(1)
+        self._lookups = self._hits = self._hit_tokens = self._prompt_tokens = 0
+        self._evictions = self._window_misses = 0
+        self.snapshot = PrefixCacheStats(capacity=self.capacity)
+
+    @staticmethod
+    def ids_for(n_slots: int, capacity: int) -> int:
+        """How many ``seq_id`` values the cache needs beside ``n_slots``."""
+        return min(MAX_ENTRIES, LLAMA_MAX_SEQ - n_slots) if capacity > 0 else 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.capacity > 0
+
+    def new_block(self) -> int:
+        """A lineage id for cells a sequence computes itself."""
+        return next(self._blocks)
+
+    # -- lookups ---------------------------------------------------------------------
+    def holders(self) -> list[Holder]:
+        return [Holder(e.seq_id, e.tokens, e.runs) for e in self._entries]
+
+    def lookup(self, prompt: Tokens, others: Iterable[Holder], *, count: bool = True) -> Reuse | None:
+        """The longest correct reuse for ``prompt`` among the entries and ``others``.
+
+        At least one prompt token is always left to decode (its logits give the
+        first new token).
+        """
+        best: Reuse | None = None
+        window_miss = False
+        if self.enabled:
+            limit = len(prompt) - 1
+            for holder in itertools.chain(self.holders(), others):
+                n = _aligned(min(common_prefix(prompt, holder.tokens), limit))
+                if n < MIN_REUSE or (best is not None and n <= best.n_tokens):
+                    continue
+                if not self._window_intact(holder.seq_id, n):
+                    window_miss = True
+                    continue
+                best = Reuse(holder.seq_id, n, truncate(holder.runs, n))
+        if count:
+            self._lookups += 1
+            self._prompt_tokens += len(prompt)
+            if best is not None:
+                self._hits += 1
+                self._hit_tokens += best.n_tokens
+            elif window_miss:
+                self._window_misses += 1
+        if best is not None:
+            for entry in self._entries:
+                if entry.seq_id == best.source:
+                    entry.used = next(self._tick)
+        self._publish()
+        return best
+
+    def _window_intact(self, seq_id: int, n: int) -> bool:
+        """Whether ``seq_id`` still holds the SWA cells a suffix after ``n`` tokens reads."""
+        if self.n_swa <= 0:
+            return True
+        pos_min = int(llama_cpp.llama_memory_seq_pos_min(self._memory, seq_id))
+        return 0 <= pos_min <= max(0, n - self.n_swa)
+
+    def share(self, reuse: Reuse, seq_id: int) -> None:
+        """Give ``seq_id`` the cells of the reuse (no copy: the cells gain a second owner)."""
+        llama_cpp.llama_memory_seq_cp(self._memory, reuse.source, seq_id, 0, reuse.n_tokens)
+
+    # -- storing ---------------------------------------------------------------------
+    def store(self, seq_id: int, tokens: Tokens, runs: tuple[Run, ...], *, pinned: bool = False) -> int:
+        """Keep the first cells of ``seq_id`` (before it is freed); the number of tokens kept."""
+        if not self.enabled:
+            return 0
+        n = _aligned(min(len(tokens), self.capacity))
+        if n < MIN_REUSE:
+            return 0
+        tokens, runs = tokens[:n], truncate(runs, n)
+        pos_min = llama_cpp.llama_memory_seq_pos_min(self._memory, seq_id)
+        for entry in self._entries:
+            # An entry that already holds these tokens (and its window) makes a new one redundant.
+            if common_prefix(entry.tokens, tokens) == n and self._window_no_worse(entry.seq_id, pos_min):
+                entry.used = next(self._tick)
+                entry.pinned |= pinned
+                self._publish()
+                return n
+        for entry in list(self._entries):
+            # A shorter entry with cells of its own is redundant; one sharing our cells costs nothing.
+            if common_prefix(entry.tokens, tokens) == len(entry.tokens) and not _covers(runs, entry.runs):
+                pinned |= entry.pinned
+                self._drop(entry)
+        if not self._free_ids:
+            self._evict(pinned_too=True)
+        entry_id = self._free_ids.pop()
+        llama_cpp.llama_memory_seq_cp(self._memory, seq_id, entry_id, 0, n)
+        self._entries.append(_Entry(entry_id, tokens.copy(), runs, pinned, next(self._tick)))
+        while _cells(r for e in self._entries for r in e.runs) > self.capacity and self._evict(pinned_too=True):
+            pass
+        self._publish()
+        return n
+
+    def _window_no_worse(self, seq_id: int, pos_min: int) -> bool:
+        return self.n_swa <= 0 or 0 <= int(llama_cpp.llama_memory_seq_pos_min(self._memory, seq_id)) <= max(pos_min, 0)
+
+    # -- eviction --------------------------------------------------------------------
+    def evict_one(self) -> bool:
+        """Free the least recently used entry (KV pressure); ``False`` when nothing is left."""
+        evicted = self._evict(pinned_too=True)
+        self._publish()
+        return evicted
+
+    def clear(self) -> None:
+        for entry in list(self._entries):
+            self._drop(entry)
+        self._publish()
+
+    def _evict(self, *, pinned_too: bool) -> bool:
+        candidates = [e for e in self._entries if not e.pinned] or (self._entries if pinned_too else [])
+        if not candidates:
+            return False
+        self._drop(min(candidates, key=lambda e: e.used))
+        self._evictions += 1
+        return True
+
+    def _drop(self, entry: _Entry) -> None:
+        llama_cpp.llama_memory_seq_rm(self._memory, entry.seq_id, -1, -1)
+        self._entries.remove(entry)
+        self._free_ids.append(entry.seq_id)
+
+    def _publish(self) -> None:
+        self.snapshot = PrefixCacheStats(
+            capacity=self.capacity,
+            tokens=_cells(r for e in self._entries for r in e.runs),
+            entries=len(self._entries),
+            pinned=sum(e.pinned for e in self._entries),
+            lookups=self._lookups,
+            hits=self._hits,
+            hit_tokens=self._hit_tokens,
+            prompt_tokens=self._prompt_tokens,
+            evictions=self._evictions,
+            window_misses=self._window_misses,
+        )
