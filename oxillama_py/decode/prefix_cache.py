@@ -27,6 +27,10 @@ every block of cells it keeps starts and ends on a 64-cell grid, llama.cpp's
 allocator (which restarts at the first cell freed) places a lone new sequence
 on that grid too, and a hit computes exactly what a fresh engine would, as long
 as the reused cells were prefilled (not generated one token at a time).
+Sequences decoded together interleave their cells, off the grid: their
+entries are marked so, and dropped when a request finds the worker idle, so
+that a lone request decodes on a fresh-like layout again (what stays, the
+entries of lone sequences, still sits on the grid).
 
 Only the decode thread uses this module; :meth:`PrefixCache.snapshot` is an
 immutable object that other threads may read.
@@ -74,6 +78,7 @@ class Holder:
     seq_id: int
     tokens: Tokens
     runs: tuple[Run, ...]
+    on_grid: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,7 @@ class Reuse:
     source: int
     n_tokens: int
     runs: tuple[Run, ...]
+    on_grid: bool
 
 
 @dataclass(slots=True)
@@ -92,6 +98,7 @@ class _Entry:
     runs: tuple[Run, ...]
     pinned: bool
     used: int
+    on_grid: bool
 
 
 def _aligned(n: int) -> int:
@@ -147,7 +154,7 @@ class PrefixCache:
 
     # -- lookups ---------------------------------------------------------------------
     def holders(self) -> list[Holder]:
-        return [Holder(e.seq_id, e.tokens, e.runs) for e in self._entries]
+        return [Holder(e.seq_id, e.tokens, e.runs, e.on_grid) for e in self._entries]
 
     def lookup(self, prompt: Tokens, others: Iterable[Holder], *, count: bool = True) -> Reuse | None:
         """The longest correct reuse for ``prompt`` among the entries and ``others``.
@@ -166,7 +173,7 @@ class PrefixCache:
                 if not self._window_intact(holder.seq_id, n):
                     window_miss = True
                     continue
-                best = Reuse(holder.seq_id, n, truncate(holder.runs, n))
+                best = Reuse(holder.seq_id, n, truncate(holder.runs, n), holder.on_grid)
         if count:
             self._lookups += 1
             self._prompt_tokens += len(prompt)
@@ -194,7 +201,9 @@ class PrefixCache:
         llama_cpp.llama_memory_seq_cp(self._memory, reuse.source, seq_id, 0, reuse.n_tokens)
 
     # -- storing ---------------------------------------------------------------------
-    def store(self, seq_id: int, tokens: Tokens, runs: tuple[Run, ...], *, pinned: bool = False) -> int:
+    def store(
+        self, seq_id: int, tokens: Tokens, runs: tuple[Run, ...], *, pinned: bool = False, on_grid: bool = True
+    ) -> int:
         """Keep the first cells of ``seq_id`` (before it is freed); the number of tokens kept."""
         if not self.enabled:
             return 0
@@ -219,7 +228,7 @@ class PrefixCache:
             self._evict(pinned_too=True)
         entry_id = self._free_ids.pop()
         llama_cpp.llama_memory_seq_cp(self._memory, seq_id, entry_id, 0, n)
-        self._entries.append(_Entry(entry_id, tokens.copy(), runs, pinned, next(self._tick)))
+        self._entries.append(_Entry(entry_id, tokens.copy(), runs, pinned, next(self._tick), on_grid))
         while _cells(r for e in self._entries for r in e.runs) > self.capacity and self._evict(pinned_too=True):
             pass
         self._publish()
@@ -235,9 +244,25 @@ class PrefixCache:
         self._publish()
         return evicted
 
-    def clear(self) -> None:
-        for entry in list(self._entries):
+    def make_room(self, n_cells: int, size: int, active: Iterable[Run]) -> None:
+        """Evict (LRU) until ``n_cells`` more cells fit a cache of ``size`` beside the ``active`` ones.
+
+        Cells are counted exactly (llama.cpp places a batch in any free cells),
+        so llama.cpp never has to refuse a batch for want of room.
+        """
+        running = tuple(active)
+        evicted = False
+        while self._entries and _cells((*running, *(r for e in self._entries for r in e.runs))) + n_cells > size:
+            self._evict(pinned_too=True)
+            evicted = True
+        if evicted:
+            self._publish()
+
+    def drop_off_grid(self) -> None:
+        """Drop the entries of sequences that were decoded together with others (called when idle)."""
+        for entry in [e for e in self._entries if not e.on_grid]:
             self._drop(entry)
+            self._evictions += 1
         self._publish()
 
     def _evict(self, *, pinned_too: bool) -> bool:

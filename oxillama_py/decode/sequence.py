@@ -77,6 +77,7 @@ class Sequence:
         self.cached_tokens = 0  # prompt tokens whose cells came from the prefix cache
         self.inherited: tuple[Run, ...] = ()
         self.block = 0  # the lineage id of the cells this sequence computes itself
+        self.solo = True  # on the prefix cache's cell grid: alone, on cells that were too
         self.sampler = sampler  # None where tokens are chosen elsewhere (speculative verification)
         cfg = request.sampler
         self._argmax = (
@@ -92,10 +93,11 @@ class Sequence:
         self._detok = Detokenizer()
         self._stops = StopMatcher(request.stop)
 
-    def reuse(self, n_tokens: int, runs: tuple[Run, ...]) -> None:
+    def reuse(self, n_tokens: int, runs: tuple[Run, ...], on_grid: bool = True) -> None:
         """Start with the first ``n_tokens`` prompt cells already in the KV cache."""
         self.n_prefilled = self.pos = self.cached_tokens = n_tokens
         self.inherited = runs
+        self.solo = self.solo and on_grid
 
     def kv_tokens(self) -> npt.NDArray[np.int32]:
         """The tokens whose cells this sequence holds, in position order."""
@@ -104,9 +106,14 @@ class Sequence:
             held = held + self.generated[: self.pos - len(self.prompt)]
         return np.asarray(held, dtype=np.int32)
 
+    @property
+    def n_held(self) -> int:
+        """How many cells (positions ``0..n_held-1``) this sequence holds."""
+        return self.pos
+
     def runs(self) -> tuple[Run, ...]:
         """The lineage of the cells this sequence holds: what it inherited, then its own."""
-        held = len(self.kv_tokens())
+        held = self.n_held
         own = (Run(self.block, self.cached_tokens, held),) if held > self.cached_tokens else ()
         return self.inherited + own
 

@@ -78,12 +78,16 @@ class SpeculativeSequence(Sequence):
         self.target_calls = 0
         self.trace: list[VerifyStep] | None = [] if trace else None
 
-    def reuse(self, n_tokens: int, runs: tuple[Run, ...]) -> None:
-        super().reuse(n_tokens, runs)
+    def reuse(self, n_tokens: int, runs: tuple[Run, ...], on_grid: bool = True) -> None:
+        super().reuse(n_tokens, runs, on_grid)
         self.n_past = n_tokens
 
     def kv_tokens(self) -> npt.NDArray[np.int32]:
         return np.asarray(self.tokens[: self.n_past], dtype=np.int32)
+
+    @property
+    def n_held(self) -> int:
+        return self.n_past
 
     def stats(self) -> SpeculativeStats:
         return SpeculativeStats(

@@ -183,6 +183,9 @@ class DecodeWorker:
             self._waiting = keep
 
     def _admit(self) -> None:
+        if self._waiting and not self._active:
+            assert self.cache is not None
+            self.cache.drop_off_grid()  # a lone request gets a fresh-like cell layout
         while self._waiting and self._free:
             request, submitted = self._waiting.popleft()
             slot = self._free.pop(0)
@@ -200,12 +203,12 @@ class DecodeWorker:
         cache = self.cache
         assert cache is not None
         seq.block = cache.new_block()
-        others = (Holder(s.slot, s.kv_tokens(), s.runs()) for s in self._active)
+        others = (Holder(s.slot, s.kv_tokens(), s.runs(), s.solo) for s in self._active)
         prompt = np.asarray(seq.prompt, dtype=np.int32)
         reuse = cache.lookup(prompt, others, count=not seq.request.pin)
         if reuse is not None:
             cache.share(reuse, seq.slot)
-            seq.reuse(reuse.n_tokens, reuse.runs)
+            seq.reuse(reuse.n_tokens, reuse.runs, reuse.on_grid)
 
     @property
     def n_slots(self) -> int:
@@ -228,6 +231,9 @@ class DecodeWorker:
         """One ``llama_decode`` over every active sequence, then sample each."""
         assert self.context is not None
         ctx = self.context
+        if len(self._active) > 1:  # their cells interleave: off the prefix cache's grid
+            for seq in self._active:
+                seq.solo = False
         entries: list[BatchEntry] = []
         sampled: list[tuple[Sequence, int]] = []
         pinned: list[Sequence] = []  # prefixes to cache: prefilled, never sampled
@@ -276,6 +282,8 @@ class DecodeWorker:
         same batch is simply tried again; a cached prefix never stops a request.
         """
         assert self.context is not None and self.cache is not None
+        if self.cache.enabled:  # (a sequence's new cells may be counted twice here: room to spare)
+            self.cache.make_room(len(entries), self.context.n_ctx, (r for s in self._active for r in s.runs()))
         while True:
             try:
                 self.context.decode(entries)
@@ -324,7 +332,7 @@ class DecodeWorker:
         """
         assert self.cache is not None
         try:
-            self.cache.store(seq.slot, seq.kv_tokens(), seq.runs(), pinned=pinned)
+            self.cache.store(seq.slot, seq.kv_tokens(), seq.runs(), pinned=pinned, on_grid=seq.solo)
         except Exception:  # the cache is an optimisation: a failure here only loses the entry
             _log.exception("caching a prefix failed")
 

@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot; more get 429")
     parser.add_argument("--n-ctx", type=int, default=16384, help="context cells, shared equally by the slots")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    parser.add_argument(
+        "--prefix-cache-tokens",
+        type=int,
+        default=None,
+        help="KV cells kept for prompts that start like earlier ones (default: half of --n-ctx; 0: off)",
+    )
     parser.add_argument("--chat-template", default=None, help="built-in name (gemma, chatml, llama3, ...) or Jinja2")
     parser.add_argument("--api-key", default=None, help="required bearer token (default: $OXILLAMA_API_KEY, or none)")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
@@ -58,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_ctx=args.n_ctx,
             max_concurrency=args.max_concurrency,
             chat_template=args.chat_template,
+            prefix_cache_tokens=args.prefix_cache_tokens,
             **extra,
         )
         settings = ServerSettings(
