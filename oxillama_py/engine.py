@@ -275,9 +275,9 @@ class AsyncEngine:
         capacity, or a running request needs the room). ``text`` is tokenized
         as a prompt (BOS first, if the model adds one): a prompt reuses it only
         if its own tokens start with the same ones, so end it where a prompt
-        would break naturally (after a newline, say). The cache keeps whole
-        blocks of 64 tokens (see :doc:`prefix-cache`), so up to 63 tokens at the
-        end are prefilled again by each request.
+        would break naturally (after a newline, say). A pinned prefix keeps a
+        multiple of 64 tokens (see :doc:`prefix-cache`): the rest of ``text`` is
+        prefilled by each request.
         """
         _check_prompt(text)
         config = self.config

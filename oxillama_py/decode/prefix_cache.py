@@ -91,7 +91,7 @@ class Reuse:
     on_grid: bool
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Entry:
     seq_id: int
     tokens: Tokens
@@ -99,6 +99,8 @@ class _Entry:
     pinned: bool
     used: int
     on_grid: bool
+    reused: int = 0  # the most tokens a hit took from this entry
+    prev: _Entry | None = None  # the tail this entry's own cells were placed after
 
 
 def _aligned(n: int) -> int:
@@ -137,6 +139,8 @@ class PrefixCache:
         self._blocks = itertools.count(1)
         self._lookups = self._hits = self._hit_tokens = self._prompt_tokens = 0
         self._evictions = self._window_misses = 0
+        self._tail: _Entry | None = None  # the entry whose cells end where the free cells start
+        self._after_tail: _Entry | None = None  # the tail when the sequence now decoding was placed
         self.snapshot = PrefixCacheStats(capacity=self.capacity)
 
     @staticmethod
@@ -156,18 +160,41 @@ class PrefixCache:
     def holders(self) -> list[Holder]:
         return [Holder(e.seq_id, e.tokens, e.runs, e.on_grid) for e in self._entries]
 
-    def lookup(self, prompt: Tokens, others: Iterable[Holder], *, count: bool = True) -> Reuse | None:
+    def lookup(self, prompt: Tokens, others: Iterable[Holder], *, lone: bool, count: bool = True) -> Reuse | None:
         """The longest correct reuse for ``prompt`` among the entries and ``others``.
 
         At least one prompt token is always left to decode (its logits give the
-        first new token).
+        first new token). A ``lone`` request (the worker is otherwise idle) is
+        placed on the cell grid, so that it computes what a fresh engine would:
+        its first new cell must be congruent to its first new position. The
+        free cells start right after the entry stored last (the tail); so the
+        reuse either ends where the tail's tokens end, or the tail is cut back
+        by up to 63 tokens to the residue the reuse needs, or the reuse ends
+        earlier, at the tail's residue (those tokens are prefilled again).
         """
         best: Reuse | None = None
+        best_cut: int | None = None
         window_miss = False
-        if self.enabled:
+        tail = self._tail
+        if not lone:
+            self._seal()
+        elif self.enabled:
             limit = len(prompt) - 1
             for holder in itertools.chain(self.holders(), others):
-                n = _aligned(min(common_prefix(prompt, holder.tokens), limit))
+                n = min(common_prefix(prompt, holder.tokens), limit)
+                n, cut = self._place(n, from_tail=tail is not None and holder.seq_id == tail.seq_id)
+                if n < MIN_REUSE or (best is not None and n <= best.n_tokens):
+                    continue
+                if not self._window_intact(holder.seq_id, n):
+                    window_miss = True
+                    continue
+                best, best_cut = Reuse(holder.seq_id, n, truncate(holder.runs, n), holder.on_grid), cut
+        if lone and best is None:
+            best_cut = self._place(0, from_tail=False)[1]  # a cold prompt starts at position 0
+        if not lone and self.enabled:
+            limit = len(prompt) - 1
+            for holder in itertools.chain(self.holders(), others):
+                n = min(common_prefix(prompt, holder.tokens), limit)
                 if n < MIN_REUSE or (best is not None and n <= best.n_tokens):
                     continue
                 if not self._window_intact(holder.seq_id, n):
@@ -186,8 +213,55 @@ class PrefixCache:
             for entry in self._entries:
                 if entry.seq_id == best.source:
                     entry.used = next(self._tick)
+                    entry.reused = max(entry.reused, best.n_tokens)
+        if best_cut is not None:
+            self._cut_tail(best_cut)
+        # The new sequence allocates after the tail; it becomes the tail once stored.
+        self._after_tail, self._tail = (self._tail if lone else None), None
         self._publish()
         return best
+
+    def _place(self, n: int, *, from_tail: bool) -> tuple[int, int | None]:
+        """Where a lone reuse of ``n`` tokens ends, and where the tail is cut (``None``: not cut).
+
+        Every block of cells but the tail's ends on the grid. So the new
+        sequence either continues the tail where its tokens end, or cuts it
+        exactly where the reuse ends (all that remains of it is then shared),
+        or cuts it back to the grid and reuses a multiple of :data:`ALIGN`
+        tokens (up to 63 of them are prefilled again).
+        """
+        tail = self._tail
+        if tail is None:
+            return n - n % ALIGN, None
+        end = len(tail.tokens)
+        own = tail.runs[-1].start if tail.runs else end
+        if from_tail and n == end:
+            return n, None
+        free_to_cut = not tail.pinned
+        if from_tail and free_to_cut and own <= n and tail.reused <= n:
+            return n, n
+        grid = end - end % ALIGN
+        if grid == end:
+            return n - n % ALIGN, None
+        if free_to_cut and own <= grid and tail.reused <= grid and grid >= MIN_REUSE:
+            return n - n % ALIGN, grid
+        residue = end % ALIGN  # the tail cannot be cut: start the suffix at its residue
+        return n - (n - residue) % ALIGN, None
+
+    def _seal(self) -> None:
+        """Before other sequences join: cut the tail back to the grid, so every kept block ends on it."""
+        if self._tail is not None:
+            cut = self._place(0, from_tail=False)[1]
+            if cut is not None:
+                self._cut_tail(cut)
+
+    def _cut_tail(self, n: int) -> None:
+        tail = self._tail
+        assert tail is not None
+        if n < len(tail.tokens):
+            llama_cpp.llama_memory_seq_rm(self._memory, tail.seq_id, n, -1)
+            tail.tokens = tail.tokens[:n]
+            tail.runs = truncate(tail.runs, n)
 
     def _window_intact(self, seq_id: int, n: int) -> bool:
         """Whether ``seq_id`` still holds the SWA cells a suffix after ``n`` tokens reads."""
@@ -205,9 +279,14 @@ class PrefixCache:
         self, seq_id: int, tokens: Tokens, runs: tuple[Run, ...], *, pinned: bool = False, on_grid: bool = True
     ) -> int:
         """Keep the first cells of ``seq_id`` (before it is freed); the number of tokens kept."""
+        after, self._after_tail = self._after_tail, None
+        if on_grid:
+            self._tail = after  # unless a new entry follows it (below), its cells end where the free ones start
         if not self.enabled:
             return 0
-        n = _aligned(min(len(tokens), self.capacity))
+        n = min(len(tokens), self.capacity)
+        if pinned:
+            n -= n % ALIGN  # a pinned entry is never cut: it ends on the grid
         if n < MIN_REUSE:
             return 0
         tokens, runs = tokens[:n], truncate(runs, n)
@@ -228,7 +307,10 @@ class PrefixCache:
             self._evict(pinned_too=True)
         entry_id = self._free_ids.pop()
         llama_cpp.llama_memory_seq_cp(self._memory, seq_id, entry_id, 0, n)
-        self._entries.append(_Entry(entry_id, tokens.copy(), runs, pinned, next(self._tick), on_grid))
+        entry = _Entry(entry_id, tokens.copy(), runs, pinned, next(self._tick), on_grid, prev=after)
+        self._entries.append(entry)
+        if on_grid:
+            self._tail = entry
         while _cells(r for e in self._entries for r in e.runs) > self.capacity and self._evict(pinned_too=True):
             pass
         self._publish()
@@ -273,7 +355,19 @@ class PrefixCache:
         self._evictions += 1
         return True
 
+    def forget(self, *, on_grid: bool) -> None:
+        """A sequence ended without being stored (it failed): its cells are freed, the tail stands again."""
+        after, self._after_tail = self._after_tail, None
+        if on_grid:
+            self._tail = after
+
     def _drop(self, entry: _Entry) -> None:
+        # A block that ends on the grid leaves a hole on the grid; the tail's own cells were last,
+        # so the one it was placed after becomes the tail again.
+        if entry is self._tail:
+            self._tail = entry.prev if entry.prev in self._entries else None
+        if entry is self._after_tail:
+            self._after_tail = entry.prev if entry.prev in self._entries else None
         llama_cpp.llama_memory_seq_rm(self._memory, entry.seq_id, -1, -1)
         self._entries.remove(entry)
         self._free_ids.append(entry.seq_id)

@@ -205,7 +205,7 @@ class DecodeWorker:
         seq.block = cache.new_block()
         others = (Holder(s.slot, s.kv_tokens(), s.runs(), s.solo) for s in self._active)
         prompt = np.asarray(seq.prompt, dtype=np.int32)
-        reuse = cache.lookup(prompt, others, count=not seq.request.pin)
+        reuse = cache.lookup(prompt, others, lone=not self._active, count=not seq.request.pin)
         if reuse is not None:
             cache.share(reuse, seq.slot)
             seq.reuse(reuse.n_tokens, reuse.runs, reuse.on_grid)
@@ -319,6 +319,8 @@ class DecodeWorker:
             self._active.remove(seq)
             if reason != "error":
                 self._keep(seq, pinned=seq.request.pin and reason == "stop")
+            elif self.cache is not None:
+                self.cache.forget(on_grid=seq.solo)
             self.context.remove(seq.slot)
             self._free.append(seq.slot)
             seq.close()
