@@ -108,7 +108,7 @@ def test_the_same_prompt_twice_reuses_all_but_its_tail(cached: Engine, fresh: En
     prompt = LONG + QUESTIONS[2]
     cached.complete(prompt, 8, temperature=0)
     again = cached.complete(prompt, N, temperature=0)
-    assert again.cached_tokens == again.prompt_tokens - 1
+    assert again.prompt_tokens - 12 < again.cached_tokens <= again.prompt_tokens - 8  # a whole kernel block
     assert again.text == fresh.generate(prompt, N, temperature=0)
 
 
@@ -252,7 +252,7 @@ def test_speculative_engine_reuses_the_targets_prefix(model_path: Path) -> None:
     with SpeculativeEngine(config) as engine:
         cold = engine.complete(prompt, 32, temperature=0)
         warm = engine.complete(prompt, 32, temperature=0)
-    assert cold.cached_tokens == 0 and warm.cached_tokens == warm.prompt_tokens - 1
+    assert cold.cached_tokens == 0 and warm.prompt_tokens - 12 < warm.cached_tokens <= warm.prompt_tokens - 8
     assert warm.text == cold.text
     assert warm.text.startswith(" item 0, item 1")
 

@@ -19,18 +19,25 @@ overwritten, so what is shared stays whole.
 
 Bit-exactness. llama.cpp's attention sums over KV cells in SIMD accumulators
 by cell index, so a sequence computes the same numbers as on a fresh context
-only if its cells sit on the same grid: measured here (AVX-512), shifting a
-whole sequence by 16 cells keeps every logit, by 1, 8 or 37 cells moves them
-by up to 2.9; a hole of 64 cells inside a sequence keeps them, of 9, 32 or 96
-does not. So the cache keeps and lends multiples of :data:`ALIGN` cells only:
-every block of cells it keeps starts and ends on a 64-cell grid, llama.cpp's
-allocator (which restarts at the first cell freed) places a lone new sequence
-on that grid too, and a hit computes exactly what a fresh engine would, as long
-as the reused cells were prefilled (not generated one token at a time).
+only if each cell's index is congruent to its position modulo 64: measured
+here (AVX-512), shifting a whole sequence by 16 cells keeps every logit, by 1,
+8 or 37 cells moves them by up to 2.9; a hole of 64 cells inside a sequence
+keeps them, of 9, 32 or 96 does not. llama.cpp places new cells from the first
+free one, which is right after the entry stored last (the *tail*). So a lone
+request (the worker otherwise idle) either continues the tail where its tokens
+end, or cuts the tail exactly where its reuse ends (all that is left of the
+tail is then shared with it), or cuts the tail back to a multiple of
+:data:`ALIGN` and reuses a multiple of it. Every block of cells other than
+the tail's therefore ends on the 64-cell grid, and holes left by evictions
+are on it too. The rest of the prompt must also go through the same kernels
+row by row as in a cold prefill: measured, it does when it starts at a
+multiple of :data:`ROWS` tokens and has at least :data:`MIN_SUFFIX` (a 7-token
+rest moves logits by 1.75; 8, 9, 10, 13 and 16 keep them). Cells that were
+generated one token at a time (a chat's earlier answers) are not what a
+prefill computes, so reusing them is correct but not bit-exact.
 Sequences decoded together interleave their cells, off the grid: their
-entries are marked so, and dropped when a request finds the worker idle, so
-that a lone request decodes on a fresh-like layout again (what stays, the
-entries of lone sequences, still sits on the grid).
+entries are marked so and dropped when a request finds the worker idle, and
+the tail is cut back to the grid before other sequences join a lone one.
 
 Only the decode thread uses this module; :meth:`PrefixCache.snapshot` is an
 immutable object that other threads may read.
@@ -49,12 +56,16 @@ import numpy.typing as npt
 from ..stats import PrefixCacheStats
 from .sequence import Run
 
-__all__ = ["ALIGN", "Holder", "PrefixCache", "Reuse", "common_prefix", "MIN_REUSE"]
+__all__ = ["ALIGN", "MIN_SUFFIX", "ROWS", "Holder", "PrefixCache", "Reuse", "common_prefix", "MIN_REUSE"]
 
 Tokens = npt.NDArray[np.int32]
 
 ALIGN = 64
 """Cells are kept and lent in multiples of this (the grid of llama.cpp's SIMD sums)."""
+ROWS = 4
+"""llama.cpp's batched matmul kernels take prompt rows four at a time (the rest one by one)."""
+MIN_SUFFIX = 8
+"""A lone request prefills at least this many tokens: shorter batches take another kernel path."""
 MIN_REUSE = ALIGN
 """Shorter shared prefixes are prefilled again: they save little and would add an entry."""
 MAX_ENTRIES = 64
@@ -179,9 +190,10 @@ class PrefixCache:
         if not lone:
             self._seal()
         elif self.enabled:
-            limit = len(prompt) - 1
+            limit = len(prompt) - MIN_SUFFIX
             for holder in itertools.chain(self.holders(), others):
                 n = min(common_prefix(prompt, holder.tokens), limit)
+                n -= n % ROWS
                 n, cut = self._place(n, from_tail=tail is not None and holder.seq_id == tail.seq_id)
                 if n < MIN_REUSE or (best is not None and n <= best.n_tokens):
                     continue
