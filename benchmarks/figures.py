@@ -350,12 +350,85 @@ def structured_readme(results: Path) -> list[str]:
     ]
 
 
+def prefix_cache_rows(d: dict[str, Any]) -> list[list[str]]:
+    res = d["results"]
+    rows = [["workload", "contender", "first token (ms)", "total (ms)", "first token: x faster than it"]]
+    names = {
+        "ox_cached": "oxillama_py, prefix cache",
+        "ox_cold": "oxillama_py, cache off",
+        "raw_reuse": "llama-cpp-python, own prefix reuse",
+        "raw_ramcache": "llama-cpp-python, LlamaRAMCache",
+        "raw_cold": "llama-cpp-python, reset",
+    }
+    titles = {"system": f"{d['settings']['system_prompt_tokens']}-token system prompt", "chat": "10-turn chat"}
+    for workload in ("system", "chat"):
+        hit = res[workload]["ox_cached"]["ttft_secs"]["median"]
+        for name, label in names.items():
+            ttft = res[workload][name]["ttft_secs"]["median"]
+            total = res[workload][name]["total_secs"]["median"]
+            ratio = "" if name == "ox_cached" else _f(ttft / hit, 2 if ttft / hit < 10 else 1)
+            rows.append([titles[workload], label, _f(ttft * 1000, 0), _f(total * 1000, 0), ratio])
+    return rows
+
+
+def _prefix_targets(d: dict[str, Any]) -> str:
+    t = d["targets"]
+    cold = t["ttft_cold_over_cached"]
+    raw = t["ttft_raw_reuse_over_cached"]
+    r = d["results"]["system"]["ratios"]
+    return (
+        f"time to first token with a hit {_f(r['ttft_cold_over_cached'])}x lower than cold "
+        f"(target {_f(cold['target'], 0)}x: {cold['verdict']}), "
+        f"{_f(r['ttft_raw_reuse_over_cached'], 2)}x llama-cpp-python's own reuse "
+        f"(target {_f(raw['target'])}: {raw['verdict']})"
+    )
+
+
+def prefix_cache_readme(results: Path) -> list[str]:
+    link = "[`prefix_cache.py`](benchmarks/prefix_cache.py)"
+    if not (results / "prefix_cache.json").is_file():
+        return [f"**Prefix cache** ({link}): not measured yet; run `python benchmarks/prefix_cache.py`."]
+    d = _load("prefix_cache", results)
+    s = d["settings"]
+    return [
+        f"**Prefix cache** ({link}; {_machine(d)}; medians of {s['rounds']} interleaved rounds, "
+        f"{s['max_tokens']} greedy tokens per request): requests sharing a "
+        f"{s['system_prompt_tokens']}-token system prompt, and turns 2-10 of a chat. "
+        + _prefix_targets(d)
+        + f"; greedy texts differing from a cold run: {len(d['text_mismatches'])}.",
+        "",
+        *_rows_md(prefix_cache_rows(d)),
+        "",
+        "![prefix cache: time to first token and total](benchmarks/results/prefix_cache.png)",
+    ]
+
+
+def prefix_cache_rst(results: Path) -> list[str]:
+    if not (results / "prefix_cache.json").is_file():
+        return ["Not measured yet: run ``python benchmarks/prefix_cache.py``."]
+    d = _load("prefix_cache", results)
+    s = d["settings"]
+    return [
+        f"Measured by ``benchmarks/prefix_cache.py`` ({_machine(d)}; medians of {s['rounds']} "
+        f"interleaved rounds, {s['max_tokens']} greedy tokens per request): "
+        + _prefix_targets(d)
+        + f". Greedy texts of cache hits that differ from a cold run: {len(d['text_mismatches'])}.",
+        "",
+        *_rows_rst(prefix_cache_rows(d)),
+        "",
+        ".. image:: ../benchmarks/results/prefix_cache.png",
+        "   :alt: time to first token and total time, cache off and on, beside llama-cpp-python",
+    ]
+
+
 # (file, start marker, end marker, renderer)
 TARGETS: list[tuple[Path, str, str, Callable[[Path], list[str]]]] = [
     (ROOT / "README.md", "<!-- FIGURES -->", "<!-- /FIGURES -->", readme_block),
     (ROOT / "README.md", "<!-- FIGURES:server -->", "<!-- /FIGURES:server -->", server_readme),
     (ROOT / "README.md", "<!-- FIGURES:structured -->", "<!-- /FIGURES:structured -->", structured_readme),
+    (ROOT / "README.md", "<!-- FIGURES:prefix_cache -->", "<!-- /FIGURES:prefix_cache -->", prefix_cache_readme),
     (ROOT / "docs" / "batching.rst", ".. FIGURES", ".. /FIGURES", batching_rst),
+    (ROOT / "docs" / "prefix-cache.rst", ".. FIGURES", ".. /FIGURES", prefix_cache_rst),
     (ROOT / "docs" / "speculative.rst", ".. FIGURES", ".. /FIGURES", speculative_rst),
 ]
 

@@ -101,6 +101,7 @@ class Sample:
     ttft: float
     total: float
     text: str
+    cached: int | None = None  # prompt tokens the engine reused (oxillama_py only)
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Contender:
 
 def ox_runner(engine: Any) -> Callable[[str], Sample]:
     def run(prompt: str) -> Sample:
+        before = engine.stats.prefix_cache.hit_tokens
         start = time.perf_counter()
         first = None
         pieces = []
@@ -120,7 +122,9 @@ def ox_runner(engine: Any) -> Callable[[str], Sample]:
                 first = time.perf_counter()
             pieces.append(piece)
         end = time.perf_counter()
-        return Sample((first or end) - start, end - start, "".join(pieces))
+        return Sample(
+            (first or end) - start, end - start, "".join(pieces), engine.stats.prefix_cache.hit_tokens - before
+        )
 
     return run
 
@@ -144,17 +148,20 @@ def raw_runner(llm: Any, *, reset: bool) -> Callable[[str], Sample]:
 
 
 def stats(samples: list[Sample]) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "ttft_secs": common.summary([s.ttft for s in samples]),
         "total_secs": common.summary([s.total for s in samples]),
     }
+    if samples and samples[0].cached is not None:
+        out["cached_tokens"] = [s.cached for s in samples]
+    return out
 
 
 def main() -> int:
     parser = common.base_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=None, help="counted rounds per workload (default 3, quick 1)")
+    parser.add_argument("--rounds", type=int, default=None, help="counted rounds per workload (default 2, quick 1)")
     args = parser.parse_args()
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = args.rounds or (1 if args.quick else 2)
     model = common.resolve_model(args.model)
     common.quiet_llama_cpp()
     started = time.perf_counter()
@@ -172,7 +179,7 @@ def main() -> int:
         return Llama(str(model), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
 
     ram_llm = llama()
-    ram_llm.set_cache(LlamaRAMCache(capacity_bytes=4 << 30))
+    ram_llm.set_cache(LlamaRAMCache(capacity_bytes=1 << 30))
     cold_llm, reuse_llm = llama(), llama()
     with (
         Engine(EngineConfig(model, n_threads=threads, prefix_cache_tokens=0)) as cold,
@@ -195,14 +202,18 @@ def main() -> int:
         messages: list[dict[str, str]] = [{"role": "system", "content": chat_system}]
         for question in CHAT_TURNS:
             messages.append({"role": "user", "content": question})
-            prompt = cold.apply_chat_template(messages)
+            prompt = cold.apply_chat_template(messages).removeprefix("<bos>")
             answer = cold.generate(prompt, MAX_TOKENS, temperature=0, stop=["<end_of_turn>"])
             messages.append({"role": "assistant", "content": answer})
 
         def chat_prompts_of(session: int) -> list[str]:
-            """Each round is a new conversation (its system message names the session)."""
+            """Each round is a new conversation (its system message names the session).
+
+            Without the template's ``<bos>``: both libraries add BOS to a prompt themselves.
+            """
             renamed = [{"role": "system", "content": f"Session {session}. {chat_system}"}, *messages[1:]]
-            return [cold.apply_chat_template(renamed[: 2 + 2 * turn]) for turn in range(len(CHAT_TURNS))]
+            rendered = [cold.apply_chat_template(renamed[: 2 + 2 * turn]) for turn in range(len(CHAT_TURNS))]
+            return [p.removeprefix("<bos>") for p in rendered]
 
         chat_tokens = [len(cold.tokenize(p)) for p in chat_prompts_of(0)]
         print(f"chat prompts {chat_tokens[0]}..{chat_tokens[-1]} tokens", flush=True)

@@ -150,9 +150,10 @@ class EngineConfig:
 
     ``prefix_cache_tokens`` is the most KV cells that finished sequences keep
     for later requests that start the same way (the prefix cache; ``None``:
-    half of ``n_ctx``; ``0``: off). Cached cells live in the same context as
-    the running sequences and are evicted, least recently used first, whenever
-    a running sequence needs the room.
+    an eighth of ``n_ctx``; ``0``: off). Cached cells live in the same context
+    as the running sequences and are evicted, least recently used first,
+    whenever a running sequence needs the room; every decode step attends over
+    them too, so a bigger cache slows decoding down (see the prefix cache docs).
     """
 
     model_path: str | os.PathLike[str] | None = None
@@ -196,8 +197,8 @@ class EngineConfig:
 
     @property
     def prefix_cache_capacity(self) -> int:
-        """KV cells the prefix cache may keep: ``prefix_cache_tokens``, or half of ``n_ctx``."""
-        return self.n_ctx // 2 if self.prefix_cache_tokens is None else self.prefix_cache_tokens
+        """KV cells the prefix cache may keep: ``prefix_cache_tokens``, or an eighth of ``n_ctx``."""
+        return self.n_ctx // 8 if self.prefix_cache_tokens is None else self.prefix_cache_tokens
 
     @property
     def slot_ctx(self) -> int:

@@ -55,6 +55,7 @@ def test_every_example_is_tested() -> None:
         "trio_app.py",
         "web_backend.py",
         "speculative.py",
+        "prefix_cache.py",
     }
     assert scripts <= covered, f"untested examples: {sorted(scripts - covered)}"
     for path in EXAMPLES.glob("*.py"):
@@ -96,6 +97,15 @@ def test_batch_prompts() -> None:
     assert all(f"--- #{i}\n" in out for i in range(6)), out
     assert "=== 6 completions" in out
     assert re.search(r"6 prompts:.*\|\s*\d+/36 \[", proc.stderr), proc.stderr
+
+
+def test_prefix_cache() -> None:
+    proc = run_example("prefix_cache.py", "--questions", "2", "--max-tokens", "8")
+    out = proc.stdout
+    assert re.search(r"^pinned \d+ tokens", out, flags=re.MULTILINE), out
+    reused = [int(n) for n in re.findall(r"^\s+(\d+)/\d+ prompt tokens from the cache", out, flags=re.MULTILINE)]
+    assert len(reused) == 2 and all(n > 300 for n in reused), out
+    assert "hit rate 100%" in out, out
 
 
 def test_speculative() -> None:

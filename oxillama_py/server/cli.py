@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         "--prefix-cache-tokens",
         type=int,
         default=None,
-        help="KV cells kept for prompts that start like earlier ones (default: half of --n-ctx; 0: off)",
+        help="KV cells kept for prompts that start like earlier ones (default: an eighth of --n-ctx; 0: off)",
     )
     parser.add_argument("--chat-template", default=None, help="built-in name (gemma, chatml, llama3, ...) or Jinja2")
     parser.add_argument("--api-key", default=None, help="required bearer token (default: $OXILLAMA_API_KEY, or none)")
