@@ -64,7 +64,7 @@ N = 24
 
 
 def make_engine(model_path: Path, **overrides: object) -> Engine:
-    settings: dict[str, object] = {"n_ctx": 8192, "max_concurrency": 4, **overrides}
+    settings: dict[str, object] = {"n_ctx": 8192, "max_concurrency": 4, "prefix_cache_tokens": 4096, **overrides}
     return Engine(EngineConfig(model_path, **settings))  # type: ignore[arg-type]
 
 
@@ -279,6 +279,15 @@ def test_cache_prefix_errors(model_path: Path, cached: Engine) -> None:
 def test_bad_prefix_cache_tokens(model_path: Path, value: object, error: type[Exception]) -> None:
     with pytest.raises(error, match="prefix_cache_tokens"):
         EngineConfig(model_path, n_ctx=8192, prefix_cache_tokens=value)  # type: ignore[arg-type]
+
+
+def test_default_capacity_is_an_eighth_of_the_context(model_path: Path) -> None:
+    assert EngineConfig(model_path, n_ctx=8192).prefix_cache_capacity == 1024
+    with Engine(EngineConfig(model_path, n_ctx=4096, max_concurrency=2)) as engine:
+        result = engine.complete(LONG + QUESTIONS[0], 2, temperature=0)  # longer than the cache
+        stats = engine.stats.prefix_cache
+        assert stats.capacity == 512 and stats.tokens == 512 and result.prompt_tokens > 512
+        assert engine.complete(LONG + QUESTIONS[1], 2, temperature=0).cached_tokens == 512
 
 
 def test_the_cache_is_off_with_zero(fresh: Engine) -> None:
