@@ -44,12 +44,13 @@ def instructions(repeats: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--model", default=None, help="GGUF file (default: the bundled Gemma 3 270M)")
     parser.add_argument("--questions", type=int, default=len(QUESTIONS))
     parser.add_argument("--max-tokens", type=int, default=40)
     parser.add_argument("--no-pin", action="store_true", help="let the first request fill the cache instead")
     args = parser.parse_args()
     system = instructions(repeats=10)
-    with Engine(EngineConfig()) as engine:
+    with Engine(EngineConfig(args.model)) as engine:
         if not args.no_pin:
             kept = engine.cache_prefix(system)
             print(f"pinned {kept} tokens of instructions")

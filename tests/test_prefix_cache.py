@@ -248,7 +248,7 @@ def test_a_prefix_whose_window_was_overwritten_is_prefilled_again(model_path: Pa
 def test_speculative_engine_reuses_the_targets_prefix(model_path: Path) -> None:
     passage = ", ".join(f"item {i}" for i in range(120))
     prompt = f"Copy the list.\nList: {passage}\nCopy: {passage}\nList: {passage}\nCopy:"
-    config = SpeculativeConfig(EngineConfig(model_path, n_ctx=4096), PromptLookup())
+    config = SpeculativeConfig(EngineConfig(model_path, n_ctx=4096, prefix_cache_tokens=4096), PromptLookup())
     with SpeculativeEngine(config) as engine:
         cold = engine.complete(prompt, 32, temperature=0)
         warm = engine.complete(prompt, 32, temperature=0)
