@@ -114,10 +114,6 @@ class _Entry:
     prev: _Entry | None = None  # the tail this entry's own cells were placed after
 
 
-def _aligned(n: int) -> int:
-    return n - n % ALIGN
-
-
 def truncate(runs: Iterable[Run], n: int) -> tuple[Run, ...]:
     """The lineage of the first ``n`` cells."""
     return tuple(Run(r.block, r.start, min(r.end, n)) for r in runs if r.start < n)
@@ -176,12 +172,9 @@ class PrefixCache:
 
         At least one prompt token is always left to decode (its logits give the
         first new token). A ``lone`` request (the worker is otherwise idle) is
-        placed on the cell grid, so that it computes what a fresh engine would:
-        its first new cell must be congruent to its first new position. The
-        free cells start right after the entry stored last (the tail); so the
-        reuse either ends where the tail's tokens end, or the tail is cut back
-        by up to 63 tokens to the residue the reuse needs, or the reuse ends
-        earlier, at the tail's residue (those tokens are prefilled again).
+        placed on the cell grid, so that it computes what a fresh engine would
+        (see :meth:`_place`); other requests take the longest reuse as it is,
+        after the tail is cut back to the grid (:meth:`_seal`).
         """
         best: Reuse | None = None
         best_cut: int | None = None
