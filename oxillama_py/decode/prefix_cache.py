@@ -182,12 +182,13 @@ class PrefixCache:
         tail = self._tail
         if not lone:
             self._seal()
-        elif self.enabled:
-            limit = len(prompt) - MIN_SUFFIX
+        if self.enabled:
+            limit = len(prompt) - (MIN_SUFFIX if lone else 1)
             for holder in itertools.chain(self.holders(), others):
                 n = min(common_prefix(prompt, holder.tokens), limit)
-                n -= n % ROWS
-                n, cut = self._place(n, from_tail=tail is not None and holder.seq_id == tail.seq_id)
+                cut = None
+                if lone:
+                    n, cut = self._place(n - n % ROWS, from_tail=tail is not None and holder.seq_id == tail.seq_id)
                 if n < MIN_REUSE or (best is not None and n <= best.n_tokens):
                     continue
                 if not self._window_intact(holder.seq_id, n):
@@ -196,16 +197,6 @@ class PrefixCache:
                 best, best_cut = Reuse(holder.seq_id, n, truncate(holder.runs, n), holder.on_grid), cut
         if lone and best is None:
             best_cut = self._place(0, from_tail=False)[1]  # a cold prompt starts at position 0
-        if not lone and self.enabled:
-            limit = len(prompt) - 1
-            for holder in itertools.chain(self.holders(), others):
-                n = min(common_prefix(prompt, holder.tokens), limit)
-                if n < MIN_REUSE or (best is not None and n <= best.n_tokens):
-                    continue
-                if not self._window_intact(holder.seq_id, n):
-                    window_miss = True
-                    continue
-                best = Reuse(holder.seq_id, n, truncate(holder.runs, n), holder.on_grid)
         if count:
             self._lookups += 1
             self._prompt_tokens += len(prompt)
