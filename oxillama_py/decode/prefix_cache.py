@@ -338,10 +338,12 @@ class PrefixCache:
 
     def drop_off_grid(self) -> None:
         """Drop the entries of sequences that were decoded together with others (called when idle)."""
-        for entry in [e for e in self._entries if not e.on_grid]:
+        off_grid = [e for e in self._entries if not e.on_grid]
+        for entry in off_grid:
             self._drop(entry)
             self._evictions += 1
-        self._publish()
+        if off_grid:
+            self._publish()
 
     def _evict(self, *, pinned_too: bool) -> bool:
         candidates = [e for e in self._entries if not e.pinned] or (self._entries if pinned_too else [])

@@ -98,7 +98,7 @@ class Model:
                 buf = (llama_cpp.llama_token * capacity)()
                 n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
                 if n >= 0:
-                    return list(buf[:n])
+                    return buf[:n]  # a slice of a ctypes array is already a list
                 capacity = -n
         raise TokenizerError(f"could not tokenize {len(data)} bytes of text")
 
