@@ -421,6 +421,33 @@ def prefix_cache_rst(results: Path) -> list[str]:
     ]
 
 
+def _scale_sentence(d: dict[str, Any]) -> str:
+    s, r = d["settings"], d["results"]
+    tps = {name: r[name]["aggregate_tok_per_sec"]["median"] for name in r}
+    return (
+        f"{s['clients']} streaming clients, {s['max_tokens']} greedy tokens each, medians of {s['rounds']} "
+        f"rounds: one process with 2 llama.cpp threads and 8 slots {_f(tps['process'])} tok/s, two Ray "
+        f"Serve replicas with 1 thread and 8 slots each {_f(tps['ray'])} tok/s: ratio "
+        f"{_f(d['ratio_ray_over_process'], 2)} (target {d['target']['ratio']}: {d['target']['verdict']}). "
+        f"One process with 16 slots, one batch of 16 where the replicas run two of 8, reaches "
+        f"{_f(tps['process16'])} tok/s (ratio {_f(d['ratio_ray_over_process16'], 2)}). Time to first token "
+        f"(p50): {_f(r['process']['ttft_p50_secs'] * 1000, 0)} ms, {_f(r['ray']['ttft_p50_secs'] * 1000, 0)} ms "
+        f"and {_f(r['process16']['ttft_p50_secs'] * 1000, 0)} ms"
+    )
+
+
+def scale_rst(results: Path) -> list[str]:
+    if not (results / "scale.json").is_file():
+        return ["Not measured yet: run ``python benchmarks/scale.py``."]
+    d = _load("scale", results)
+    return [
+        f"Measured by ``benchmarks/scale.py`` ({_machine(d)}): " + _scale_sentence(d) + ".",
+        "",
+        ".. image:: ../benchmarks/results/scale.png",
+        "   :alt: aggregate tokens per second, one process against two Ray Serve replicas",
+    ]
+
+
 # (file, start marker, end marker, renderer)
 TARGETS: list[tuple[Path, str, str, Callable[[Path], list[str]]]] = [
     (ROOT / "README.md", "<!-- FIGURES -->", "<!-- /FIGURES -->", readme_block),
@@ -430,6 +457,7 @@ TARGETS: list[tuple[Path, str, str, Callable[[Path], list[str]]]] = [
     (ROOT / "docs" / "batching.rst", ".. FIGURES", ".. /FIGURES", batching_rst),
     (ROOT / "docs" / "prefix-cache.rst", ".. FIGURES", ".. /FIGURES", prefix_cache_rst),
     (ROOT / "docs" / "speculative.rst", ".. FIGURES", ".. /FIGURES", speculative_rst),
+    (ROOT / "docs" / "scaling.rst", ".. FIGURES", ".. /FIGURES", scale_rst),
 ]
 
 

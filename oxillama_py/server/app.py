@@ -64,6 +64,8 @@ class ServerSettings:
     default_max_tokens: int = 512
     """A chat's ``max_tokens`` when the client gives none (capped by what fits the context)."""
     retry_after_secs: int = 1
+    replica: str | None = None
+    """Which copy of the app this is (set by :mod:`oxillama_py.ray`): shown in ``/health``."""
 
     def __post_init__(self) -> None:
         for name in ("max_queue", "max_body_bytes", "default_max_tokens", "retry_after_secs"):
@@ -72,7 +74,7 @@ class ServerSettings:
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
             if value < (0 if name == "max_queue" else 1):
                 raise ValueError(f"{name} must be positive, got {value}")
-        for name in ("model_name", "api_key"):
+        for name in ("model_name", "api_key", "replica"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"{name} must be a non-empty str or None")
@@ -323,6 +325,7 @@ class Server:
             {
                 "status": status,
                 "model": self.model_name,
+                **({"replica": self.settings.replica} if self.settings.replica is not None else {}),
                 "model_loaded": stats.loaded,
                 "slots": stats.slots or self.engine.config.max_concurrency,
                 "slots_busy": stats.active,

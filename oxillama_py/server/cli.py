@@ -1,8 +1,9 @@
-"""``python -m oxillama_py serve``: the app on uvicorn (asyncio, uvloop) or hypercorn (trio).
+"""``python -m oxillama_py serve``: the app on uvicorn (asyncio, uvloop) or hypercorn (trio), or on Ray Serve.
 
 On SIGINT or SIGTERM the server stops accepting connections, lets running
 generations finish for ``--shutdown-grace`` seconds, cancels what is left,
-then the lifespan closes the engine.
+then the lifespan closes the engine. With ``--ray`` the same app is deployed
+as Ray Serve replicas (:mod:`oxillama_py.ray`) until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
     parser.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds running requests get at shutdown")
     parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    ray = parser.add_argument_group("Ray Serve (pip install 'oxillama-py[ray]')")
+    ray.add_argument("--ray", action="store_true", help="deploy the app as Ray Serve replicas instead")
+    scale = ray.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, default=None, help="a fixed number of replicas (default 1)")
+    scale.add_argument(
+        "--autoscale", default=None, metavar="MIN:MAX", help="let Serve scale between MIN and MAX replicas"
+    )
+    ray.add_argument(
+        "--address", default=None, help="join this Ray cluster ('auto', host:port, ray://...); default: start one"
+    )
+    ray.add_argument(
+        "--num-cpus", type=float, default=1.0, help="Ray CPUs each replica reserves (--threads defaults to it)"
+    )
     return parser
 
 
@@ -75,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.shutdown_grace < 0:
             raise ValueError(f"--shutdown-grace must be >= 0, got {args.shutdown_grace}")
+        ray_used = args.ray or args.replicas is not None or args.autoscale is not None or args.address is not None
+        if ray_used:
+            return _serve_on_ray(args, config, settings)
         app = create_app(config, settings)
     except (OxiLlamaError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -94,6 +111,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_uvicorn(app, args.host, args.port, args.shutdown_grace, args.log_level, args.backend == "uvloop")
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, config: EngineConfig, settings: ServerSettings) -> int:
+    if not args.ray:
+        raise ValueError("--replicas, --autoscale and --address need --ray")
+    if args.backend != "asyncio":
+        raise ValueError("--backend does not apply with --ray: Serve runs each replica's own asyncio loop")
+    try:
+        from ..ray import RayServeConfig, serve_until_signal
+    except ImportError as exc:
+        raise ValueError(str(exc)) from None
+    autoscale = None
+    if args.autoscale is not None:
+        low, sep, high = args.autoscale.partition(":")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            raise ValueError(f"--autoscale must be MIN:MAX (two integers), got {args.autoscale!r}")
+        autoscale = (int(low), int(high))
+    ray_config = RayServeConfig(
+        engine=config,
+        settings=settings,
+        replicas=1 if args.replicas is None else args.replicas,
+        autoscale=autoscale,
+        num_cpus=args.num_cpus,
+        n_threads=args.threads,
+    )
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    serve_until_signal(ray_config, address=args.address, host=args.host, port=args.port)
     return 0
 
 
