@@ -31,6 +31,7 @@ from .results import CompletionResult, FinishReason, SpeculativeStats, Timings, 
 from .speculative import AsyncSpeculativeEngine, SpeculativeEngine
 from .stats import EngineStats, PrefixCacheStats
 from .stream import TextStream
+from .tokenizer import Tokenizer
 
 __version__ = "0.2.0"
 
@@ -64,6 +65,7 @@ __all__ = [
     "SpeculativeStats",
     "TextStream",
     "Timings",
+    "Tokenizer",
     "TokenizerError",
     "TqdmProgress",
     "VerifyStep",

@@ -9,19 +9,42 @@ coroutine function; its result is awaited.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import TypeAlias, Union
+from typing import Protocol, TypeAlias, runtime_checkable
 
 from .bus.events import Finished, Step, TokenEvent
 from .bus.subscriber import Outcome, Subscriber
 
-__all__ = ["StreamingCallback", "CallbackSubscriber", "takes_token_details", "check_callback"]
-
-StreamingCallback: TypeAlias = Union[  # noqa: UP007 (a runtime alias of string forward refs)
-    Callable[[str], "Awaitable[object] | object"],
-    Callable[[str, int, bool], "Awaitable[object] | object"],
+__all__ = [
+    "StreamingCallback",
+    "TokenCallback",
+    "PieceCallback",
+    "CallbackSubscriber",
+    "takes_token_details",
+    "check_callback",
 ]
+
+
+@runtime_checkable
+class StreamingCallback(Protocol):
+    """A per-token callback, ``callback(token, token_id, is_final)`` (upstream oxillama-py's protocol).
+
+    ``isinstance(obj, StreamingCallback)`` is true for any callable, as
+    upstream's; the engines read the signature to choose the shape.
+    """
+
+    def __call__(self, token: str, token_id: int, is_final: bool) -> object: ...
+
+
+TokenCallback: TypeAlias = Callable[[str, int, bool], None]
+"""The per-token shape as a plain ``Callable`` alias (upstream's name)."""
+
+PieceCallback: TypeAlias = Callable[[str], "Awaitable[object] | object"]
+"""The per-piece shape: called with each non-empty text piece."""
+
+_log = logging.getLogger("oxillama_py.callback")
 
 
 def takes_token_details(callback: Callable[..., object]) -> bool:
@@ -45,17 +68,27 @@ def check_callback(callback: object) -> None:
 
 
 class CallbackSubscriber(Subscriber):
-    """Calls the user's streaming callback in order; its exceptions fail the generation."""
+    """Calls the user's streaming callback in order.
 
-    def __init__(self, callback: Callable[..., object]) -> None:
+    ``strict``: its exceptions fail the generation; otherwise each is logged
+    and that call skipped (upstream oxillama-py's ``strict_callback=False``).
+    """
+
+    def __init__(self, callback: Callable[..., object], *, strict: bool = True) -> None:
         self._callback = callback
+        self._strict = strict
         self._details = takes_token_details(callback)
         self._held: TokenEvent | None = None  # the latest token, until we know whether it is the last
 
     async def _call(self, *args: object) -> None:
-        result = self._callback(*args)
-        if inspect.isawaitable(result):
-            await result
+        try:
+            result = self._callback(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            if self._strict:
+                raise
+            _log.warning("the streaming callback raised; skipped (strict_callback=False)", exc_info=True)
 
     async def on_step(self, step: Step) -> None:
         if not self._details:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 __all__ = ["BUILTIN_TEMPLATES", "ChatTemplate", "Message", "check_messages", "resolve_template"]
 
@@ -169,6 +169,36 @@ def resolve_template(
         if has_token(marker):
             return BUILTIN_TEMPLATES[name]
     return BUILTIN_TEMPLATES["chatml"]
+
+
+class Vocabulary(Protocol):
+    """What rendering needs of a loaded vocabulary (:class:`~oxillama_py.llama.Model` has it)."""
+
+    bos: int
+    eos: int
+
+    def chat_template(self) -> str | None: ...
+
+    def has_token(self, text: str) -> bool: ...
+
+    def special_text(self, token: int) -> str: ...
+
+
+def template_for(vocabulary: Vocabulary, chosen: str | None) -> ChatTemplate:
+    """``chosen`` (a name or Jinja2), else the GGUF's own template, else the built-in its vocabulary points to."""
+    return resolve_template(chosen, model_template=vocabulary.chat_template(), has_token=vocabulary.has_token)
+
+
+def render_messages(
+    vocabulary: Vocabulary, messages: list[dict[str, str]], chosen: str | None, *, add_generation_prompt: bool
+) -> str:
+    """The conversation as the template writes it, BOS text included (blocking: reads the vocabulary)."""
+    return template_for(vocabulary, chosen).render(
+        messages,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=vocabulary.special_text(vocabulary.bos),
+        eos_token=vocabulary.special_text(vocabulary.eos),
+    )
 
 
 def _stops_in(source: str) -> tuple[str, ...]:

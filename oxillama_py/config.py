@@ -8,8 +8,11 @@ package. Pure data: nothing here does I/O or imports the binding layer.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import os
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any, TypeAlias
 
@@ -289,3 +292,29 @@ def _check_draft(draft: EngineConfig, target: EngineConfig) -> None:
             f"draft.n_ctx={draft.n_ctx} is smaller than target.n_ctx={target.n_ctx}; "
             "the draft must hold every token the target holds"
         )
+
+
+def _accept_aliases(cls: type, aliases: dict[str, str]) -> None:
+    """Let ``cls(...)`` take upstream oxillama-py's spelling of some fields, and read them back.
+
+    The field keeps its own name (``repr``, ``replace`` and equality use it);
+    the alias is a keyword of the constructor and a read-only property.
+    """
+    generated: Callable[..., None] = cls.__init__  # type: ignore[misc]
+
+    @functools.wraps(generated)
+    def __init__(self: object, *args: Any, **kwargs: Any) -> None:
+        for alias, name in aliases.items():
+            if alias in kwargs:
+                if name in kwargs:
+                    raise TypeError(f"{cls.__name__}() got both {name} and its alias {alias}")
+                kwargs[name] = kwargs.pop(alias)
+        generated(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[misc]
+    for alias, name in aliases.items():
+        setattr(cls, alias, property(operator.attrgetter(name), doc=f"``{name}``, as upstream oxillama-py names it."))
+
+
+_accept_aliases(SamplerConfig, {"repetition_penalty": "repeat_penalty", "repetition_penalty_window": "repeat_last_n"})
+_accept_aliases(EngineConfig, {"context_size": "n_ctx", "num_threads": "n_threads"})

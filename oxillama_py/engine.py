@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -32,7 +32,7 @@ from .bus import Finished, Generation, Request, Subscriber
 from .bus.collect import Collector
 from .bus.pieces import PieceBuffer
 from .callback import CallbackSubscriber, check_callback
-from .chat import ChatTemplate, Message, check_messages, resolve_template
+from .chat import ChatTemplate, Message, check_messages, render_messages, resolve_template, template_for
 from .config import EngineConfig, SamplerConfig
 from .decode import DecodeWorker
 from .decode.prefix_cache import ALIGN
@@ -83,6 +83,15 @@ class Call:
         return [self.collector.result(f) for f in finished]
 
 
+@dataclass(eq=False)
+class _Lifetime:
+    """The decode worker and its guard, shared by every AsyncEngine of one Engine."""
+
+    worker: DecodeWorker | None = None
+    load_lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
+
+
 class AsyncEngine:
     """Generate text from a GGUF model without blocking the event loop.
 
@@ -93,15 +102,20 @@ class AsyncEngine:
     stops the thread and frees the model.
     """
 
-    def __init__(self, config: EngineConfig | None = None) -> None:
+    def __init__(self, config: EngineConfig | Engine | None = None) -> None:
+        if isinstance(config, Engine):  # upstream's AsyncEngine(engine): one decode worker for both
+            owner = config.async_engine()
+            if type(owner) is not AsyncEngine or type(self) is not AsyncEngine:
+                raise TypeError("AsyncEngine(engine) takes a plain Engine; use engine.async_engine() for others")
+            self.config: EngineConfig = owner.config
+            self._life: _Lifetime = owner._life
+            return
         if config is None:
             config = EngineConfig()
         if not isinstance(config, EngineConfig):
-            raise TypeError(f"config must be an EngineConfig, got {type(config).__name__}")
+            raise TypeError(f"config must be an EngineConfig, an Engine or None, got {type(config).__name__}")
         self.config = config
-        self._worker: DecodeWorker | None = None
-        self._load_lock = threading.Lock()
-        self._closed = False
+        self._life = _Lifetime()
 
     # -- lifecycle --------------------------------------------------------------------
     async def load_model(self) -> None:
@@ -110,13 +124,13 @@ class AsyncEngine:
         await anyio.to_thread.run_sync(self._load_blocking)
 
     def _load_blocking(self) -> DecodeWorker:
-        with self._load_lock:
+        with self._life.load_lock:
             self._check_open()
-            if self._worker is None:
+            if self._life.worker is None:
                 worker = self._make_worker(resolve_model_path(self.config.model_path))
                 worker.start()
-                self._worker = worker
-            return self._worker
+                self._life.worker = worker
+            return self._life.worker
 
     def _make_worker(self, path: Path) -> DecodeWorker:
         return DecodeWorker(self.config, path)
@@ -126,9 +140,9 @@ class AsyncEngine:
         await anyio.to_thread.run_sync(self._close_blocking)
 
     def _close_blocking(self) -> None:
-        with self._load_lock:  # waits for a load in progress, off the event loop
-            self._closed = True
-            worker, self._worker = self._worker, None
+        with self._life.load_lock:  # waits for a load in progress, off the event loop
+            self._life.closed = True
+            worker, self._life.worker = self._life.worker, None
         if worker is not None:
             worker.close()
 
@@ -145,21 +159,21 @@ class AsyncEngine:
         with anyio.CancelScope(shield=True):
             await self.aclose()
 
-    @property
     def is_loaded(self) -> bool:
-        return self._worker is not None
+        """Whether the model is loaded (a method, as upstream oxillama-py has it)."""
+        return self._life.worker is not None
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._life.closed
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._life.closed:
             raise GenerateError("the engine is closed")
 
     async def _ready(self) -> DecodeWorker:
         self._check_open()
-        worker = self._worker
+        worker = self._life.worker
         if worker is None:
             worker = await anyio.to_thread.run_sync(self._load_blocking)
         return worker
@@ -167,7 +181,7 @@ class AsyncEngine:
     @property
     def stats(self) -> EngineStats:
         """A snapshot of the decode worker's load (cheap; safe from any thread)."""
-        worker = self._worker
+        worker = self._life.worker
         if worker is None:
             return EngineStats(loaded=False, slots=0, active=0, waiting=0, decode_steps=0)
         return worker.stats()
@@ -187,6 +201,36 @@ class AsyncEngine:
             raise TypeError(f"tokens must be a sequence of ints, got {type(tokens).__name__}")
         model = (await self._ready()).model
         return await anyio.to_thread.run_sync(model.detokenize, list(tokens))
+
+    async def decode_token(self, token: int) -> str:
+        """The text of one token id; a control token shows as its own text (``<bos>``)."""
+        model = (await self._ready()).model
+        model.check_tokens([token])
+        return await anyio.to_thread.run_sync(model.special_text, token)
+
+    async def is_eos(self, token: int) -> bool:
+        """Whether ``token`` ends a generation (end of sequence, or an end-of-turn marker)."""
+        model = (await self._ready()).model
+        model.check_tokens([token])
+        return model.is_eog(token)
+
+    def hidden_size(self) -> int | None:
+        """The model's embedding width (``n_embd``); ``None`` until it is loaded."""
+        worker = self._life.worker
+        return None if worker is None else worker.model.n_embd
+
+    def vocab_size(self) -> int | None:
+        """How many token ids the vocabulary has; ``None`` until the model is loaded."""
+        worker = self._life.worker
+        return None if worker is None else worker.model.n_vocab
+
+    async def reset(self) -> None:
+        """Forget what the engine keeps between calls: the prefix cache's entries, pinned ones too.
+
+        Generations in flight are not touched (their cells are their own).
+        """
+        worker = await self._ready()
+        await anyio.to_thread.run_sync(worker.run(_clear_cache).result)
 
     # -- generation -------------------------------------------------------------------
     async def generate(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> str:
@@ -213,17 +257,24 @@ class AsyncEngine:
         prompt: str,
         max_tokens: int = 128,
         callback: Callable[..., object] | None = None,
+        *,
+        strict_callback: bool = True,
         **options: Unpack[GenerateKwargs],
     ) -> str:
         """Generate, calling ``callback`` with every text piece as it is decoded.
 
         ``callback(piece)`` gets each non-empty piece in order;
         ``callback(piece, token_id, is_final)`` gets every token. Coroutine
-        functions are awaited. Returns the full text.
+        functions are awaited. Returns the full text. An exception from the
+        callback ends the generation with it (``strict_callback=True``, the
+        default); with ``strict_callback=False`` it is logged (logger
+        ``oxillama_py.callback``) and the generation goes on.
         """
         check_callback(callback)
+        if not isinstance(strict_callback, bool):
+            raise TypeError(f"strict_callback must be a bool, got {type(strict_callback).__name__}")
         opts = self._options(max_tokens, options)
-        extra: list[Subscriber] = [CallbackSubscriber(callback)] if callback is not None else []
+        extra: list[Subscriber] = [CallbackSubscriber(callback, strict=strict_callback)] if callback is not None else []
         (result,) = await (await self._prepare([_check_prompt(prompt)], opts, extra)).run()
         return result.text
 
@@ -376,21 +427,13 @@ class AsyncEngine:
         return await anyio.to_thread.run_sync(count)
 
     def _template(self, model: Model, chosen: str | None) -> ChatTemplate:
-        return resolve_template(
-            chosen if chosen is not None else self.config.chat_template,
-            model_template=model.chat_template(),
-            has_token=model.has_token,
-        )
+        return template_for(model, chosen if chosen is not None else self.config.chat_template)
 
     def _render(
         self, model: Model, messages: list[dict[str, str]], chosen: str | None, *, add_generation_prompt: bool
     ) -> str:
-        return self._template(model, chosen).render(
-            messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=model.special_text(model.bos),
-            eos_token=model.special_text(model.eos),
-        )
+        chosen = chosen if chosen is not None else self.config.chat_template
+        return render_messages(model, messages, chosen, add_generation_prompt=add_generation_prompt)
 
     def _render_for_decode(
         self, model: Model, messages: list[dict[str, str]], chosen: str | None
@@ -485,6 +528,11 @@ class AsyncEngine:
         return requests
 
 
+def _clear_cache(worker: DecodeWorker) -> None:
+    if worker.cache is not None:
+        worker.cache.clear()
+
+
 def _check_template(chosen: object) -> str | None:
     """Reject a bad ``chat_template`` argument before any work (the model is not needed for that)."""
     if chosen is not None:
@@ -577,6 +625,26 @@ class Engine:
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self._call(self._async.detokenize, tokens)
 
+    def decode_token(self, token: int) -> str:
+        """See :meth:`AsyncEngine.decode_token`."""
+        return self._call(self._async.decode_token, token)
+
+    def is_eos(self, token: int) -> bool:
+        """See :meth:`AsyncEngine.is_eos`."""
+        return self._call(self._async.is_eos, token)
+
+    def hidden_size(self) -> int | None:
+        """See :meth:`AsyncEngine.hidden_size`."""
+        return self._async.hidden_size()
+
+    def vocab_size(self) -> int | None:
+        """See :meth:`AsyncEngine.vocab_size`."""
+        return self._async.vocab_size()
+
+    def reset(self) -> None:
+        """See :meth:`AsyncEngine.reset`."""
+        self._call(self._async.reset)
+
     def generate(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> str:
         """See :meth:`AsyncEngine.generate`."""
         return self._call(self._async.generate, prompt, max_tokens, **options)
@@ -590,10 +658,14 @@ class Engine:
         prompt: str,
         max_tokens: int = 128,
         callback: Callable[..., object] | None = None,
+        *,
+        strict_callback: bool = True,
         **options: Unpack[GenerateKwargs],
     ) -> str:
         """See :meth:`AsyncEngine.generate_streaming`; the callback runs on the engine's loop thread."""
-        return self._call(self._async.generate_streaming, prompt, max_tokens, callback, **options)
+        return self._call(
+            self._async.generate_streaming, prompt, max_tokens, callback, strict_callback=strict_callback, **options
+        )
 
     def stream(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> Iterator[str]:
         """Yield text pieces as they are decoded; closing the iterator cancels the generation."""
@@ -685,9 +757,9 @@ class Engine:
             self._closed = True
             self._stack.close()
 
-    @property
     def is_loaded(self) -> bool:
-        return self._async.is_loaded
+        """Whether the model is loaded (a method, as upstream oxillama-py has it)."""
+        return self._async.is_loaded()
 
     def __enter__(self) -> Engine:
         return self

@@ -73,7 +73,20 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
-ProgressFinaliser = Callable[[str, "BaseException | None"], None]
+
+
+class ProgressFinaliser(Protocol):
+    """Ends a display once: ``finaliser(status, error)``, or upstream oxillama-py's ``finaliser(error)``.
+
+    ``status`` is ``"success"``, ``"cancelled"`` or ``"error"``. Called with the
+    error alone, ``None`` means success and an error whose type name says
+    ``Cancel`` (``asyncio.CancelledError``, ``trio.Cancelled``,
+    :class:`~oxillama_py.GenerationCancelled`) a cancellation.
+    """
+
+    def __call__(self, *args: Any) -> None: ...
+
+
 """Called once at the end with the status (``"success"``, ``"cancelled"`` or ``"error"``) and the error."""
 
 
@@ -235,6 +248,36 @@ def _no_finaliser(status: str, error: BaseException | None) -> None:
     """Plain callables need no finalising: the final event already told them."""
 
 
+def status_of(error: BaseException | None) -> str:
+    """The status an upstream-style ``finaliser(error)`` call stands for."""
+    if error is None:
+        return "success"
+    return "cancelled" if "Cancel" in type(error).__name__ else "error"
+
+
+class _Finaliser:
+    """Takes both spellings of the call (see :class:`ProgressFinaliser`)."""
+
+    __slots__ = ("_finalise",)
+
+    def __init__(self, finalise: Callable[[str, BaseException | None], None]) -> None:
+        self._finalise = finalise
+
+    def __call__(self, *args: Any) -> None:
+        if len(args) == 2:
+            status, error = args
+        elif len(args) == 1:
+            error = args[0]
+            status = status_of(error)
+        else:
+            raise TypeError(f"a finaliser takes (error) or (status, error), got {len(args)} arguments")
+        if status not in ("success", "cancelled", "error"):
+            raise ValueError(f"status must be 'success', 'cancelled' or 'error', got {status!r}")
+        if error is not None and not isinstance(error, BaseException):
+            raise TypeError(f"error must be an exception or None, got {type(error).__name__}")
+        self._finalise(status, error)
+
+
 def make_progress_adapter(
     obj: object, max_tokens: int
 ) -> tuple[ProgressCallback, ProgressFinaliser] | tuple[None, None]:
@@ -255,11 +298,11 @@ def make_progress_adapter(
     kind = check_progress(obj)
     if kind == "tqdm":
         tqdm_adapter = _TqdmAdapter(obj, max_tokens)  # type: ignore[arg-type]
-        return tqdm_adapter, tqdm_adapter.finalise
+        return tqdm_adapter, _Finaliser(tqdm_adapter.finalise)
     if kind == "widget":
         widget_adapter = _WidgetAdapter(obj, max_tokens)
-        return widget_adapter, widget_adapter.finalise
-    return obj, _no_finaliser  # type: ignore[return-value]
+        return widget_adapter, _Finaliser(widget_adapter.finalise)
+    return obj, _Finaliser(_no_finaliser)  # type: ignore[return-value]
 
 
 def check_progress(obj: object) -> str:

@@ -121,7 +121,7 @@ def test_bad_messages_raise_before_any_work(config: EngineConfig, messages: list
             fresh.chat(messages, 8)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match=match):
             fresh.stream_chat(messages, 8)  # type: ignore[arg-type]
-        assert not fresh.is_loaded  # rejected before the model was even loaded
+        assert not fresh.is_loaded()  # rejected before the model was even loaded
 
 
 def test_bad_templates_are_value_errors(engine: Engine) -> None:

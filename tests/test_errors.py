@@ -139,7 +139,7 @@ async def test_bad_arguments_fail_before_loading(tmp_path: Path, kwargs: dict, e
         await engine.generate(prompt, max_tokens, **kwargs)
     with pytest.raises(error, match=match):
         await engine.complete_batch([prompt, prompt], max_tokens, **kwargs)
-    assert not engine.is_loaded
+    assert not engine.is_loaded()
 
 
 def test_bad_arguments_sync(engine: Engine) -> None:

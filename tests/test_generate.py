@@ -119,14 +119,14 @@ async def test_seeded_sampling_is_reproducible(aengine: AsyncEngine) -> None:
 
 async def test_lazy_load_and_async_with(config: EngineConfig) -> None:
     engine = AsyncEngine(config)
-    assert not engine.is_loaded
+    assert not engine.is_loaded()
     try:
         assert await engine.generate("1, 2, 3,", 4, temperature=0)
-        assert engine.is_loaded
+        assert engine.is_loaded()
     finally:
         await engine.aclose()
     async with AsyncEngine(config) as scoped:
-        assert scoped.is_loaded
+        assert scoped.is_loaded()
         assert await scoped.generate("1, 2, 3,", 4, temperature=0)
     assert scoped.closed
 

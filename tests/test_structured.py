@@ -244,4 +244,4 @@ def test_speculative_engine_refuses_a_grammar(config: EngineConfig) -> None:
     with SpeculativeEngine(SpeculativeConfig(config, PromptLookup())) as engine:
         with pytest.raises(GrammarError, match="SpeculativeEngine"):
             engine.generate(PROMPT, 8, json=True)
-        assert not engine.is_loaded  # refused before any work
+        assert not engine.is_loaded()  # refused before any work

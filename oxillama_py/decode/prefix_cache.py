@@ -345,6 +345,13 @@ class PrefixCache:
         if off_grid:
             self._publish()
 
+    def clear(self) -> None:
+        """Drop every entry, pinned ones too (``Engine.reset()``); the counters stay."""
+        for entry in list(self._entries):
+            self._drop(entry)
+        self._tail = self._after_tail = None
+        self._publish()
+
     def _evict(self, *, pinned_too: bool) -> bool:
         candidates = [e for e in self._entries if not e.pinned] or (self._entries if pinned_too else [])
         if not candidates:

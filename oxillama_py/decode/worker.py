@@ -16,7 +16,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,6 +35,24 @@ __all__ = ["DecodeWorker"]
 
 _log = logging.getLogger("oxillama_py.decode")
 _CLOSE = None
+_T = TypeVar("_T")
+
+
+class _Task:
+    """A function to run on the decode thread between two steps (it owns the context)."""
+
+    __slots__ = ("func", "future")
+
+    def __init__(self, func: Callable[[DecodeWorker], Any]) -> None:
+        self.func = func
+        self.future: Future[Any] = Future()
+
+    def run(self, worker: DecodeWorker) -> None:
+        if self.future.set_running_or_notify_cancel():
+            try:
+                self.future.set_result(self.func(worker))
+            except BaseException as exc:
+                self.future.set_exception(exc)
 
 
 class DecodeWorker:
@@ -46,7 +66,7 @@ class DecodeWorker:
         self.context: Context | None = None
         self.cache: PrefixCache | None = None
         self.decode_calls = 0
-        self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Request | _Task | None] = queue.SimpleQueue()
         self._waiting: deque[tuple[Request, float]] = deque()
         self._active: list[Sequence] = []
         self._free = list(range(self.n_slots))
@@ -80,6 +100,20 @@ class DecodeWorker:
                 self._queue.put(request)
                 return
         _end_unstarted(request, time.perf_counter(), "error", GenerateError("the engine is closed"))
+
+    def run(self, func: Callable[[DecodeWorker], _T]) -> Future[_T]:
+        """Run ``func(worker)`` on the decode thread between two steps; its result comes in the future.
+
+        For work on the context that is not a generation (clearing the cache,
+        adapters): it waits at most one step, and the step after it sees its effect.
+        """
+        task = _Task(func)
+        with self._lock:
+            if not self._closed:
+                self._queue.put(task)
+                return task.future
+        task.future.set_exception(GenerateError("the engine is closed"))
+        return task.future
 
     def close(self) -> None:
         """Fail what is still queued or decoding, stop the thread, free llama.cpp (blocking)."""
@@ -155,7 +189,7 @@ class DecodeWorker:
 
     def _intake(self, *, block: bool) -> bool:
         """Move newly submitted requests to the waiting line; ``False`` once closing."""
-        get: Callable[..., Request | None] = self._queue.get
+        get: Callable[..., Request | _Task | None] = self._queue.get
         try:
             item = get() if block else self._queue.get_nowait()
         except queue.Empty:
@@ -163,8 +197,11 @@ class DecodeWorker:
         while True:
             if item is _CLOSE:
                 return False
-            assert item is not None
-            self._waiting.append((item, time.perf_counter()))
+            if isinstance(item, _Task):
+                item.run(self)
+            else:
+                assert item is not None
+                self._waiting.append((item, time.perf_counter()))
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
@@ -354,7 +391,10 @@ class DecodeWorker:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None:
+            if isinstance(item, _Task):
+                if item.future.set_running_or_notify_cancel():
+                    item.future.set_exception(error)
+            elif item is not None:
                 pending.append((item, time.perf_counter()))
         for request, submitted in pending:
             _end_unstarted(request, submitted, "error", error)

@@ -64,11 +64,12 @@ class Model:
     calls raise :class:`~oxillama_py.GenerateError`.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, vocab_only: bool = False) -> None:
         check_gguf_file(path)
         ensure_backend()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = 0
+        params.vocab_only = vocab_only  # a tokenizer needs no weights
         if hasattr(params, "use_extra_bufts"):
             params.use_extra_bufts = use_extra_buffers()
         ptr = compute(llama_cpp.llama_model_load_from_file, str(path).encode("utf-8"), params)
@@ -87,6 +88,7 @@ class Model:
         self.eos: int = llama_cpp.llama_vocab_eos(vocab)
         self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
         self.n_swa: int = llama_cpp.llama_model_n_swa(ptr)  # sliding-window size; 0 without SWA layers
+        self.n_embd: int = llama_cpp.llama_model_n_embd(ptr)
         self._lifetime = Lifetime("the model")
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
@@ -143,6 +145,13 @@ class Model:
     def has_token(self, text: str) -> bool:
         """Whether ``text`` is one token of the vocabulary (a chat marker, say)."""
         return len(self.tokenize(text, add_special=False, parse_special=True)) == 1
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary's own text of a token (SentencePiece's ``▁`` for a space, ``<bos>``)."""
+        self.check_tokens([token])
+        with self._lifetime.use():
+            raw = llama_cpp.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
 
     def is_eog(self, token: int) -> bool:
         with self._lifetime.use():
