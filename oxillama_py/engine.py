@@ -26,6 +26,8 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
+import numpy as np
+import numpy.typing as npt
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .bus import Finished, Generation, Request, Subscriber
@@ -35,6 +37,7 @@ from .callback import CallbackSubscriber, check_callback
 from .chat import ChatTemplate, Message, check_messages, render_messages, resolve_template, template_for
 from .config import EngineConfig, SamplerConfig
 from .decode import DecodeWorker
+from .decode.embedding import EmbedJob
 from .decode.prefix_cache import ALIGN
 from .errors import GenerateError, GenerationCancelled, KvCacheFullError, OxiLlamaError
 from .grammar import grammar_for
@@ -231,6 +234,59 @@ class AsyncEngine:
         """
         worker = await self._ready()
         await anyio.to_thread.run_sync(worker.run(_clear_cache).result)
+
+    # -- embeddings -------------------------------------------------------------------
+    async def embed(self, text: str) -> list[float]:
+        """The L2-normalised embedding of ``text`` (see :meth:`embed_batch_numpy` for the pooling)."""
+        return [float(x) for x in (await self.embed_batch_numpy([_check_text(text)]))[0]]
+
+    async def embed_numpy(self, text: str) -> npt.NDArray[np.float32]:
+        """:meth:`embed` as a ``float32`` array of ``hidden_size()`` values."""
+        rows = await self.embed_batch_numpy([_check_text(text)])
+        row: npt.NDArray[np.float32] = rows[0]
+        return row
+
+    async def embed_batch_numpy(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """One L2-normalised row per text, ``float32``, shape ``(len(texts), hidden_size())``.
+
+        The texts are decoded together, up to ``n_batch`` tokens per
+        ``llama_decode``, between the steps of the generations running on the
+        engine (each waits at most one step per batch). Pooling: the model's
+        own if it declares one, else the mean of the last hidden states of all
+        of a text's tokens (BOS included).
+        """
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}")
+        checked = [_check_text(text) for text in texts]
+        worker = await self._ready()
+        if not checked:
+            return np.zeros((0, worker.model.n_embd), dtype=np.float32)
+        tokens = await anyio.to_thread.run_sync(self._embedding_tokens, worker, checked)
+        if self.config.max_concurrency >= 256:  # every sequence id is a slot
+            raise GenerateError("no sequence id is left for embeddings: lower max_concurrency below 256")
+        job = EmbedJob.of(tokens)
+        try:
+            while not await _on_worker(worker, job.step):
+                pass
+        finally:
+            if not job.finished:
+                with anyio.CancelScope(shield=True):
+                    await _on_worker(worker, job.release)
+        return job.vectors()
+
+    def _embedding_tokens(self, worker: DecodeWorker, texts: list[str]) -> list[list[int]]:
+        budget = self.config.slot_ctx
+        token_lists = []
+        for text in texts:
+            tokens = worker.model.tokenize(text)
+            if not tokens:
+                raise ValueError("text is empty and the model adds no BOS token")
+            if len(tokens) > budget:
+                raise KvCacheFullError(
+                    f"a text of {len(tokens)} tokens does not fit the {budget} context cells one request may use"
+                )
+            token_lists.append(tokens)
+        return token_lists
 
     # -- generation -------------------------------------------------------------------
     async def generate(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> str:
@@ -528,6 +584,17 @@ class AsyncEngine:
         return requests
 
 
+async def _on_worker(worker: DecodeWorker, func: Callable[[DecodeWorker], _T]) -> _T:
+    """Run ``func`` on the decode thread between two steps and wait for it (off the event loop)."""
+    return await anyio.to_thread.run_sync(worker.run(func).result)
+
+
+def _check_text(text: object) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return text
+
+
 def _clear_cache(worker: DecodeWorker) -> None:
     if worker.cache is not None:
         worker.cache.clear()
@@ -624,6 +691,18 @@ class Engine:
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self._call(self._async.detokenize, tokens)
+
+    def embed(self, text: str) -> list[float]:
+        """See :meth:`AsyncEngine.embed`."""
+        return self._call(self._async.embed, text)
+
+    def embed_numpy(self, text: str) -> npt.NDArray[np.float32]:
+        """See :meth:`AsyncEngine.embed_numpy`."""
+        return self._call(self._async.embed_numpy, text)
+
+    def embed_batch_numpy(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """See :meth:`AsyncEngine.embed_batch_numpy`."""
+        return self._call(self._async.embed_batch_numpy, texts)
 
     def decode_token(self, token: int) -> str:
         """See :meth:`AsyncEngine.decode_token`."""

@@ -28,13 +28,15 @@ from ..errors import GenerateError, KvCacheFullError
 from ..llama import Context, Model, Sampler
 from ..llama.context import BatchEntry
 from ..stats import EngineStats, PrefixCacheStats
-from .prefix_cache import Holder, PrefixCache
+from .prefix_cache import LLAMA_MAX_SEQ, Holder, PrefixCache
 from .sequence import Sequence
 
 __all__ = ["DecodeWorker"]
 
 _log = logging.getLogger("oxillama_py.decode")
 _CLOSE = None
+EMBED_IDS = 8
+"""Sequence ids kept for texts being embedded (that many texts are decoded together)."""
 _T = TypeVar("_T")
 
 
@@ -65,6 +67,7 @@ class DecodeWorker:
         self._model: Model | None = None
         self.context: Context | None = None
         self.cache: PrefixCache | None = None
+        self.embed_ids: list[int] = []
         self.decode_calls = 0
         self._queue: queue.SimpleQueue[Request | _Task | None] = queue.SimpleQueue()
         self._waiting: deque[tuple[Request, float]] = deque()
@@ -141,16 +144,19 @@ class DecodeWorker:
         config = self.config
         self._model = Model(self.model_path)
         capacity = config.prefix_cache_capacity
-        n_ids = PrefixCache.ids_for(self.n_slots, capacity)
+        n_embed = min(EMBED_IDS, LLAMA_MAX_SEQ - self.n_slots)
+        n_ids = min(PrefixCache.ids_for(self.n_slots, capacity), LLAMA_MAX_SEQ - self.n_slots - n_embed)
         self.context = Context(
             self._model,
             n_ctx=config.n_ctx,
             n_batch=config.n_batch,
             n_threads=config.n_threads,
-            n_seq_max=self.n_slots + n_ids,
+            n_seq_max=self.n_slots + n_ids + n_embed,
             flash_attn=config.flash_attn,
         )
         self.cache = PrefixCache(self.context.memory, self._model.n_swa, capacity, self.n_slots, n_ids)
+        first = self.n_slots + n_ids
+        self.embed_ids = list(range(first + n_embed - 1, first - 1, -1))  # popped from the end: lowest first
 
     def _main(self) -> None:
         try:
@@ -318,9 +324,14 @@ class DecodeWorker:
         llama.cpp changes nothing when it finds no room for a batch, so the
         same batch is simply tried again; a cached prefix never stops a request.
         """
+        self.decode_extra(entries, 0)
+
+    def decode_extra(self, entries: Seq[BatchEntry], held: int) -> None:
+        """:meth:`_decode` for work beside the sequences (embeddings), which holds ``held`` cells already."""
         assert self.context is not None and self.cache is not None
         if self.cache.enabled:  # (a sequence's new cells may be counted twice here: room to spare)
-            self.cache.make_room(len(entries), self.context.n_ctx, (r for s in self._active for r in s.runs()))
+            active = (r for s in self._active for r in s.runs())
+            self.cache.make_room(len(entries) + held, self.context.n_ctx, active)
         while True:
             try:
                 self.context.decode(entries)

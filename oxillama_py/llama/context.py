@@ -87,6 +87,29 @@ class Context:
         ptr = llama_cpp.llama_get_logits_ith(self.ptr, index)
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
 
+    def set_embeddings(self, on: bool) -> None:
+        """Make the next decodes output hidden states (embeddings) for the entries that ask for output."""
+        llama_cpp.llama_set_embeddings(self.ptr, on)
+
+    @property
+    def pooling(self) -> int:
+        """llama.cpp's pooling type of this context (``0``: none, one hidden state per token)."""
+        return int(llama_cpp.llama_pooling_type(self.ptr))
+
+    def embedding_array(self, index: int) -> npt.NDArray[np.float32]:
+        """Batch entry ``index``'s hidden state (pooling none) as a numpy view (valid until the next decode)."""
+        ptr = llama_cpp.llama_get_embeddings_ith(self.ptr, index)
+        if not ptr:
+            raise GenerateError(f"llama.cpp returned no embedding for batch entry {index}")
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,))
+
+    def sequence_embedding(self, seq_id: int) -> npt.NDArray[np.float32]:
+        """The pooled hidden state of ``seq_id`` (a model that declares its pooling)."""
+        ptr = llama_cpp.llama_get_embeddings_seq(self.ptr, seq_id)
+        if not ptr:
+            raise GenerateError(f"llama.cpp returned no pooled embedding for sequence {seq_id}")
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,))
+
     def remove(self, seq_id: int, start: int = -1, end: int = -1) -> None:
         """Free the KV cells of ``seq_id`` at positions ``[start, end)`` (all by default)."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, start, end)
