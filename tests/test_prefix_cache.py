@@ -223,7 +223,7 @@ def test_a_prefix_whose_window_was_overwritten_is_prefilled_again(model_path: Pa
     """
     with make_engine(model_path, n_ctx=4096, max_concurrency=2, prefix_cache_tokens=4096) as engine:
         engine.load_model()
-        worker = engine.async_engine()._worker
+        worker = engine.async_engine()._life.worker
         assert worker is not None and worker.cache is not None and worker.context is not None
         memory = worker.context.memory
         engine.complete("Memo.\n" + system_prompt(20), 2, temperature=0)  # cells 0..255 kept
