@@ -272,9 +272,11 @@ def serve_until_signal(
     """
     started = not ray.is_initialized() and address is None
     stop = threading.Event()
-    previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, Any] = {}
     try:
         deploy(config, address=address, host=host, port=port)
+        # After ray.init, which puts its own SIGTERM handler (an exit with status 15) on a driver.
+        previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
         print(
             f"oxillama_py: {config.name} on Ray Serve at http://{host}:{port}{config.route_prefix}",
             flush=True,

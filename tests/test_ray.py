@@ -36,6 +36,43 @@ PROMPTS = list(PREDICTABLE)[:16]
 TOKENS = 12
 
 
+def test_cli_deploys_on_its_own_ray_instance_and_stops_on_sigterm(
+    model_path: Path, engine: Engine, tmp_path: Path
+) -> None:
+    """``serve --ray``: a Ray instance of its own, the app deployed, served, and all of it gone on SIGTERM.
+
+    First in the module: no Ray instance of the tests' own is running yet.
+    """
+    port = free_port()
+    argv = [sys.executable, "-m", "oxillama_py", "serve", "--ray", "--replicas", "1", "--num-cpus", "1"]
+    argv += ["--model", str(model_path), "--port", str(port), "--n-ctx", "2048", "--max-concurrency", "2"]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, log.read_text(errors="replace")
+            try:
+                health = httpx.get(base + "/health", timeout=5)
+                if health.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "serve --ray did not come up"
+            time.sleep(0.5)
+        assert health.json()["replica"] == health.headers[REPLICA_HEADER]
+        replica, text = stream_one(openai.OpenAI(base_url=base + "/v1", api_key="unused"), PROMPTS[0], TOKENS)
+        assert replica == health.json()["replica"] and text == engine.generate(PROMPTS[0], TOKENS, temperature=0)
+    finally:
+        process.terminate()
+        code = process.wait(timeout=120)
+    assert code == 0, log.read_text(errors="replace")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+
+
 @dataclass
 class Cluster:
     base_url: str
