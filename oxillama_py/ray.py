@@ -272,16 +272,24 @@ def serve_until_signal(
     """
     started = not ray.is_initialized() and address is None
     stop = threading.Event()
-    previous: dict[int, Any] = {}
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(number: int, frame: object) -> None:
+        stop.set()
+
+    previous = {number: signal.signal(number, on_signal) for number in signals}
     try:
-        deploy(config, address=address, host=host, port=port)
-        # After ray.init, which puts its own SIGTERM handler (an exit with status 15) on a driver.
-        previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
-        print(
-            f"oxillama_py: {config.name} on Ray Serve at http://{host}:{port}{config.route_prefix}",
-            flush=True,
-        )
-        stop.wait()
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            for number in signals:  # ray.init puts its own SIGTERM handler (exit 15) on a driver: ours again
+                signal.signal(number, on_signal)
+        if not stop.is_set():
+            deploy(config, address=address, host=host, port=port)
+            print(
+                f"oxillama_py: {config.name} on Ray Serve at http://{host}:{port}{config.route_prefix}",
+                flush=True,
+            )
+            stop.wait()
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
