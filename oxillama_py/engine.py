@@ -232,17 +232,16 @@ class AsyncEngine:
 
         Generations in flight are not touched (their cells are their own).
         """
-        worker = await self._ready()
-        await anyio.to_thread.run_sync(worker.run(_clear_cache).result)
+        await _on_worker(await self._ready(), _clear_cache)
 
     # -- embeddings -------------------------------------------------------------------
     async def embed(self, text: str) -> list[float]:
         """The L2-normalised embedding of ``text`` (see :meth:`embed_batch_numpy` for the pooling)."""
-        return [float(x) for x in (await self.embed_batch_numpy([_check_text(text)]))[0]]
+        return [float(x) for x in await self.embed_numpy(text)]
 
     async def embed_numpy(self, text: str) -> npt.NDArray[np.float32]:
         """:meth:`embed` as a ``float32`` array of ``hidden_size()`` values."""
-        rows = await self.embed_batch_numpy([_check_text(text)])
+        rows = await self.embed_batch_numpy([text])
         row: npt.NDArray[np.float32] = rows[0]
         return row
 
@@ -258,12 +257,12 @@ class AsyncEngine:
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}")
         checked = [_check_text(text) for text in texts]
+        if self.config.max_concurrency >= 256:  # every sequence id is a slot
+            raise GenerateError("no sequence id is left for embeddings: lower max_concurrency below 256")
         worker = await self._ready()
         if not checked:
             return np.zeros((0, worker.model.n_embd), dtype=np.float32)
         tokens = await anyio.to_thread.run_sync(self._embedding_tokens, worker, checked)
-        if self.config.max_concurrency >= 256:  # every sequence id is a slot
-            raise GenerateError("no sequence id is left for embeddings: lower max_concurrency below 256")
         job = EmbedJob.of(tokens)
         try:
             while not await _on_worker(worker, job.step):
@@ -482,14 +481,17 @@ class AsyncEngine:
 
         return await anyio.to_thread.run_sync(count)
 
+    def _chosen(self, chosen: str | None) -> str | None:
+        """The call's template, else the engine config's (``None``: the model's own)."""
+        return chosen if chosen is not None else self.config.chat_template
+
     def _template(self, model: Model, chosen: str | None) -> ChatTemplate:
-        return template_for(model, chosen if chosen is not None else self.config.chat_template)
+        return template_for(model, self._chosen(chosen))
 
     def _render(
         self, model: Model, messages: list[dict[str, str]], chosen: str | None, *, add_generation_prompt: bool
     ) -> str:
-        chosen = chosen if chosen is not None else self.config.chat_template
-        return render_messages(model, messages, chosen, add_generation_prompt=add_generation_prompt)
+        return render_messages(model, messages, self._chosen(chosen), add_generation_prompt=add_generation_prompt)
 
     def _render_for_decode(
         self, model: Model, messages: list[dict[str, str]], chosen: str | None

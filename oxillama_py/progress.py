@@ -87,9 +87,6 @@ class ProgressFinaliser(Protocol):
     def __call__(self, *args: Any) -> None: ...
 
 
-"""Called once at the end with the status (``"success"``, ``"cancelled"`` or ``"error"``) and the error."""
-
-
 class _TqdmLike(Protocol):
     def update(self, n: int = 1) -> Any: ...
     def set_postfix_str(self, s: str = "", refresh: bool = True) -> Any: ...

@@ -256,10 +256,17 @@ def deploy(
     """
     config = RayServeConfig() if config is None else config
     app = build(config)
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    _init_ray(address)
     serve.start(http_options={"host": host, "port": port})
     return serve.run(app, name=config.name, route_prefix=config.route_prefix)
+
+
+def _init_ray(address: str | None) -> bool:
+    """Start or join Ray unless this process already has; whether it did now."""
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    return True
 
 
 def serve_until_signal(
@@ -279,8 +286,7 @@ def serve_until_signal(
 
     previous = {number: signal.signal(number, on_signal) for number in signals}
     try:
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        if _init_ray(address):
             for number in signals:  # ray.init puts its own SIGTERM handler (exit 15) on a driver: ours again
                 signal.signal(number, on_signal)
         if not stop.is_set():

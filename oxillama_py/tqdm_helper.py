@@ -12,36 +12,6 @@ from typing import Any
 __all__ = ["TqdmProgress", "CollectTokens"]
 
 
-class TqdmProgress:
-    """Advance a tqdm bar by one per piece, the piece in its postfix (deprecated: use ``progress=bar``).
-
-    ``flush_on_newline``: refresh the bar when a piece holds a newline, so a
-    notebook redraws it promptly (v0.1.1's behaviour).
-    """
-
-    def __init__(self, pbar: Any, flush_on_newline: bool = True) -> None:
-        self.bar = pbar
-        self.flush_on_newline = flush_on_newline
-        self.tokens: list[str] = []
-
-    def __call__(self, token: str, token_id: int | None = None, is_final: bool = False) -> None:
-        self.tokens.append(token)
-        self.bar.update(1)
-        self.bar.set_postfix_str(repr(token)[:30], refresh=False)
-        if is_final or (self.flush_on_newline and "\n" in token):
-            self.bar.refresh()
-
-    @property
-    def text(self) -> str:
-        """The text seen so far."""
-        return "".join(self.tokens)
-
-    def reset(self) -> None:
-        """Forget the text and reset the bar's count (to reuse both for another generation)."""
-        self.tokens.clear()
-        self.bar.reset()
-
-
 class CollectTokens:
     """Collect the streamed pieces (and token ids, when the engine gives them); deprecated: use ``complete()``."""
 
@@ -64,3 +34,29 @@ class CollectTokens:
         self.tokens.clear()
         self.token_ids.clear()
         self.finished = False
+
+
+class TqdmProgress(CollectTokens):
+    """Advance a tqdm bar by one per piece, the piece in its postfix (deprecated: use ``progress=bar``).
+
+    ``flush_on_newline``: refresh the bar when a piece holds a newline, so a
+    notebook redraws it promptly (v0.1.1's behaviour). It collects what it is
+    called with as :class:`CollectTokens` does.
+    """
+
+    def __init__(self, pbar: Any, flush_on_newline: bool = True) -> None:
+        super().__init__()
+        self.bar = pbar
+        self.flush_on_newline = flush_on_newline
+
+    def __call__(self, token: str, token_id: int | None = None, is_final: bool = False) -> None:
+        super().__call__(token, token_id, is_final)
+        self.bar.update(1)
+        self.bar.set_postfix_str(repr(token)[:30], refresh=False)
+        if is_final or (self.flush_on_newline and "\n" in token):
+            self.bar.refresh()
+
+    def reset(self) -> None:
+        """Forget the text and reset the bar's count (to reuse both for another generation)."""
+        super().reset()
+        self.bar.reset()

@@ -56,6 +56,11 @@ class _Task:
             except BaseException as exc:
                 self.future.set_exception(exc)
 
+    def fail(self, error: BaseException) -> None:
+        """Answer without running (the worker is closing)."""
+        if self.future.set_running_or_notify_cancel():
+            self.future.set_exception(error)
+
 
 class DecodeWorker:
     """Owns one model's llama.cpp state; serves requests from any thread and loop."""
@@ -115,7 +120,7 @@ class DecodeWorker:
             if not self._closed:
                 self._queue.put(task)
                 return task.future
-        task.future.set_exception(GenerateError("the engine is closed"))
+        task.fail(GenerateError("the engine is closed"))
         return task.future
 
     def close(self) -> None:
@@ -403,8 +408,7 @@ class DecodeWorker:
             except queue.Empty:
                 break
             if isinstance(item, _Task):
-                if item.future.set_running_or_notify_cancel():
-                    item.future.set_exception(error)
+                item.fail(error)
             elif item is not None:
                 pending.append((item, time.perf_counter()))
         for request, submitted in pending:
