@@ -25,9 +25,11 @@ from .errors import (
     TokenizerError,
 )
 from .grammar import Grammar
+from .lora import Lora
 from .options import BatchKwargs, GenerateKwargs
 from .progress import ProgressEvent, make_progress_adapter
 from .results import CompletionResult, FinishReason, SpeculativeStats, Timings, VerifyStep
+from .snapshot import HubOrigin, SnapshotError, SnapshotInfo
 from .speculative import AsyncSpeculativeEngine, SpeculativeEngine
 from .stats import EngineStats, PrefixCacheStats
 from .stream import TextStream
@@ -54,12 +56,16 @@ __all__ = [
     "GenerationCancelled",
     "Grammar",
     "GrammarError",
+    "HubOrigin",
     "KvCacheFullError",
     "LoadError",
+    "Lora",
     "OxiLlamaError",
     "ProgressEvent",
     "PromptLookup",
     "SamplerConfig",
+    "SnapshotError",
+    "SnapshotInfo",
     "SpeculativeConfig",
     "SpeculativeEngine",
     "SpeculativeStats",

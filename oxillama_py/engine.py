@@ -11,6 +11,8 @@ call to it, types included.
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import random
 import threading
@@ -38,14 +40,28 @@ from .chat import ChatTemplate, Message, check_messages, render_messages, resolv
 from .config import EngineConfig, SamplerConfig
 from .decode import DecodeWorker
 from .decode.embedding import EmbedJob
+from .decode.persist import SavedPrefix, restore_prefixes, save_prefixes
 from .decode.prefix_cache import ALIGN
-from .errors import GenerateError, GenerationCancelled, KvCacheFullError, OxiLlamaError
+from .errors import GenerateError, GenerationCancelled, KvCacheFullError, LoadError, OxiLlamaError
 from .grammar import grammar_for
-from .llama.model import Model, resolve_model_path
+from .hub import resolve_cached, sha256_of
+from .llama.adapter import LoraAdapter
+from .llama.model import Model, check_gguf_file, resolve_model_path
 from .llama.sampling import check_grammar
+from .lora import Lora, check_lora_path, check_scale
 from .options import BatchKwargs, GenerateKwargs, GenerateOptions, Unpack
 from .progress import ProgressSubscriber, make_progress_adapter
 from .results import CompletionResult
+from .snapshot import (
+    HubOrigin,
+    SnapshotInfo,
+    config_to_json,
+    info_of,
+    model_fingerprint,
+    read_snapshot,
+    snapshot_info,
+    write_snapshot,
+)
 from .stats import EngineStats
 from .stream import TextStream
 
@@ -234,6 +250,47 @@ class AsyncEngine:
         """
         await _on_worker(await self._ready(), _clear_cache)
 
+    # -- adapters ---------------------------------------------------------------------
+    async def apply_lora(self, path: str | os.PathLike[str], scale: float = 1.0) -> None:
+        """Decode with the LoRA adapter at ``path``, scaled by ``scale``, from the next generation on.
+
+        Applying an applied adapter again sets its scale; several adapters add
+        up. The generations decoding now end with the weights they started
+        with: this returns once they have and the adapter is in place, and
+        requests that have not started yet wait for it (so every generation
+        sees one set of weights). The prefix cache is emptied: its cells were
+        computed with the old weights. A file that is not a LoRA adapter for
+        this model's architecture, or whose tensors do not fit the model,
+        raises :class:`LoadError` before anything changes.
+        """
+        where, factor = check_lora_path(path), check_scale(scale)
+        lora = await anyio.to_thread.run_sync(Lora.load, where)
+        worker = await self._ready()
+        if lora.architecture != worker.model.architecture:
+            raise LoadError(
+                f"LoRA adapter {where} is for {lora.architecture!r} models; this model is {worker.model.architecture!r}"
+            )
+        adapter = await _on_worker(worker, partial(_load_adapter, where))
+        try:
+            await _on_worker(worker, partial(_set_lora, where, (adapter, factor)), exclusive=True)
+        except BaseException:  # cancelled while the batch drained, say: the adapter was never used
+            with anyio.CancelScope(shield=True), suppress(GenerateError):
+                await _on_worker(worker, partial(_free_unused, adapter))
+            raise
+
+    async def remove_lora(self, path: str | os.PathLike[str]) -> None:
+        """Stop decoding with the adapter applied from ``path`` (when the running generations end)."""
+        where = check_lora_path(path)
+        worker = await self._ready()
+        if where not in worker.loras:
+            raise ValueError(f"no LoRA adapter from {where} is applied")
+        await _on_worker(worker, partial(_set_lora, where, None), exclusive=True)
+
+    def lora_adapters(self) -> dict[str, float]:
+        """The applied adapters' paths and scales."""
+        worker = self._life.worker
+        return {} if worker is None else {str(path): scale for path, (_, scale) in dict(worker.loras).items()}
+
     # -- embeddings -------------------------------------------------------------------
     async def embed(self, text: str) -> list[float]:
         """The L2-normalised embedding of ``text`` (see :meth:`embed_batch_numpy` for the pooling)."""
@@ -256,14 +313,48 @@ class AsyncEngine:
         """
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}")
-        checked = [_check_text(text) for text in texts]
+        return await self._read([_check_text(text) for text in texts], logits=False)
+
+    async def embeddings_dlpack(self, text: str) -> npt.NDArray[np.float32]:
+        """:meth:`embed_numpy`'s vector as a ``(1, hidden_size())`` array, which DLPack consumers take without a copy.
+
+        ``numpy.from_dlpack(x)`` and ``torch.from_dlpack(x)`` share its memory.
+        """
+        return (await self.embed_numpy(text)).reshape(1, -1)
+
+    async def embeddings_torch(self, text: str, **kwargs: Any) -> Any:
+        """:meth:`embeddings_dlpack` as a ``torch.Tensor`` (``kwargs`` go to ``Tensor.to``; needs torch)."""
+        return _to_torch(await self.embeddings_dlpack(text), kwargs)
+
+    # -- logits -----------------------------------------------------------------------
+    async def logits(self, text: str) -> npt.NDArray[np.float32]:
+        """The model's next-token logits after ``text``: ``vocab_size()`` raw ``float32`` scores.
+
+        No sampler is applied (a greedy generation picks their argmax). The text
+        is decoded as a prompt (BOS first), between the steps of running
+        generations, as :meth:`embed_batch_numpy` is.
+        """
+        rows = await self._read([_check_text(text)], logits=True)
+        row: npt.NDArray[np.float32] = rows[0]
+        return row
+
+    async def logits_dlpack(self, text: str) -> npt.NDArray[np.float32]:
+        """:meth:`logits` as an array that ``numpy.from_dlpack`` and ``torch.from_dlpack`` take without a copy."""
+        return await self.logits(text)
+
+    async def logits_torch(self, text: str, **kwargs: Any) -> Any:
+        """:meth:`logits` as a ``torch.Tensor`` (``kwargs`` go to ``Tensor.to``; needs torch)."""
+        return _to_torch(await self.logits(text), kwargs)
+
+    async def _read(self, texts: list[str], *, logits: bool) -> npt.NDArray[np.float32]:
+        """Decode ``texts`` beside the running generations; their embeddings or last logits, one row each."""
         if self.config.max_concurrency >= 256:  # every sequence id is a slot
-            raise GenerateError("no sequence id is left for embeddings: lower max_concurrency below 256")
+            raise GenerateError("no sequence id is left for embeddings or logits: lower max_concurrency below 256")
         worker = await self._ready()
-        if not checked:
-            return np.zeros((0, worker.model.n_embd), dtype=np.float32)
-        tokens = await anyio.to_thread.run_sync(self._embedding_tokens, worker, checked)
-        job = EmbedJob.of(tokens)
+        if not texts:
+            return np.zeros((0, worker.model.n_vocab if logits else worker.model.n_embd), dtype=np.float32)
+        tokens = await anyio.to_thread.run_sync(self._embedding_tokens, worker, texts)
+        job = EmbedJob.of(tokens, logits=logits)
         try:
             while not await _on_worker(worker, job.step):
                 pass
@@ -403,6 +494,111 @@ class AsyncEngine:
         collector = Collector(1)
         await Call(Generation([request], [collector], worker.submit), collector, None, False).run()
         return len(tokens) - len(tokens) % ALIGN
+
+    # -- snapshots --------------------------------------------------------------------
+    async def snapshot(self, path: str | os.PathLike[str], *, hub_origin: HubOrigin | None = None) -> None:
+        """Save :meth:`snapshot_bytes` to ``path`` (written whole, then renamed into place).
+
+        With ``hub_origin``, a ``<path>.meta.json`` sidecar also records it, as
+        upstream oxillama-py writes one (the snapshot itself holds it too).
+        """
+        where = _check_path(path)
+        data = await self.snapshot_bytes(hub_origin=hub_origin)
+        await anyio.to_thread.run_sync(_write_file, where, data)
+        if hub_origin is not None:
+            sidecar = json.dumps({"hub_origin": _check_hub_origin(hub_origin)}, indent=2).encode("utf-8")
+            await anyio.to_thread.run_sync(_write_file, where.with_name(where.name + ".meta.json"), sidecar)
+
+    async def snapshot_bytes(self, *, hub_origin: HubOrigin | None = None) -> bytes:
+        """The engine's state as bytes: its model file (path and fingerprint), config, adapters and cached prefixes.
+
+        The prefix cache holds what the engine keeps between calls (system
+        prompts, conversations so far): each entry is saved with its KV cells,
+        cut to a multiple of 64 tokens, so a restored engine answers a request
+        that continues one as a cache hit. Generations keep running meanwhile
+        (the cells are read between two steps). ``hub_origin`` records where
+        the model came from, for :meth:`from_snapshot_with_hub`.
+        """
+        origin = _check_hub_origin(hub_origin)
+        worker = await self._ready()
+        prefixes = await _on_worker(worker, save_prefixes)
+        loras = [{"path": str(path), "scale": scale} for path, (_, scale) in dict(worker.loras).items()]
+        model_path = worker.model_path.resolve()
+        fingerprint = await anyio.to_thread.run_sync(model_fingerprint, model_path)
+        header = {
+            "model": {"path": str(model_path), "fingerprint": fingerprint, "architecture": worker.model.architecture},
+            "config": config_to_json(self.config),
+            "loras": loras,
+            "hub_origin": origin,
+        }
+        return await anyio.to_thread.run_sync(write_snapshot, header, prefixes)
+
+    @staticmethod
+    def snapshot_info(path: str | os.PathLike[str]) -> SnapshotInfo:
+        """A snapshot file's metadata, read without loading its model (a few kilobytes of it)."""
+        return snapshot_info(path)
+
+    @classmethod
+    async def restore(
+        cls, path: str | os.PathLike[str] | bytes, *, model_path: str | os.PathLike[str] | None = None
+    ) -> AsyncEngine:
+        """A loaded engine from a snapshot file (or :meth:`snapshot_bytes`): its config, adapters and cached prefixes.
+
+        The model is the file recorded in the snapshot, or ``model_path`` (the
+        same file, moved): a file with another fingerprint is a
+        :class:`LoadError`, as is a corrupted or truncated snapshot.
+        """
+        plan = await anyio.to_thread.run_sync(_plan_restore, path, model_path)
+        engine = AsyncEngine(plan.config)
+        try:
+            await engine._adopt(plan)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await engine.aclose()
+            raise
+        return engine
+
+    async def _adopt(self, plan: _Restore) -> None:
+        worker = await self._ready()
+        for lora_path, scale in plan.loras:
+            await self.apply_lora(lora_path, scale)
+        await _on_worker(worker, partial(restore_prefixes, prefixes=plan.prefixes))
+
+    @classmethod
+    async def from_snapshot_with_hub(cls, snapshot_path: str | os.PathLike[str]) -> AsyncEngine:
+        """:meth:`restore` with the model found in the local Hugging Face cache from the snapshot's ``hub_origin``.
+
+        The cached file must have the recorded SHA-256. Nothing is downloaded.
+        """
+        path = await anyio.to_thread.run_sync(_model_from_hub_origin, _check_path(snapshot_path))
+        return await cls.restore(snapshot_path, model_path=path)
+
+    @classmethod
+    def from_hub(
+        cls,
+        repo_id: str,
+        *,
+        filename: str | None = None,
+        revision: str | None = None,
+        token: str | None = None,
+        config: EngineConfig | None = None,
+    ) -> AsyncEngine:
+        """An engine (not yet loaded) for a GGUF file of a Hugging Face repository, from the local cache only.
+
+        Nothing is downloaded: a file that is not in the cache (``HF_HUB_CACHE``,
+        else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``) is a
+        :class:`LoadError` that says how to fetch it. ``filename`` may be left
+        out when the snapshot holds one ``.gguf``; ``token`` is accepted for
+        upstream's signature and unused. ``config`` gives the rest (its
+        ``model_path`` is replaced).
+        """
+        return AsyncEngine(_hub_config(repo_id, filename, revision, token, config))
+
+    def __reduce__(self) -> Any:
+        raise TypeError(_NO_PICKLE.format(type(self).__name__))
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(_NO_PICKLE.format(type(self).__name__))
 
     # -- chat -------------------------------------------------------------------------
     async def chat(
@@ -586,9 +782,124 @@ class AsyncEngine:
         return requests
 
 
-async def _on_worker(worker: DecodeWorker, func: Callable[[DecodeWorker], _T]) -> _T:
-    """Run ``func`` on the decode thread between two steps and wait for it (off the event loop)."""
-    return await anyio.to_thread.run_sync(worker.run(func).result)
+async def _on_worker(worker: DecodeWorker, func: Callable[[DecodeWorker], _T], *, exclusive: bool = False) -> _T:
+    """Run ``func`` on the decode thread between two steps and wait for it (off the event loop).
+
+    Cancelling the wait withdraws ``func`` if it has not started; once it has,
+    the wait goes on (shielded) until it ends, so its effect is never half known.
+    """
+    future = worker.run(func, exclusive=exclusive)
+    try:
+        return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        if not future.cancel():
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(future.exception)
+        raise
+
+
+_NO_PICKLE = (
+    "a {} cannot be pickled: it owns a loaded model and threads. Save its state with snapshot() or "
+    "snapshot_bytes() and bring it back with Engine.restore()"
+)
+
+
+@dataclass(frozen=True)
+class _Restore:
+    """A checked snapshot, ready to be put into a new engine."""
+
+    config: EngineConfig
+    loras: list[tuple[str, float]]
+    prefixes: list[SavedPrefix]
+
+
+def _check_path(path: object) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    return Path(path)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    partial_path = path.with_name(path.name + ".part")
+    partial_path.write_bytes(data)
+    partial_path.replace(path)
+
+
+def _check_hub_origin(origin: object) -> HubOrigin | None:
+    if origin is None:
+        return None
+    if not isinstance(origin, dict) or not all(
+        isinstance(origin.get(k), str) for k in ("repo_id", "filename", "sha256")
+    ):
+        raise TypeError("hub_origin must be a dict with str repo_id, filename and sha256")
+    return HubOrigin(repo_id=origin["repo_id"], filename=origin["filename"], sha256=origin["sha256"].lower())
+
+
+def _plan_restore(source: object, model_path: object) -> _Restore:
+    """Read and check a snapshot and the model file it names (blocking)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        header, prefixes = read_snapshot(bytes(source))
+    else:
+        header, prefixes = read_snapshot(_check_path(source))
+    info = info_of(header)
+    config = info.config
+    model = Path(info.model_path) if model_path is None else _check_path(model_path)
+    check_gguf_file(model)
+    if model_fingerprint(model) != header["model"]["fingerprint"]:
+        raise LoadError(f"{model} is not the model file the snapshot was taken with ({info.model_path})")
+    return _Restore(replace(config, model_path=str(model)), list(info.loras), prefixes)
+
+
+def _model_from_hub_origin(snapshot_path: Path) -> Path:
+    origin = snapshot_info(snapshot_path).hub_origin
+    if origin is None:
+        raise LoadError(f"snapshot {snapshot_path} records no hub_origin (take it with snapshot(..., hub_origin=...))")
+    path = resolve_cached(origin["repo_id"], filename=origin["filename"])
+    if sha256_of(path) != origin["sha256"]:
+        raise LoadError(
+            f"the cached {origin['repo_id']}/{origin['filename']} ({path}) "
+            "does not have the SHA-256 the snapshot records"
+        )
+    return path
+
+
+def _hub_config(
+    repo_id: str, filename: str | None, revision: str | None, token: str | None, config: EngineConfig | None
+) -> EngineConfig:
+    if token is not None and not isinstance(token, str):
+        raise TypeError(f"token must be a str or None, got {type(token).__name__}")
+    if config is not None and not isinstance(config, EngineConfig):
+        raise TypeError(f"config must be an EngineConfig or None, got {type(config).__name__}")
+    path = resolve_cached(repo_id, filename=filename, revision=revision)
+    return replace(config or EngineConfig(), model_path=str(path))
+
+
+def _load_adapter(path: Path, worker: DecodeWorker) -> LoraAdapter:
+    return LoraAdapter(worker.model, path)
+
+
+def _free_unused(adapter: LoraAdapter, worker: DecodeWorker) -> None:
+    if all(applied is not adapter for applied, _ in worker.loras.values()):
+        adapter.free()
+
+
+def _set_lora(path: Path, value: tuple[LoraAdapter, float] | None, worker: DecodeWorker) -> None:
+    """Add, rescale or (``None``) remove one adapter: an exclusive task, no generation is running."""
+    loras = dict(worker.loras)
+    if value is not None:
+        loras[path] = value
+    elif loras.pop(path, None) is None:
+        raise ValueError(f"no LoRA adapter from {path} is applied")
+    worker.set_loras(loras)
+
+
+def _to_torch(array: npt.NDArray[np.float32], kwargs: dict[str, Any]) -> Any:
+    try:
+        import torch  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        raise ImportError("this needs torch, which oxillama_py does not install: pip install torch") from None
+    tensor = torch.from_dlpack(array)
+    return tensor.to(**kwargs) if kwargs else tensor
 
 
 def _check_text(text: object) -> str:
@@ -725,6 +1036,89 @@ class Engine:
     def reset(self) -> None:
         """See :meth:`AsyncEngine.reset`."""
         self._call(self._async.reset)
+
+    def apply_lora(self, path: str | os.PathLike[str], scale: float = 1.0) -> None:
+        """See :meth:`AsyncEngine.apply_lora`."""
+        self._call(self._async.apply_lora, path, scale)
+
+    def remove_lora(self, path: str | os.PathLike[str]) -> None:
+        """See :meth:`AsyncEngine.remove_lora`."""
+        self._call(self._async.remove_lora, path)
+
+    def lora_adapters(self) -> dict[str, float]:
+        """See :meth:`AsyncEngine.lora_adapters`."""
+        return self._async.lora_adapters()
+
+    def logits(self, text: str) -> npt.NDArray[np.float32]:
+        """See :meth:`AsyncEngine.logits`."""
+        return self._call(self._async.logits, text)
+
+    def logits_dlpack(self, text: str) -> npt.NDArray[np.float32]:
+        """See :meth:`AsyncEngine.logits_dlpack`."""
+        return self._call(self._async.logits_dlpack, text)
+
+    def embeddings_dlpack(self, text: str) -> npt.NDArray[np.float32]:
+        """See :meth:`AsyncEngine.embeddings_dlpack`."""
+        return self._call(self._async.embeddings_dlpack, text)
+
+    def logits_torch(self, text: str, **kwargs: Any) -> Any:
+        """See :meth:`AsyncEngine.logits_torch`."""
+        return _to_torch(self.logits(text), kwargs)
+
+    def embeddings_torch(self, text: str, **kwargs: Any) -> Any:
+        """See :meth:`AsyncEngine.embeddings_torch`."""
+        return _to_torch(self.embeddings_dlpack(text), kwargs)
+
+    def snapshot(self, path: str | os.PathLike[str], *, hub_origin: HubOrigin | None = None) -> None:
+        """See :meth:`AsyncEngine.snapshot` (``hub_origin`` also goes to a ``<path>.meta.json`` sidecar)."""
+        self._call(self._async.snapshot, path, hub_origin=hub_origin)
+
+    def snapshot_bytes(self, *, hub_origin: HubOrigin | None = None) -> bytes:
+        """See :meth:`AsyncEngine.snapshot_bytes`."""
+        return self._call(self._async.snapshot_bytes, hub_origin=hub_origin)
+
+    @staticmethod
+    def snapshot_info(path: str | os.PathLike[str]) -> SnapshotInfo:
+        """See :meth:`AsyncEngine.snapshot_info`."""
+        return snapshot_info(path)
+
+    @classmethod
+    def restore(
+        cls, path: str | os.PathLike[str] | bytes, *, model_path: str | os.PathLike[str] | None = None
+    ) -> Engine:
+        """See :meth:`AsyncEngine.restore` (an :class:`Engine` of the snapshot's config)."""
+        plan = _plan_restore(path, model_path)
+        engine = Engine(plan.config)
+        try:
+            engine._call(engine._async._adopt, plan)
+        except BaseException:
+            engine.close()
+            raise
+        return engine
+
+    @classmethod
+    def from_snapshot_with_hub(cls, snapshot_path: str | os.PathLike[str]) -> Engine:
+        """See :meth:`AsyncEngine.from_snapshot_with_hub`."""
+        return cls.restore(snapshot_path, model_path=_model_from_hub_origin(_check_path(snapshot_path)))
+
+    @classmethod
+    def from_hub(
+        cls,
+        repo_id: str,
+        *,
+        filename: str | None = None,
+        revision: str | None = None,
+        token: str | None = None,
+        config: EngineConfig | None = None,
+    ) -> Engine:
+        """See :meth:`AsyncEngine.from_hub`."""
+        return Engine(_hub_config(repo_id, filename, revision, token, config))
+
+    def __reduce__(self) -> Any:
+        raise TypeError(_NO_PICKLE.format(type(self).__name__))
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(_NO_PICKLE.format(type(self).__name__))
 
     def generate(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> str:
         """See :meth:`AsyncEngine.generate`."""

@@ -60,3 +60,5 @@ class EngineStats:
     """``llama_decode`` calls of the target model so far (prefill chunks included)."""
     prefix_cache: PrefixCacheStats = PrefixCacheStats()
     """The prefix cache's size and hit rate."""
+    weight_changes: int = 0
+    """Adapter changes waiting for the running generations to end (meanwhile no request starts)."""

@@ -56,6 +56,7 @@ def test_every_example_is_tested() -> None:
         "web_backend.py",
         "speculative.py",
         "prefix_cache.py",
+        "snapshot_restore.py",
     }
     assert scripts <= covered, f"untested examples: {sorted(scripts - covered)}"
     for path in EXAMPLES.glob("*.py"):
@@ -106,6 +107,15 @@ def test_prefix_cache() -> None:
     reused = [int(n) for n in re.findall(r"^\s+(\d+)/\d+ prompt tokens from the cache", out, flags=re.MULTILINE)]
     assert len(reused) == 2 and all(n > 300 for n in reused), out
     assert "hit rate 100%" in out, out
+
+
+def test_snapshot_restore(tmp_path: Path) -> None:
+    proc = run_example("snapshot_restore.py", "--max-tokens", "8", "--snapshot", str(tmp_path / "bot.snap"))
+    out = proc.stdout
+    before, after = (int(n) for n in re.findall(r"(\d+) prompt tokens cached", out))
+    assert before > 300 and after >= before - 64, out  # the restored cells are a hit (cut to the 64-token grid)
+    assert "same answer: True" in out, out
+    assert (tmp_path / "bot.snap").exists()
 
 
 def test_speculative() -> None:

@@ -1,4 +1,4 @@
-"""Embeddings: texts decoded for their hidden states, between the generation steps of the worker.
+"""Embeddings and logits: texts decoded for what the model outputs, between the generation steps of the worker.
 
 An :class:`EmbedJob` is advanced by :meth:`DecodeWorker.run`, one
 ``llama_decode`` of at most ``n_batch`` tokens per call, so the generations
@@ -9,7 +9,11 @@ attends to the text's earlier tokens, so its cells stay until it is done).
 Pooling: a model that declares one (``llama_pooling_type``) is pooled by
 llama.cpp; otherwise (a causal language model such as Gemma) the text's
 vector is the mean of the last hidden states (after the final norm) of all
-its tokens, BOS included. Every vector is L2-normalised.
+its tokens, BOS included. Every vector is L2-normalised. A job for logits
+keeps the raw logits after each text's last token instead.
+
+A job whose texts were decoded partly before the adapters changed starts
+again, so all its rows come from the same weights.
 """
 
 from __future__ import annotations
@@ -45,10 +49,13 @@ class EmbedJob:
     """The texts of one embedding call and how far each has been decoded (decode thread only)."""
 
     texts: list[_Text] = field(default_factory=list)
+    logits: bool = False
+    """Keep the logits after each text's last token rather than its pooled hidden states."""
+    weights_version: int | None = None
 
     @classmethod
-    def of(cls, token_lists: list[list[int]]) -> EmbedJob:
-        return cls([_Text(list(tokens)) for tokens in token_lists])
+    def of(cls, token_lists: list[list[int]], *, logits: bool = False) -> EmbedJob:
+        return cls([_Text(list(tokens)) for tokens in token_lists], logits)
 
     @property
     def finished(self) -> bool:
@@ -63,7 +70,13 @@ class EmbedJob:
         """Decode the next batch of this job's tokens; ``True`` once every text has its vector."""
         context = worker.context
         assert context is not None
-        pooled = context.pooling != POOLING_NONE
+        if self.weights_version != worker.weights_version:
+            if self.weights_version is not None:
+                self.release(worker)
+                self.texts = [_Text(text.tokens) for text in self.texts]
+            self.weights_version = worker.weights_version
+        logits = self.logits
+        pooled = context.pooling != POOLING_NONE and not logits
         for text in self.texts:  # texts waiting for a sequence id get the free ones, in order
             if text.vector is None and text.seq_id is None and worker.embed_ids:
                 if pooled and len(text.tokens) > context.n_batch:
@@ -82,15 +95,23 @@ class EmbedJob:
                 break
             chunk = text.tokens[text.done : text.done + room]
             spans.append((text, len(entries), len(chunk)))
-            entries.extend(BatchEntry(token, text.done + i, text.seq_id, True) for i, token in enumerate(chunk))
+            last = len(text.tokens) - 1
+            entries.extend(
+                BatchEntry(token, text.done + i, text.seq_id, not logits or text.done + i == last)
+                for i, token in enumerate(chunk)
+            )
         if not entries:
             return self.finished
         held = sum(t.done for t in self.texts if t.seq_id is not None and t.vector is None)
-        context.set_embeddings(True)
+        context.set_embeddings(not logits)
         try:
             worker.decode_extra(entries, held)
             for text, first, count in spans:
-                if pooled:
+                if logits:
+                    text.done += count
+                    if text.done == len(text.tokens):
+                        text.vector = context.logits_array(first + count - 1).copy()
+                elif pooled:
                     text.vector = _unit(np.array(context.sequence_embedding(text.seq_id), dtype=np.float64))  # type: ignore[arg-type]
                 else:
                     part = np.zeros(worker.model.n_embd, dtype=np.float64)

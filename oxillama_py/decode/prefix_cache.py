@@ -46,7 +46,7 @@ immutable object that other threads may read.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import llama_cpp
@@ -314,6 +314,36 @@ class PrefixCache:
 
     def _window_no_worse(self, seq_id: int, pos_min: int) -> bool:
         return self.n_swa <= 0 or 0 <= int(llama_cpp.llama_memory_seq_pos_min(self._memory, seq_id)) <= max(pos_min, 0)
+
+    # -- snapshots ------------------------------------------------------------------
+    def kept(self) -> list[tuple[int, Tokens, bool]]:
+        """``(seq_id, tokens, pinned)`` of every entry, in the order their cells were placed."""
+        return [(e.seq_id, e.tokens, e.pinned) for e in self._entries]
+
+    def adopt(self, tokens: Tokens, *, pinned: bool, load: Callable[[int], None]) -> bool:
+        """Add an entry whose cells ``load(seq_id)`` puts back (a restore); ``False`` if it does not fit.
+
+        Called on an idle worker with multiples of :data:`ALIGN` tokens, each
+        placed after the last: the layout a fresh engine gets from prefilling
+        them in turn, so hits on them stay on the grid.
+        """
+        n = len(tokens)
+        if not self.enabled or not self._free_ids or n % ALIGN or n < MIN_REUSE:
+            return False
+        if _cells(r for e in self._entries for r in e.runs) + n > self.capacity:
+            return False
+        entry_id = self._free_ids.pop()
+        try:
+            load(entry_id)
+        except BaseException:
+            self._free_ids.append(entry_id)
+            raise
+        runs = (Run(self.new_block(), 0, n),)
+        entry = _Entry(entry_id, tokens.copy(), runs, pinned, next(self._tick), True, prev=self._tail)
+        self._entries.append(entry)
+        self._tail = entry
+        self._publish()
+        return True
 
     # -- eviction --------------------------------------------------------------------
     def evict_one(self) -> bool:

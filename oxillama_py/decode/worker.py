@@ -26,6 +26,7 @@ from ..bus import Finished, FinishReason, Request, Step, TokenEvent
 from ..config import EngineConfig
 from ..errors import GenerateError, KvCacheFullError
 from ..llama import Context, Model, Sampler
+from ..llama.adapter import LoraAdapter
 from ..llama.context import BatchEntry
 from ..stats import EngineStats, PrefixCacheStats
 from .prefix_cache import LLAMA_MAX_SEQ, Holder, PrefixCache
@@ -43,10 +44,11 @@ _T = TypeVar("_T")
 class _Task:
     """A function to run on the decode thread between two steps (it owns the context)."""
 
-    __slots__ = ("func", "future")
+    __slots__ = ("exclusive", "func", "future")
 
-    def __init__(self, func: Callable[[DecodeWorker], Any]) -> None:
+    def __init__(self, func: Callable[[DecodeWorker], Any], *, exclusive: bool = False) -> None:
         self.func = func
+        self.exclusive = exclusive
         self.future: Future[Any] = Future()
 
     def run(self, worker: DecodeWorker) -> None:
@@ -73,9 +75,13 @@ class DecodeWorker:
         self.context: Context | None = None
         self.cache: PrefixCache | None = None
         self.embed_ids: list[int] = []
+        self.loras: dict[Path, tuple[LoraAdapter, float]] = {}
+        self.weights_version = 0
+        """Bumped whenever the adapters change: KV cells computed before then are not reused."""
         self.decode_calls = 0
         self._queue: queue.SimpleQueue[Request | _Task | None] = queue.SimpleQueue()
         self._waiting: deque[tuple[Request, float]] = deque()
+        self._exclusive: deque[_Task] = deque()  # waiting for the running generations to end
         self._active: list[Sequence] = []
         self._free = list(range(self.n_slots))
         self._thread: threading.Thread | None = None
@@ -109,13 +115,16 @@ class DecodeWorker:
                 return
         _end_unstarted(request, time.perf_counter(), "error", GenerateError("the engine is closed"))
 
-    def run(self, func: Callable[[DecodeWorker], _T]) -> Future[_T]:
+    def run(self, func: Callable[[DecodeWorker], _T], *, exclusive: bool = False) -> Future[_T]:
         """Run ``func(worker)`` on the decode thread between two steps; its result comes in the future.
 
         For work on the context that is not a generation (clearing the cache,
-        adapters): it waits at most one step, and the step after it sees its effect.
+        embeddings): it waits at most one step, and the step after it sees its
+        effect. An ``exclusive`` function (changing the weights) runs once the
+        generations decoding now have ended, each with the weights it started
+        with; none starts in between.
         """
-        task = _Task(func)
+        task = _Task(func, exclusive=exclusive)
         with self._lock:
             if not self._closed:
                 self._queue.put(task)
@@ -142,6 +151,7 @@ class DecodeWorker:
             waiting=len(self._waiting) + self._queue.qsize(),
             decode_steps=self.decode_calls,
             prefix_cache=self.cache.snapshot if self.cache is not None else PrefixCacheStats(),
+            weight_changes=len(self._exclusive),
         )
 
     # -- the worker thread -------------------------------------------------------------
@@ -185,16 +195,22 @@ class DecodeWorker:
     def _release(self) -> None:
         if self.context is not None:
             self.context.close()
+        for adapter, _ in self.loras.values():
+            adapter.free()
+        self.loras = {}
         if self._model is not None:
             self._model.close()
 
     def _serve(self) -> None:
         while True:
-            if not self._intake(block=not self._active and not self._waiting):
+            if not self._intake(block=not (self._active or self._waiting or self._exclusive)):
                 self._fail_all(GenerateError("the engine was closed during the generation"))
                 return
             self._drop_cancelled()
-            self._admit()
+            while self._exclusive and not self._active:
+                self._exclusive.popleft().run(self)
+            if not self._exclusive:
+                self._admit()
             if self._active:
                 self._guarded_step()
 
@@ -209,7 +225,10 @@ class DecodeWorker:
             if item is _CLOSE:
                 return False
             if isinstance(item, _Task):
-                item.run(self)
+                if item.exclusive:
+                    self._exclusive.append(item)
+                else:
+                    item.run(self)
             else:
                 assert item is not None
                 self._waiting.append((item, time.perf_counter()))
@@ -262,6 +281,21 @@ class DecodeWorker:
     def n_slots(self) -> int:
         """Sequences decoded together: each holds a ``seq_id`` of the context."""
         return self.config.max_concurrency
+
+    def set_loras(self, loras: dict[Path, tuple[LoraAdapter, float]]) -> None:
+        """Decode with these adapters from now on (an exclusive task: no generation is running).
+
+        Cached cells were computed with the old weights, so the prefix cache is
+        emptied; adapters left out are freed.
+        """
+        assert self.context is not None and self.cache is not None
+        self.context.set_adapters(list(loras.values()))
+        old, self.loras = self.loras, dict(loras)
+        for path, (adapter, _) in old.items():
+            if path not in loras or loras[path][0] is not adapter:
+                adapter.free()
+        self.cache.clear()
+        self.weights_version += 1
 
     def _new_sequence(self, request: Request, slot: int, submitted: float) -> Sequence:
         return Sequence(
@@ -411,6 +445,8 @@ class DecodeWorker:
                 item.fail(error)
             elif item is not None:
                 pending.append((item, time.perf_counter()))
+        while self._exclusive:
+            self._exclusive.popleft().fail(error)
         for request, submitted in pending:
             _end_unstarted(request, submitted, "error", error)
         self._waiting = deque()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import llama_cpp
 import numpy as np
@@ -12,6 +13,9 @@ import numpy.typing as npt
 from ..errors import GenerateError, KvCacheFullError, LoadError
 from .compute import compute
 from .model import Model
+
+if TYPE_CHECKING:
+    from .adapter import LoraAdapter
 
 __all__ = ["BatchEntry", "Context"]
 
@@ -109,6 +113,31 @@ class Context:
         if not ptr:
             raise GenerateError(f"llama.cpp returned no pooled embedding for sequence {seq_id}")
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,))
+
+    def set_adapters(self, adapters: Sequence[tuple[LoraAdapter, float]]) -> None:
+        """Decode with these LoRA adapters and scales from the next ``llama_decode`` on (none: the base model)."""
+        n = len(adapters)
+        ptrs = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*(a.ptr for a, _ in adapters)) if n else None
+        scales = (ctypes.c_float * n)(*(scale for _, scale in adapters)) if n else None
+        rc = llama_cpp.llama_set_adapters_lora(self.ptr, ptrs, n, scales)
+        if rc != 0:
+            raise GenerateError(f"llama.cpp could not set the LoRA adapters (code {rc})")
+
+    def sequence_state(self, seq_id: int) -> bytes:
+        """llama.cpp's saved state of ``seq_id``'s cells (positions and K/V values of every layer)."""
+        size = llama_cpp.llama_state_seq_get_size(self.ptr, seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self.ptr, buf, size, seq_id)
+        if written != size:
+            raise GenerateError(f"llama.cpp saved {written} of {size} bytes of sequence {seq_id}")
+        return bytes(buf)
+
+    def load_sequence_state(self, seq_id: int, state: bytes) -> None:
+        """Put saved cells back under ``seq_id`` (wherever llama.cpp finds free cells)."""
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama_cpp.llama_state_seq_set_data(self.ptr, buf, len(state), seq_id) != len(state):
+            self.remove(seq_id)
+            raise LoadError("llama.cpp could not restore the saved cells (another model, or no room in the context)")
 
     def remove(self, seq_id: int, start: int = -1, end: int = -1) -> None:
         """Free the KV cells of ``seq_id`` at positions ``[start, end)`` (all by default)."""

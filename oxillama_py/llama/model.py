@@ -55,6 +55,12 @@ def check_gguf_file(path: Path) -> None:
         raise LoadError(f"unsupported GGUF version {version} in {path}")
 
 
+def _meta(ptr: object, key: bytes) -> str:
+    buf = ctypes.create_string_buffer(256)
+    n = llama_cpp.llama_model_meta_val_str(ptr, key, buf, len(buf))
+    return buf.value.decode("utf-8", errors="replace") if n >= 0 else ""
+
+
 class Model:
     """Owns a ``llama_model``; every call on it is safe from any thread.
 
@@ -89,6 +95,7 @@ class Model:
         self.add_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
         self.n_swa: int = llama_cpp.llama_model_n_swa(ptr)  # sliding-window size; 0 without SWA layers
         self.n_embd: int = llama_cpp.llama_model_n_embd(ptr)
+        self.architecture = _meta(ptr, b"general.architecture")
         self._lifetime = Lifetime("the model")
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
