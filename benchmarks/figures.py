@@ -448,6 +448,64 @@ def scale_rst(results: Path) -> list[str]:
     ]
 
 
+def speculative_batch_rows(d: dict[str, Any]) -> list[list[str]]:
+    med, ratios, rate = d["median_tok_per_sec"], d["ratios"], d["acceptance_rate"]
+    rows = [["workload", "requests", "plain batching tok/s", "speculative batching tok/s", "ratio", "acceptance"]]
+    for task in ("copying", "free"):
+        for n in d["concurrency"]:
+            k = str(n)
+            per = med[task][k]
+            rows.append(
+                [task, k, _f(per["plain"]), _f(per["speculative"]), _f(ratios[task][k], 2), _f(rate[task][k], 2)]
+            )
+    return rows
+
+
+def _speculative_batch_intro(d: dict[str, Any]) -> str:
+    raw = d["llama_cpp_python_one_request"]["copying"]
+    return (
+        f"{d['max_tokens']} tokens a request, greedy, {_machine(d)}, median of {d['rounds']} interleaved rounds; "
+        "aggregate tok/s of N concurrent requests on one engine with `EngineConfig(speculative=PromptLookup())`, "
+        "each request with `speculative=False` (plain) or the default. For one copying request, llama-cpp-python "
+        f"gives {raw['raw_plain']:.1f} tok/s plain and {raw['raw_lookup']:.1f} with its prompt lookup"
+    )
+
+
+def speculative_batch_readme(results: Path) -> list[str]:
+    link = "[`speculative_batch.py`](benchmarks/speculative_batch.py)"
+    if not (results / "speculative_batch.json").is_file():
+        return [
+            f"**Speculation inside the batch** ({link}): not measured yet; run "
+            "`python benchmarks/speculative_batch.py`, then `python benchmarks/figures.py`."
+        ]
+    d = _load("speculative_batch", results)
+    return [
+        f"**Speculation inside the batch** ({link}, {_speculative_batch_intro(d)}):",
+        "",
+        *_rows_md(speculative_batch_rows(d)),
+        "",
+        "Checks: " + _check_line(d["targets"]) + ".",
+        "",
+        "![speculation inside continuous batching](benchmarks/results/speculative_batch.png)",
+    ]
+
+
+def speculative_batch_rst(results: Path) -> list[str]:
+    if not (results / "speculative_batch.json").is_file():
+        return ["Not measured yet: run ``python benchmarks/speculative_batch.py``."]
+    d = _load("speculative_batch", results)
+    return [
+        f"From ``benchmarks/speculative_batch.py`` ({_speculative_batch_intro(d).replace('`', '``')}).",
+        "",
+        *_rows_rst(speculative_batch_rows(d)),
+        "",
+        "Checks: " + _check_line(d["targets"]) + ".",
+        "",
+        ".. image:: ../benchmarks/results/speculative_batch.png",
+        "   :alt: plain and speculative batching for 1, 2, 4 and 8 requests",
+    ]
+
+
 # (file, start marker, end marker, renderer)
 TARGETS: list[tuple[Path, str, str, Callable[[Path], list[str]]]] = [
     (ROOT / "README.md", "<!-- FIGURES -->", "<!-- /FIGURES -->", readme_block),
@@ -457,6 +515,18 @@ TARGETS: list[tuple[Path, str, str, Callable[[Path], list[str]]]] = [
     (ROOT / "docs" / "batching.rst", ".. FIGURES", ".. /FIGURES", batching_rst),
     (ROOT / "docs" / "prefix-cache.rst", ".. FIGURES", ".. /FIGURES", prefix_cache_rst),
     (ROOT / "docs" / "speculative.rst", ".. FIGURES", ".. /FIGURES", speculative_rst),
+    (
+        ROOT / "README.md",
+        "<!-- FIGURES:speculative_batch -->",
+        "<!-- /FIGURES:speculative_batch -->",
+        speculative_batch_readme,
+    ),
+    (
+        ROOT / "docs" / "speculative.rst",
+        ".. FIGURES:speculative_batch",
+        ".. /FIGURES:speculative_batch",
+        speculative_batch_rst,
+    ),
     (ROOT / "docs" / "scaling.rst", ".. FIGURES", ".. /FIGURES", scale_rst),
 ]
 

@@ -157,6 +157,16 @@ class EngineConfig:
     as the running sequences and are evicted, least recently used first,
     whenever a running sequence needs the room; every decode step attends over
     them too, so a bigger cache slows decoding down (see the prefix cache docs).
+
+    ``speculative`` makes the generating sequences speculate inside the batch:
+    :class:`PromptLookup` drafts from each sequence's own text, an
+    ``EngineConfig`` names a smaller draft model with the same vocabulary. Each
+    step gives drafts (at most ``speculative_tokens`` per sequence; default:
+    ``num_pred_tokens``, or 8 with a draft model) only where the measured cost
+    of the step and each sequence's acceptance rate say they pay, so a crowd
+    of sequences decodes as plain batching. A call opts out with
+    ``speculative=False`` (or in, on an engine without it, with ``True``: prompt
+    lookup). See the speculative decoding docs.
     """
 
     model_path: str | os.PathLike[str] | None = None
@@ -170,6 +180,8 @@ class EngineConfig:
     max_concurrency: int = 8
     chat_template: str | None = None
     prefix_cache_tokens: int | None = None
+    speculative: PromptLookup | EngineConfig | None = None
+    speculative_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.model_path is not None:
@@ -192,6 +204,19 @@ class EngineConfig:
             resolve_template(self.chat_template, model_template=None, has_token=lambda _: False)
         if self.prefix_cache_tokens is not None:
             _check_int("prefix_cache_tokens", self.prefix_cache_tokens, minimum=0, maximum=self.n_ctx)
+        if self.speculative is not None:
+            _check_type(
+                "speculative",
+                self.speculative,
+                (PromptLookup, EngineConfig),
+                "a PromptLookup, an EngineConfig (a draft model) or None",
+            )
+            if isinstance(self.speculative, EngineConfig):
+                if self.speculative.speculative is not None:
+                    raise ValueError("the draft model's config must not speculate itself (speculative=None)")
+                _check_draft(self.speculative, self)
+        if self.speculative_tokens is not None:
+            _check_int("speculative_tokens", self.speculative_tokens, minimum=1, maximum=64)
         if self.n_ctx // self.max_concurrency < 8:
             raise ValueError(
                 f"n_ctx={self.n_ctx} leaves fewer than 8 cells for each of "
@@ -207,6 +232,15 @@ class EngineConfig:
     def slot_ctx(self) -> int:
         """Context cells one sequence may use: prompt plus generated tokens."""
         return self.n_ctx // self.max_concurrency
+
+    @property
+    def max_draft(self) -> int:
+        """The most tokens one sequence drafts in a step (with prompt lookup when ``speculative`` is None)."""
+        if self.speculative_tokens is not None:
+            return self.speculative_tokens
+        if isinstance(self.speculative, EngineConfig):
+            return MODEL_DRAFT_TOKENS
+        return (self.speculative or PromptLookup()).num_pred_tokens
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,6 +15,7 @@ import json
 import os
 import queue
 import random
+import tempfile
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -54,6 +55,7 @@ from .progress import ProgressSubscriber, make_progress_adapter
 from .results import CompletionResult
 from .snapshot import (
     HubOrigin,
+    SnapshotError,
     SnapshotInfo,
     config_to_json,
     info_of,
@@ -270,12 +272,14 @@ class AsyncEngine:
             raise LoadError(
                 f"LoRA adapter {where} is for {lora.architecture!r} models; this model is {worker.model.architecture!r}"
             )
-        adapter = await _on_worker(worker, partial(_load_adapter, where))
+        loaded: list[LoraAdapter] = []
         try:
+            adapter = await _on_worker(worker, partial(_load_adapter, where, loaded))
             await _on_worker(worker, partial(_set_lora, where, (adapter, factor)), exclusive=True)
-        except BaseException:  # cancelled while the batch drained, say: the adapter was never used
-            with anyio.CancelScope(shield=True), suppress(GenerateError):
-                await _on_worker(worker, partial(_free_unused, adapter))
+        except BaseException:  # cancelled while it loaded or waited, say: an adapter nobody uses is freed
+            if loaded:
+                with anyio.CancelScope(shield=True), suppress(GenerateError):
+                    await _on_worker(worker, partial(_free_unused, loaded[0]))
             raise
 
     async def remove_lora(self, path: str | os.PathLike[str]) -> None:
@@ -521,10 +525,13 @@ class AsyncEngine:
         """
         origin = _check_hub_origin(hub_origin)
         worker = await self._ready()
-        prefixes = await _on_worker(worker, save_prefixes)
-        loras = [{"path": str(path), "scale": scale} for path, (_, scale) in dict(worker.loras).items()]
+        prefixes, applied = await _on_worker(worker, _save_state)  # one task: the cells and their weights agree
         model_path = worker.model_path.resolve()
         fingerprint = await anyio.to_thread.run_sync(model_fingerprint, model_path)
+        loras = [
+            {"path": str(path), "scale": scale, "fingerprint": await anyio.to_thread.run_sync(model_fingerprint, path)}
+            for path, scale in applied
+        ]
         header = {
             "model": {"path": str(model_path), "fingerprint": fingerprint, "architecture": worker.model.architecture},
             "config": config_to_json(self.config),
@@ -751,6 +758,8 @@ class AsyncEngine:
         for grammar in {g for g in grammars if g is not None}:
             check_grammar(model, grammar)  # a malformed grammar fails here, before any decoding
         budget = config.slot_ctx  # a speculative step drafts at most max_tokens - 1 past the text: it fits too
+        chosen = opts.speculative if opts.speculative is not None else config.speculative is not None
+        speculative = chosen and not opts.sampler.mirostat
         requests = []
         for index, prompt in enumerate(prompts):
             tokens = model.tokenize(prompt)
@@ -777,6 +786,7 @@ class AsyncEngine:
                     opts.cancel_token,
                     sequence=index,
                     grammar=grammars[index],
+                    speculative=speculative and grammars[index] is None,
                 )
             )
         return requests
@@ -820,9 +830,24 @@ def _check_path(path: object) -> Path:
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    partial_path = path.with_name(path.name + ".part")
-    partial_path.write_bytes(data)
-    partial_path.replace(path)
+    """Write whole or not at all: a temporary file of our own beside ``path``, synced, then renamed."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"no directory to write {path} into")
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(name)
+        raise
+
+
+def _save_state(worker: DecodeWorker) -> tuple[list[SavedPrefix], list[tuple[Path, float]]]:
+    return save_prefixes(worker), [(path, scale) for path, (_, scale) in worker.loras.items()]
 
 
 def _check_hub_origin(origin: object) -> HubOrigin | None:
@@ -847,6 +872,10 @@ def _plan_restore(source: object, model_path: object) -> _Restore:
     check_gguf_file(model)
     if model_fingerprint(model) != header["model"]["fingerprint"]:
         raise LoadError(f"{model} is not the model file the snapshot was taken with ({info.model_path})")
+    for item in header.get("loras", []):  # before the model loads: the adapters are still the same files
+        lora = Lora.load(str(item["path"]))
+        if lora.architecture != info.arch_id or model_fingerprint(lora.path) != item.get("fingerprint"):
+            raise LoadError(f"the LoRA adapter {lora.path} is not the file the snapshot was taken with")
     return _Restore(replace(config, model_path=str(model)), list(info.loras), prefixes)
 
 
@@ -854,7 +883,10 @@ def _model_from_hub_origin(snapshot_path: Path) -> Path:
     origin = snapshot_info(snapshot_path).hub_origin
     if origin is None:
         raise LoadError(f"snapshot {snapshot_path} records no hub_origin (take it with snapshot(..., hub_origin=...))")
-    path = resolve_cached(origin["repo_id"], filename=origin["filename"])
+    try:
+        path = resolve_cached(origin["repo_id"], filename=origin["filename"])
+    except (TypeError, ValueError) as exc:
+        raise SnapshotError(f"corrupt snapshot: its hub_origin does not name a file ({exc})") from exc
     if sha256_of(path) != origin["sha256"]:
         raise LoadError(
             f"the cached {origin['repo_id']}/{origin['filename']} ({path}) "
@@ -874,8 +906,12 @@ def _hub_config(
     return replace(config or EngineConfig(), model_path=str(path))
 
 
-def _load_adapter(path: Path, worker: DecodeWorker) -> LoraAdapter:
-    return LoraAdapter(worker.model, path)
+def _load_adapter(path: Path, loaded: list[LoraAdapter], worker: DecodeWorker) -> LoraAdapter:
+    """The adapter of ``path``: the applied one (a new scale), else loaded now (a stall of one file read)."""
+    applied = worker.loras.get(path)
+    adapter = applied[0] if applied is not None else LoraAdapter(worker.model, path)
+    loaded.append(adapter)
+    return adapter
 
 
 def _free_unused(adapter: LoraAdapter, worker: DecodeWorker) -> None:
@@ -887,6 +923,9 @@ def _set_lora(path: Path, value: tuple[LoraAdapter, float] | None, worker: Decod
     """Add, rescale or (``None``) remove one adapter: an exclusive task, no generation is running."""
     loras = dict(worker.loras)
     if value is not None:
+        adapter, scale = value
+        if not adapter.ptr:  # the applied adapter it rescales was removed meanwhile: load it again
+            value = (LoraAdapter(worker.model, path), scale)
         loras[path] = value
     elif loras.pop(path, None) is None:
         raise ValueError(f"no LoRA adapter from {path} is applied")

@@ -55,6 +55,9 @@ class GenerateKwargs(TypedDict, total=False):
     a list gives each prompt of a batch its own (``None``: unconstrained)."""
     json: bool
     """Constrain the output to a JSON object (any)."""
+    speculative: bool | None
+    """Speculate inside the batch (``True``; prompt lookup on an engine without ``speculative``), or not
+    (``False``); ``None``: the engine's ``EngineConfig.speculative``."""
 
 
 class BatchKwargs(GenerateKwargs, total=False):
@@ -85,6 +88,7 @@ class GenerateOptions:
     cancel_token: CancellationToken | None
     progress: ProgressOptions
     grammar: Constraint = None
+    speculative: bool | None = None
 
     @classmethod
     def build(cls, base: SamplerConfig, max_tokens: int, options: GenerateKwargs) -> GenerateOptions:
@@ -120,7 +124,14 @@ class GenerateOptions:
         check_throttle(progress.throttle_ms, progress.throttle_tokens)
         check_progress(progress.target)
         grammar = resolve_grammar(options.get("grammar"), options.get("json_schema"), options.get("json", False))
-        return cls(max_tokens, chosen, _stops(options.get("stop")), cancel_token, progress, grammar)
+        speculative = options.get("speculative")
+        if speculative is not None:
+            _flag("speculative", speculative)
+            if speculative and grammar is not None:
+                raise ValueError("speculative=True does not combine with grammar=, json_schema= or json=")
+            if speculative and chosen.mirostat:
+                raise ValueError("speculative=True does not combine with mirostat sampling")
+        return cls(max_tokens, chosen, _stops(options.get("stop")), cancel_token, progress, grammar, speculative)
 
 
 def _flag(name: str, value: object) -> bool:

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
-from .config import EngineConfig, SamplerConfig
-from .decode.persist import SavedPrefix
+from .config import EngineConfig, PromptLookup, SamplerConfig
+from .decode.persist import SavedPrefix, SnapshotError
 from .errors import LoadError
 
 if TYPE_CHECKING:
@@ -61,10 +61,6 @@ _HEAD = struct.Struct("<8sIQ")
 _DIGEST = 32
 _MAX_HEADER = 64 << 20
 _FINGERPRINT_SPAN = 1 << 20
-
-
-class SnapshotError(LoadError):
-    """A snapshot that cannot be read: not one, truncated, altered, or of an unknown format version."""
 
 
 class HubOrigin(TypedDict):
@@ -112,8 +108,13 @@ def model_fingerprint(path: Path) -> str:
 
 def config_to_json(config: EngineConfig) -> dict[str, Any]:
     data = dataclasses.asdict(config)
-    if data["model_path"] is not None:
-        data["model_path"] = os.fspath(data["model_path"])
+    for fields in (data, data.get("speculative")):
+        if isinstance(fields, dict) and fields.get("model_path") is not None:
+            fields["model_path"] = os.fspath(fields["model_path"])
+    if isinstance(config.speculative, PromptLookup):
+        data["speculative"] = {"prompt_lookup": data["speculative"]}
+    elif config.speculative is not None:
+        data["speculative"] = {"draft_model": data["speculative"]}
     return data
 
 
@@ -123,7 +124,15 @@ def config_from_json(data: object) -> EngineConfig:
     fields = dict(data)
     try:
         sampler = SamplerConfig(**fields.pop("sampler"))
-        return EngineConfig(**fields, sampler=sampler)
+        spec = fields.pop("speculative", None)
+        speculative: PromptLookup | EngineConfig | None = None
+        if isinstance(spec, dict) and isinstance(spec.get("prompt_lookup"), dict):
+            speculative = PromptLookup(**spec["prompt_lookup"])
+        elif isinstance(spec, dict) and isinstance(spec.get("draft_model"), dict):
+            speculative = config_from_json(spec["draft_model"])
+        elif spec is not None:
+            raise TypeError(f"speculative is {spec!r}")
+        return EngineConfig(**fields, sampler=sampler, speculative=speculative)
     except (TypeError, ValueError) as exc:
         raise SnapshotError(f"corrupt snapshot: its config does not build ({exc})") from exc
 
@@ -189,22 +198,30 @@ def read_snapshot(source: bytes | Path) -> tuple[dict[str, Any], list[SavedPrefi
     else:
         data = bytes(source)
     header, offset = _parse_header(data, where)
-    if len(data) < offset + _DIGEST or hashlib.sha256(data[:-_DIGEST]).digest() != data[-_DIGEST:]:
+    if len(data) < offset + _DIGEST or hashlib.sha256(memoryview(data)[:-_DIGEST]).digest() != data[-_DIGEST:]:
         raise SnapshotError(f"corrupt snapshot (the checksum does not match: truncated or altered): {where}")
     prefixes = []
     try:
         for item in header["prefixes"]:
-            n_tokens, state_size = int(item["tokens"]), int(item["state"])
+            n_tokens, state_size, pinned = item["tokens"], item["state"], item["pinned"]
+            if not (_count(n_tokens) and _count(state_size) and type(pinned) is bool):
+                raise ValueError(f"bad prefix {item!r}")
+            if offset + 4 * n_tokens + state_size > len(data) - _DIGEST:
+                raise ValueError("a prefix runs past the end")
             tokens = np.frombuffer(data, dtype="<i4", count=n_tokens, offset=offset).astype(np.int32)
             offset += 4 * n_tokens
             state = data[offset : offset + state_size]
             offset += state_size
-            prefixes.append(SavedPrefix(tokens, bool(item["pinned"]), state))
+            prefixes.append(SavedPrefix(tokens, pinned, state))
     except (KeyError, TypeError, ValueError) as exc:
         raise SnapshotError(f"corrupt snapshot (bad prefix table): {where}") from exc
     if offset != len(data) - _DIGEST:
         raise SnapshotError(f"corrupt snapshot (its sizes do not add up): {where}")
     return header, prefixes
+
+
+def _count(value: object) -> bool:
+    return type(value) is int and value >= 0
 
 
 def snapshot_info(path: str | os.PathLike[str]) -> SnapshotInfo:
@@ -229,7 +246,14 @@ def info_of(header: dict[str, Any]) -> SnapshotInfo:
     try:
         model = header["model"]
         prefixes = header["prefixes"]
+        if not isinstance(model["fingerprint"], str) or not isinstance(model["path"], str):
+            raise TypeError("the model reference is not a path and a fingerprint")
         loras = tuple((str(item["path"]), float(item["scale"])) for item in header.get("loras", []))
+        origin = header.get("hub_origin")
+        if origin is not None and not (
+            isinstance(origin, dict) and all(isinstance(origin.get(k), str) for k in ("repo_id", "filename", "sha256"))
+        ):
+            raise TypeError(f"hub_origin is {origin!r}")
         return SnapshotInfo(
             arch_id=str(model["architecture"]),
             model_path=str(model["path"]),

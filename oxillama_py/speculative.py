@@ -1,9 +1,11 @@
 """``SpeculativeEngine`` and ``AsyncSpeculativeEngine``: the engines, with speculative decoding.
 
 They are :class:`~oxillama_py.AsyncEngine` and :class:`~oxillama_py.Engine`
-with another decode worker (:mod:`oxillama_py.decode.speculative`): the same
-methods, the same bus, the same progress contract. Each result carries its
-draft statistics in ``result.speculative``.
+configured to speculate: the target's config with ``speculative=`` the draft
+(and ``speculative_tokens=`` the cap), one slot, and every request
+speculating. The decode worker is the same (see
+:mod:`oxillama_py.decode.speculation`); each result carries its draft
+statistics in ``result.speculative``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Any
 
 from .config import SpeculativeConfig
 from .decode import DecodeWorker
-from .decode.speculative import SpeculativeWorker
 from .engine import AsyncEngine, Backend, Engine
 from .errors import GrammarError
 from .options import GenerateOptions
@@ -35,11 +36,19 @@ class AsyncSpeculativeEngine(AsyncEngine):
             raise TypeError(f"config must be a SpeculativeConfig, got {type(config).__name__}")
         target = config.target
         seed = target.seed if target.seed is not None else config.seed
-        super().__init__(replace(target, max_concurrency=1, seed=seed))
+        super().__init__(
+            replace(
+                target,
+                max_concurrency=1,
+                seed=seed,
+                speculative=config.draft,
+                speculative_tokens=config.max_draft,
+            )
+        )
         self.speculative_config = config
 
     def _make_worker(self, path: Path) -> DecodeWorker:
-        return SpeculativeWorker(self.speculative_config, path)
+        return DecodeWorker(self.config, path, "oxillama-speculative", trace=self.speculative_config.trace)
 
     def _check_options(self, opts: GenerateOptions) -> None:
         if opts.sampler.mirostat:

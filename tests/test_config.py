@@ -189,7 +189,7 @@ def test_draft_settings_that_are_used_are_accepted() -> None:
 
 
 def test_draft_context_has_the_draft_n_ctx(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import oxillama_py.decode.speculative as worker_module
+    import oxillama_py.decode.speculation as worker_module
 
     sizes: list[int] = []
 

@@ -185,10 +185,21 @@ async def test_lora_and_embeddings_mixed_into_a_running_batch(
 @pytest.mark.anyio
 async def test_a_cancelled_apply_changes_nothing(small: Engine, base: str, adapters: dict[str, Path]) -> None:
     aengine: AsyncEngine = small.async_engine()
+    ended: list[str] = []
+
+    async def long() -> None:
+        await aengine.generate("1, 2, 3, 4,", 200, temperature=0)
+        ended.append("long")
+
     async with anyio.create_task_group() as group:
-        group.start_soon(aengine.generate, "1, 2, 3, 4,", 96)
+        group.start_soon(long)
         await anyio.sleep(0.05)
         with anyio.move_on_after(0.1):
             await aengine.apply_lora(adapters["a"])  # waits for the generation, then is cancelled
+        assert aengine.stats.weight_changes == 0
+        short = await aengine.generate(PROMPT, 4, temperature=0)
+        ended.append("short")
+        assert base.startswith(short)  # the withdrawn change holds no request back
+    assert ended == ["short", "long"]
     assert aengine.lora_adapters() == {}
     assert await aengine.generate(PROMPT, 16, temperature=0) == base

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import pickle
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -100,6 +103,58 @@ def test_corrupted_snapshots_are_clear_errors(warm: tuple[Engine, Path, str], tm
         Engine.snapshot_info(tmp_path / "missing.snap")
     with pytest.raises(TypeError, match="path must be"):
         Engine.snapshot_info(42)  # type: ignore[arg-type]
+
+
+def _forge(data: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
+    """The snapshot with its header changed and both digests made right again (a crafted file)."""
+    length = struct.unpack_from("<Q", data, 12)[0]
+    header = json.loads(data[20 : 20 + length])
+    change(header)
+    encoded = json.dumps(header).encode()
+    body = data[20 + length + 32 : -32]
+    out = data[:12] + struct.pack("<Q", len(encoded)) + encoded + hashlib.sha256(encoded).digest() + body
+    return out + hashlib.sha256(out).digest()
+
+
+def test_crafted_headers_are_snapshot_errors(warm: tuple[Engine, Path, str]) -> None:
+    _, path, _ = warm
+    data = path.read_bytes()
+
+    def negative(h: dict[str, Any]) -> None:
+        h["prefixes"][0]["tokens"] = -1
+
+    def fractional(h: dict[str, Any]) -> None:
+        h["prefixes"][0]["state"] = 2.5
+
+    def stringly(h: dict[str, Any]) -> None:
+        h["prefixes"][0]["pinned"] = "false"
+
+    def no_fingerprint(h: dict[str, Any]) -> None:
+        del h["model"]["fingerprint"]
+
+    def bad_origin(h: dict[str, Any]) -> None:
+        h["hub_origin"] = "somewhere"
+
+    def bad_config(h: dict[str, Any]) -> None:
+        h["config"]["n_ctx"] = -5
+
+    for change in (negative, fractional, stringly, no_fingerprint, bad_origin, bad_config):
+        with pytest.raises(SnapshotError):
+            Engine.restore(_forge(data, change))
+    assert Engine.restore(_forge(data, lambda h: None)).close() is None  # the forging itself is sound
+
+
+def test_a_pinned_prefix_and_a_longer_entry_on_its_cells(model_path: Path, tmp_path: Path) -> None:
+    with Engine(config(model_path)) as engine:
+        engine.cache_prefix(SYSTEM)
+        answer = engine.generate(QUESTION, 24, temperature=0)
+        assert engine.stats.prefix_cache.entries == 2
+        engine.snapshot(tmp_path / "both.snap")
+    info = Engine.snapshot_info(tmp_path / "both.snap")
+    assert (info.prefixes, info.pinned) == (1, 1)  # the longer entry serves both; it keeps the pin
+    with Engine.restore(tmp_path / "both.snap") as restored:
+        assert restored.stats.prefix_cache.pinned == 1
+        assert restored.generate(QUESTION, 24, temperature=0) == answer
 
 
 def test_another_model_file_is_refused(warm: tuple[Engine, Path, str], tmp_path: Path) -> None:

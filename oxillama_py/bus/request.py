@@ -38,6 +38,8 @@ class Request:
     """The constraint of this request's output, if any."""
     pin: bool = False
     """Prefill the prompt into the prefix cache, pinned, and generate nothing (``cache_prefix``)."""
+    speculative: bool = False
+    """Draft and verify tokens inside the batch (the worker decides how many each step)."""
     _sinks: list[MemoryObjectSendStream[Event]] = field(default_factory=list, init=False, repr=False)
     _loop: EventLoopToken | None = field(default=None, init=False, repr=False)
     _done: anyio.Event | None = field(default=None, init=False, repr=False)

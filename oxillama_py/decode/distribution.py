@@ -78,9 +78,14 @@ def _softmax(values: Floats) -> Floats:
 
 def sample_from(probs: Floats, rng: np.random.Generator) -> int:
     """Draw one token id from (possibly unnormalised) non-negative weights."""
+    return sample_at(probs, rng.random())
+
+
+def sample_at(probs: Floats, u: float) -> int:
+    """The token whose share of the cumulative weights holds ``u`` in [0, 1) (inverse transform sampling)."""
     cumulative = np.cumsum(probs)
     total = cumulative[-1]
     if not total > 0:
         raise ValueError("cannot sample from an all-zero distribution")
-    index = int(np.searchsorted(cumulative, rng.random() * total, side="right"))
+    index = int(np.searchsorted(cumulative, u * total, side="right"))
     return min(index, probs.size - 1)

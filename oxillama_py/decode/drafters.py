@@ -1,35 +1,38 @@
 """Drafters: cheap guesses of the next tokens that the target model then verifies.
 
 A drafter proposes up to ``k`` tokens after ``tokens`` (the prompt plus the
-output accepted so far) together with the probabilities it drew them from
-(``None`` for a deterministic drafter, whose ``q`` is one-hot), and is told
-afterwards how many were accepted so it can drop what it cached beyond them.
+output accepted so far), deterministically (its ``q`` is one-hot, which keeps
+the verification of sampled text exact and reproducible per seed), and is
+told afterwards how many were accepted so it can drop what it cached beyond
+them.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from ..config import PromptLookup, SamplerConfig
 from ..llama import Context, Model
 from ..llama.context import BatchEntry
-from .distribution import Distribution, Floats, sample_from
+from .distribution import Distribution
 
 __all__ = ["Draft", "Drafter", "ModelDrafter", "PromptLookupDrafter"]
 
 
 class Draft:
-    """Proposed tokens and, for a sampling drafter, the distribution each was drawn from."""
+    """Proposed tokens."""
 
-    __slots__ = ("probs", "tokens")
+    __slots__ = ("tokens",)
 
-    def __init__(self, tokens: list[int], probs: list[Floats] | None = None) -> None:
+    def __init__(self, tokens: list[int]) -> None:
         self.tokens = tokens
-        self.probs = probs
+
+    def __len__(self) -> int:
+        return len(self.tokens)
 
 
 class Drafter(Protocol):
@@ -82,23 +85,23 @@ class PromptLookupDrafter:
 
 
 class ModelDrafter:
-    """A smaller model (same vocabulary) decodes ``k`` tokens ahead, one at a time.
+    """A smaller model (same vocabulary) decodes ``k`` tokens ahead, one at a time, greedily.
 
-    It keeps its own KV cache in step with the accepted text: what it decoded
-    beyond the accepted prefix is removed, what it never decoded is caught up
-    at the next draft.
+    Each sequence has its own ``seq_id`` in the draft context, kept in step
+    with its accepted text: what it decoded beyond the accepted prefix is
+    removed, what it never decoded is caught up at the next draft.
+    :attr:`seconds_per_token` is what one of its single-token decodes took
+    lately (the worker's plan counts it as the price of a drafted token).
     """
 
-    def __init__(self, model: Model, context: Context, config: SamplerConfig, rng: np.random.Generator) -> None:
+    def __init__(self, model: Model, context: Context, config: SamplerConfig, seq_id: int = 0) -> None:
         self.model = model
         self.context = context
-        self.dist = Distribution(config, model.n_vocab)
-        self.rng = rng
+        self.seq_id = seq_id
+        self.dist = Distribution(config.with_overrides(temperature=0.0), model.n_vocab)
         self.n_cached = 0
         self.decode_calls = 0
-
-    def _row(self, index: int) -> npt.NDArray[np.float32]:
-        return self.context.logits_array(index)
+        self.seconds_per_token = 0.0
 
     def _decode(self, tokens: Sequence[int], start: int, *, logits: bool = True) -> int:
         """Decode ``tokens`` from position ``start`` in chunks; the batch index of the last row."""
@@ -107,9 +110,18 @@ class ModelDrafter:
         for offset in range(0, len(tokens), n_batch):
             chunk = tokens[offset : offset + n_batch]
             final = logits and offset + len(chunk) == len(tokens)
+            began = time.perf_counter()
             self.context.decode(
-                [BatchEntry(t, start + offset + i, 0, final and i == len(chunk) - 1) for i, t in enumerate(chunk)]
+                [
+                    BatchEntry(t, start + offset + i, self.seq_id, final and i == len(chunk) - 1)
+                    for i, t in enumerate(chunk)
+                ]
             )
+            if len(chunk) == 1:
+                spent = time.perf_counter() - began
+                self.seconds_per_token = (
+                    spent if not self.seconds_per_token else 0.8 * self.seconds_per_token + 0.2 * spent
+                )
             self.decode_calls += 1
             last = len(chunk) - 1
         return last
@@ -127,28 +139,21 @@ class ModelDrafter:
         self.n_cached = len(tokens)
         history = list(generated)
         drafted: list[int] = []
-        probs: list[Floats] = []
         while True:
-            row = self._row(index)
-            if self.dist.greedy:
-                token = self.dist.argmax(row, history)
-            else:
-                q = self.dist.probs(row, history)
-                token = sample_from(q, self.rng)
-                probs.append(q)
+            token = self.dist.argmax(self.context.logits_array(index), history)
             drafted.append(token)
             history.append(token)
             if len(drafted) == k or self.model.is_eog(token):
                 break
             index = self._decode([token], self.n_cached)
             self.n_cached += 1
-        return Draft(drafted, None if self.dist.greedy else probs)
+        return Draft(drafted)
 
     def accepted(self, n_tokens: int) -> None:
         if self.n_cached > n_tokens:
-            self.context.remove(0, n_tokens, -1)
+            self.context.remove(self.seq_id, n_tokens, -1)
             self.n_cached = n_tokens
 
     def reset(self) -> None:
-        self.context.remove(0)
+        self.context.remove(self.seq_id)
         self.n_cached = 0

@@ -10,13 +10,17 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import GenerateError
-from .prefix_cache import ALIGN, MIN_REUSE
+from ..errors import GenerateError, LoadError, OxiLlamaError
+from .prefix_cache import ALIGN, MIN_REUSE, common_prefix
 
 if TYPE_CHECKING:
     from .worker import DecodeWorker
 
-__all__ = ["SavedPrefix", "restore_prefixes", "save_prefixes"]
+__all__ = ["SavedPrefix", "SnapshotError", "restore_prefixes", "save_prefixes"]
+
+
+class SnapshotError(LoadError):
+    """A snapshot that cannot be read: not one, truncated, altered, or of an unknown format version."""
 
 
 @dataclass(frozen=True)
@@ -29,25 +33,40 @@ class SavedPrefix:
 
 
 def save_prefixes(worker: DecodeWorker) -> list[SavedPrefix]:
-    """Every cached prefix, cut to a multiple of :data:`ALIGN` tokens (so that a restore keeps the grid).
+    """The cached prefixes worth restoring, cut to a multiple of :data:`ALIGN` tokens (so a restore keeps the grid).
 
-    The cut is copied to a spare sequence id first (the cells are shared, not
-    copied), so the running cache is not changed.
+    Left out: entries decoded beside other sequences (off the grid: a lone
+    request would not reuse them as they are), and entries whose tokens start
+    another saved entry (that one serves their hits; a restore would not share
+    their cells, so both might not fit). The cut is copied to a spare sequence
+    id first (the cells are shared, not copied): the running cache is not changed.
     """
     context, cache = worker.context, worker.cache
     assert context is not None and cache is not None
+    kept = [
+        (index, seq_id, tokens[: len(tokens) - len(tokens) % ALIGN], pinned)
+        for index, (seq_id, tokens, pinned, on_grid) in enumerate(cache.kept())
+        if on_grid and len(tokens) >= MIN_REUSE
+    ]
+    chosen: list[tuple[int, int, npt.NDArray[np.int32], bool]] = []
+    for index, seq_id, tokens, pinned in sorted(kept, key=lambda item: -len(item[2])):  # the longest first
+        cover = next((i for i, c in enumerate(chosen) if common_prefix(c[2], tokens) == len(tokens)), None)
+        if cover is None:
+            chosen.append((index, seq_id, tokens, pinned))
+        elif pinned:  # the entry that holds its tokens keeps its pin
+            chosen[cover] = (*chosen[cover][:3], True)
+    chosen.sort(key=lambda item: item[0])  # the order their cells were placed in
+    if not chosen:
+        return []
     if not worker.embed_ids:
-        raise GenerateError("no sequence id is free to save the cache from (embeddings are running): try again")
+        raise GenerateError("no sequence id is free to save the cache from (8 embedding texts are decoding): try again")
     spare = worker.embed_ids.pop()
     saved = []
     try:
-        for seq_id, tokens, pinned in cache.kept():
-            n = len(tokens) - len(tokens) % ALIGN
-            if n < MIN_REUSE:
-                continue
+        for _, seq_id, tokens, pinned in chosen:
             context.remove(spare)
-            llama_cpp.llama_memory_seq_cp(context.memory, seq_id, spare, 0, n)
-            saved.append(SavedPrefix(np.array(tokens[:n], dtype=np.int32), pinned, context.sequence_state(spare)))
+            llama_cpp.llama_memory_seq_cp(context.memory, seq_id, spare, 0, len(tokens))
+            saved.append(SavedPrefix(np.array(tokens, dtype=np.int32), pinned, context.sequence_state(spare)))
     finally:
         context.remove(spare)
         worker.embed_ids.append(spare)
@@ -61,5 +80,8 @@ def restore_prefixes(worker: DecodeWorker, prefixes: list[SavedPrefix]) -> int:
     restored = 0
     for prefix in prefixes:
         load = partial(context.load_sequence_state, state=prefix.state)
-        restored += cache.adopt(prefix.tokens, pinned=prefix.pinned, load=load)
+        try:
+            restored += cache.adopt(prefix.tokens, pinned=prefix.pinned, load=load)
+        except (OxiLlamaError, ValueError) as exc:
+            raise SnapshotError(f"corrupt snapshot: a cached prefix does not restore ({exc})") from exc
     return restored

@@ -316,9 +316,9 @@ class PrefixCache:
         return self.n_swa <= 0 or 0 <= int(llama_cpp.llama_memory_seq_pos_min(self._memory, seq_id)) <= max(pos_min, 0)
 
     # -- snapshots ------------------------------------------------------------------
-    def kept(self) -> list[tuple[int, Tokens, bool]]:
-        """``(seq_id, tokens, pinned)`` of every entry, in the order their cells were placed."""
-        return [(e.seq_id, e.tokens, e.pinned) for e in self._entries]
+    def kept(self) -> list[tuple[int, Tokens, bool, bool]]:
+        """``(seq_id, tokens, pinned, on_grid)`` of every entry, in the order their cells were placed."""
+        return [(e.seq_id, e.tokens, e.pinned, e.on_grid) for e in self._entries]
 
     def adopt(self, tokens: Tokens, *, pinned: bool, load: Callable[[int], None]) -> bool:
         """Add an entry whose cells ``load(seq_id)`` puts back (a restore); ``False`` if it does not fit.
@@ -335,7 +335,12 @@ class PrefixCache:
         entry_id = self._free_ids.pop()
         try:
             load(entry_id)
+            low = llama_cpp.llama_memory_seq_pos_min(self._memory, entry_id)
+            high = llama_cpp.llama_memory_seq_pos_max(self._memory, entry_id)
+            if high != n - 1 or not 0 <= low <= high or (self.n_swa <= 0 and low != 0):
+                raise ValueError(f"the restored cells hold positions {low}..{high}, not 0..{n - 1}")
         except BaseException:
+            llama_cpp.llama_memory_seq_rm(self._memory, entry_id, -1, -1)
             self._free_ids.append(entry_id)
             raise
         runs = (Run(self.new_block(), 0, n),)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from ..bus import Finished, FinishReason, Request, TokenEvent
 from ..llama import Context, Detokenizer, Model, Sampler
+
+if TYPE_CHECKING:
+    from .drafters import Draft
+    from .speculation import Laid, Speculation
 
 __all__ = ["Run", "Sequence", "StopMatcher"]
 
@@ -79,6 +84,7 @@ class Sequence:
         self.block = 0  # the lineage id of the cells this sequence computes itself
         self.solo = True  # on the prefix cache's cell grid: alone, on cells that were too
         self.sampler = sampler  # None where tokens are chosen elsewhere (speculative verification)
+        self.spec: Speculation | None = None
         cfg = request.sampler
         self._argmax = (
             cfg.is_greedy and (cfg.repeat_penalty == 1.0 or cfg.repeat_last_n == 0) and request.grammar is None
@@ -129,6 +135,17 @@ class Sequence:
         assert self.sampler is not None, "a sampled sequence needs its sampler chain"
         return self.sampler.sample(context.ptr, index)
 
+    def choose(self, context: Context, laid: Laid) -> list[int]:
+        """This step's tokens: one sampled, or (speculating) the accepted drafts and the target's next."""
+        if self.spec is None:
+            return [self.pick(context, laid.index)]
+        return self.spec.step(context, laid, self.generated, len(self.prompt) + len(self.generated))
+
+    def draft(self, k: int) -> Draft:
+        """Up to ``k`` drafted tokens after the text so far (prompt, then generated)."""
+        assert self.spec is not None
+        return self.spec.drafter.draft(self.prompt + self.generated, k, self.generated)
+
     @property
     def prefilling(self) -> bool:
         return self.n_prefilled < len(self.prompt)
@@ -174,6 +191,7 @@ class Sequence:
             tail=tail,
             sequence=self.request.sequence,
             cached_tokens=self.cached_tokens,
+            speculative=self.spec.stats(len(self.generated)) if self.spec is not None else None,
         )
 
     def close(self) -> None:

@@ -24,13 +24,16 @@ import numpy as np
 
 from ..bus import Finished, FinishReason, Request, Step, TokenEvent
 from ..config import EngineConfig
-from ..errors import GenerateError, KvCacheFullError
+from ..errors import GenerateError, KvCacheFullError, OxiLlamaError
 from ..llama import Context, Model, Sampler
 from ..llama.adapter import LoraAdapter
 from ..llama.context import BatchEntry
 from ..stats import EngineStats, PrefixCacheStats
+from .cost import POINTS, StepCost, plan
+from .drafters import Draft
 from .prefix_cache import LLAMA_MAX_SEQ, Holder, PrefixCache
 from .sequence import Sequence
+from .speculation import NO_DRAFT, Drafting, Laid, Speculation
 
 __all__ = ["DecodeWorker"]
 
@@ -67,10 +70,15 @@ class _Task:
 class DecodeWorker:
     """Owns one model's llama.cpp state; serves requests from any thread and loop."""
 
-    def __init__(self, config: EngineConfig, model_path: Path, name: str = "oxillama-decode") -> None:
+    def __init__(
+        self, config: EngineConfig, model_path: Path, name: str = "oxillama-decode", *, trace: bool = False
+    ) -> None:
         self.config = config
         self.model_path = model_path
         self.name = name
+        self.trace = trace
+        self.speculation: Drafting | None = None
+        self.cost: StepCost | None = None
         self._model: Model | None = None
         self.context: Context | None = None
         self.cache: PrefixCache | None = None
@@ -172,6 +180,37 @@ class DecodeWorker:
         self.cache = PrefixCache(self.context.memory, self._model.n_swa, capacity, self.n_slots, n_ids)
         first = self.n_slots + n_ids
         self.embed_ids = list(range(first + n_embed - 1, first - 1, -1))  # popped from the end: lowest first
+        if config.speculative is not None:
+            self._drafting()
+
+    def _drafting(self) -> Drafting:
+        """The engine's speculation, set up on first use: drafters, and the measured cost of a step."""
+        if self.speculation is None:
+            self.speculation = Drafting(self.config, self.model, self.n_slots)
+            self.cost = self._measure_steps()
+        return self.speculation
+
+    def _measure_steps(self) -> StepCost:
+        """Time decodes of 1 to 64 tokens (every row with logits, as a verified draft has) on a spare ``seq_id``."""
+        context = self.context
+        assert context is not None
+        if not self.embed_ids:
+            return StepCost.guess()
+        spare = self.embed_ids[-1]
+        token = max(self.model.bos, 0)
+
+        def decode(n: int) -> float:
+            began = time.perf_counter()
+            try:
+                context.decode([BatchEntry(token, i, spare, True) for i in range(n)])
+            finally:
+                context.remove(spare)
+            return time.perf_counter() - began
+
+        try:
+            return StepCost.measure(decode, [n for n in POINTS if n <= context.n_batch])
+        except OxiLlamaError:
+            return StepCost.guess()
 
     def _main(self) -> None:
         try:
@@ -193,6 +232,8 @@ class DecodeWorker:
             self._release()
 
     def _release(self) -> None:
+        if self.speculation is not None:
+            self.speculation.close()
         if self.context is not None:
             self.context.close()
         for adapter, _ in self.loras.values():
@@ -207,6 +248,8 @@ class DecodeWorker:
                 self._fail_all(GenerateError("the engine was closed during the generation"))
                 return
             self._drop_cancelled()
+            if self._exclusive:  # one withdrawn while it waited holds nothing back
+                self._exclusive = deque(task for task in self._exclusive if not task.future.cancelled())
             while self._exclusive and not self._active:
                 self._exclusive.popleft().run(self)
             if not self._exclusive:
@@ -291,16 +334,22 @@ class DecodeWorker:
         assert self.context is not None and self.cache is not None
         self.context.set_adapters(list(loras.values()))
         old, self.loras = self.loras, dict(loras)
+        self.weights_version += 1
+        self.cache.clear()
         for path, (adapter, _) in old.items():
             if path not in loras or loras[path][0] is not adapter:
                 adapter.free()
-        self.cache.clear()
-        self.weights_version += 1
 
     def _new_sequence(self, request: Request, slot: int, submitted: float) -> Sequence:
-        return Sequence(
-            request, slot, self.model, submitted, Sampler(self.model, request.sampler, request.seed, request.grammar)
-        )
+        model = self.model
+        if not request.speculative:
+            return Sequence(
+                request, slot, model, submitted, Sampler(model, request.sampler, request.seed, request.grammar)
+            )
+        drafting = self._drafting()
+        seq = Sequence(request, slot, model, submitted, None)
+        seq.spec = Speculation(request, model, drafting.drafter(request, slot), drafting.shared, trace=self.trace)
+        return seq
 
     def _guarded_step(self) -> None:
         try:
@@ -310,52 +359,101 @@ class DecodeWorker:
             self._retire_all(exc)
 
     def step(self) -> None:
-        """One ``llama_decode`` over every active sequence, then sample each."""
+        """One ``llama_decode`` over every active sequence (and the drafts that pay), then sample each.
+
+        The prompts waiting to prefill get the rows the generating sequences
+        leave; speculating sequences (generating, or ending their prompt now)
+        share what is still left, as :meth:`_drafts` plans.
+        """
         assert self.context is not None
         ctx = self.context
         if len(self._active) > 1:  # their cells interleave: off the prefix cache's grid
             for seq in self._active:
                 seq.solo = False
-        entries: list[BatchEntry] = []
-        sampled: list[tuple[Sequence, int]] = []
-        pinned: list[Sequence] = []  # prefixes to cache: prefilled, never sampled
+        generating = [seq for seq in self._active if not seq.prefilling]
+        room = ctx.n_batch - len(generating)
+        chunks: list[tuple[Sequence, list[int]]] = []
         for seq in self._active:
-            if not seq.prefilling:
-                sampled.append((seq, len(entries)))
-                entries.append(BatchEntry(seq.last_token, seq.pos, seq.slot, True))
-                seq.pos += 1
-        budget = ctx.n_batch - len(entries)
-        for seq in self._active:
-            if budget <= 0:
+            if room <= 0:
                 break
-            if not seq.prefilling:
-                continue
-            chunk = seq.prompt[seq.n_prefilled : seq.n_prefilled + budget]
+            if seq.prefilling:
+                chunk = seq.prompt[seq.n_prefilled : seq.n_prefilled + room]
+                chunks.append((seq, chunk))
+                room -= len(chunk)
+        ending = [seq for seq, chunk in chunks if seq.n_prefilled + len(chunk) == len(seq.prompt)]
+        speculating = [seq for seq in (*generating, *ending) if seq.spec is not None]
+        drafts = self._drafts(speculating, ctx.n_batch - room, room) if speculating else {}
+        entries: list[BatchEntry] = []
+        sampled: list[tuple[Sequence, Laid]] = []
+        pinned: list[Sequence] = []  # prefixes to cache: prefilled, never sampled
+        for seq in generating:
+            sampled.append((seq, _lay(entries, seq, [seq.last_token], True, drafts.get(seq))))
+        for seq, chunk in chunks:
             last = seq.n_prefilled + len(chunk) == len(seq.prompt)
             pin = seq.request.pin
-            for offset, token in enumerate(chunk):
-                logits = last and not pin and offset == len(chunk) - 1
-                entries.append(BatchEntry(token, seq.pos + offset, seq.slot, logits))
+            laid = _lay(entries, seq, chunk, last and not pin, drafts.get(seq))
             seq.n_prefilled += len(chunk)
-            seq.pos += len(chunk)
-            budget -= len(chunk)
-            if last:
-                if pin:
-                    pinned.append(seq)
-                else:
-                    sampled.append((seq, len(entries) - 1))
+            if last and pin:
+                pinned.append(seq)
+            elif last:
+                sampled.append((seq, laid))
+            elif seq.spec is not None:
+                seq.spec.prefilled(laid, seq.prompt, seq.n_prefilled)
+        began = time.perf_counter()
         self._decode(entries)
+        if self.cost is not None and not chunks:  # every row has logits: what the curve measures
+            self.cost.observe(len(entries), time.perf_counter() - began)
         self.decode_calls += 1
         for seq in pinned:
             self._retire(seq, "stop")
         now = time.perf_counter()
-        for seq, index in sampled:
+        for seq, laid in sampled:
             try:
-                event = seq.advance(seq.pick(ctx, index), now)
+                tokens = seq.choose(ctx, laid)
             except Exception as exc:
                 self._retire(seq, "error", exc)
                 continue
-            self._emit(seq, (event,) if event is not None else ())
+            rejected = len(laid.draft) - (len(tokens) - 1)
+            if rejected > 0:  # the drafts the target did not take: this sequence's cells only
+                ctx.remove(seq.slot, seq.pos - rejected, -1)
+                seq.pos -= rejected
+            events: list[TokenEvent] = []
+            for token in tokens:
+                event = seq.advance(token, now)
+                if event is not None:
+                    events.append(event)
+                if seq.reason is not None:
+                    seq.pos = min(seq.pos, len(seq.prompt) + len(seq.generated))  # what the cache may keep
+                    break
+            if seq.reason is not None or events:
+                self._emit(seq, tuple(events))
+
+    def _drafts(self, candidates: list[Sequence], fixed: int, room: int) -> dict[Sequence, Draft]:
+        """The drafts of this step: as many per sequence as :func:`~.cost.plan` finds worth their rows."""
+        cost, setup = self.cost, self.speculation
+        if cost is None or setup is None or room <= 0:
+            return {}
+        offers = [(seq.spec.acceptance.rate, min(setup.max_draft, seq.remaining - 1)) for seq in candidates if seq.spec]
+        counts = plan(cost, fixed, offers, setup.draft_cost, limit=room)
+        if not any(counts):  # not even full drafts would pay: plain batching, no drafting at all
+            return {}
+        drafts: dict[Sequence, Draft] = {}
+        if setup.model_drafts:  # a draft model's drafts cost decodes: draft exactly what was planned
+            for seq, count in zip(candidates, counts, strict=True):
+                if count:
+                    drafts[seq] = seq.draft(count)
+            setup.observe_drafters(seq.spec.drafter for seq in candidates if seq.spec is not None)
+            return drafts
+        offered = {seq: seq.draft(most) for seq, (_, most) in zip(candidates, offers, strict=True) if most > 0}
+        offers = [
+            (rate, len(offered[seq]) if seq in offered else 0)
+            for seq, (rate, _) in zip(candidates, offers, strict=True)
+        ]
+        counts = plan(cost, fixed, offers, 0.0, limit=room)
+        for seq, count in zip(candidates, counts, strict=True):
+            if count:
+                drafts[seq] = Draft(offered[seq].tokens[:count])
+        return drafts
 
     def _decode(self, entries: Seq[BatchEntry]) -> None:
         """Decode, evicting cached prefixes (least recently used first) while the KV cache is full.
@@ -466,3 +564,16 @@ def _end_unstarted(
             sequence=request.sequence,
         )
     )
+
+
+def _lay(entries: list[BatchEntry], seq: Sequence, tokens: list[int], sample: bool, draft: Draft | None) -> Laid:
+    """Append ``seq``'s tokens of this step (logits on the last if ``sample``) and its draft (logits on all)."""
+    draft = draft or NO_DRAFT
+    start = seq.pos
+    slot = seq.slot
+    last = len(tokens) - 1
+    entries.extend(BatchEntry(token, start + i, slot, sample and i == last) for i, token in enumerate(tokens))
+    index = len(entries) - 1
+    entries.extend(BatchEntry(token, start + len(tokens) + j, slot, True) for j, token in enumerate(draft.tokens))
+    seq.pos += len(tokens) + len(draft.tokens)
+    return Laid(index, draft, start, [*tokens, *draft.tokens] if seq.spec is not None else [])

@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from ..config import EngineConfig
+from ..config import EngineConfig, PromptLookup
 from ..errors import OxiLlamaError
 from .app import ServerSettings, create_app
 
@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="KV cells kept for prompts that start like earlier ones (default: an eighth of --n-ctx; 0: off)",
+    )
+    parser.add_argument(
+        "--speculative",
+        default=None,
+        metavar="lookup|DRAFT.gguf",
+        help="speculate inside the batch: prompt lookup, or a draft model with the same vocabulary (default: off)",
     )
     parser.add_argument("--chat-template", default=None, help="built-in name (gemma, chatml, llama3, ...) or Jinja2")
     parser.add_argument("--api-key", default=None, help="required bearer token (default: $OXILLAMA_API_KEY, or none)")
@@ -79,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_concurrency=args.max_concurrency,
             chat_template=args.chat_template,
             prefix_cache_tokens=args.prefix_cache_tokens,
+            speculative=_speculative(args.speculative, args.n_ctx),
             **extra,
         )
         settings = ServerSettings(
@@ -198,3 +205,12 @@ def _run_hypercorn(app: Any, host: str, port: int, grace: float, log_level: str)
             await serve(app, config, shutdown_trigger=shutdown_trigger)
 
     anyio.run(run, backend="trio")
+
+
+def _speculative(value: str | None, n_ctx: int) -> PromptLookup | EngineConfig | None:
+    """``--speculative``: ``lookup``, or the path of a draft model (its context as large as the target's)."""
+    if value is None:
+        return None
+    if value == "lookup":
+        return PromptLookup()
+    return EngineConfig(value, n_ctx=n_ctx)

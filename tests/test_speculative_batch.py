@@ -1,0 +1,165 @@
+"""Speculation inside continuous batching, on the real model: exactness, distribution, cells, opt-in and out."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import llama_cpp
+import pytest
+from test_speculative import COPYING, RGB, _same_distribution
+
+from oxillama_py import AsyncEngine, Engine, EngineConfig, PromptLookup
+from oxillama_py.decode import DecodeWorker
+
+FREE = ["Once upon a time", "The history of the city of Rome"]
+MODEL = "gemma-3-270m-q4_k_m"  # the server's name for the default model
+
+
+@pytest.fixture(scope="module")
+def spec(model_path: Path) -> Iterator[Engine]:
+    config = EngineConfig(model_path, n_ctx=8192, max_concurrency=4, speculative=PromptLookup(), seed=5)
+    with Engine(config) as engine:
+        engine.load_model()
+        yield engine
+
+
+def test_greedy_speculating_sequences_in_a_batch_equal_plain_decoding(spec: Engine) -> None:
+    prompts = [COPYING[0], FREE[0], COPYING[2], FREE[1]]
+    plain = spec.complete_batch(prompts, 48, temperature=0, speculative=False)
+    speculating = spec.complete_batch(prompts, 48, temperature=0)
+    for i in (0, 2):  # confident (copying) prompts: the same tokens
+        assert speculating[i].token_ids == plain[i].token_ids, prompts[i][:30]
+        stats = speculating[i].speculative
+        assert stats is not None and stats.drafted > 0 and stats.accepted > 0
+        assert stats.emitted == 48 and stats.target_calls < 48  # tokens came several per step
+    assert all(result.speculative is None for result in plain)
+    for result in speculating:
+        assert result.completion_tokens == 48 and result.speculative is not None
+
+
+def test_requests_opt_in_and_out(spec: Engine, engine: Engine) -> None:
+    plain = engine.complete(COPYING[1], 32, temperature=0)
+    assert plain.speculative is None  # the session engine does not speculate by default
+    opted_in = engine.complete(COPYING[1], 32, temperature=0, speculative=True)
+    assert opted_in.token_ids == plain.token_ids
+    assert opted_in.speculative is not None and opted_in.speculative.accepted > 0
+    assert spec.complete(COPYING[1], 8, temperature=0, speculative=False).speculative is None
+    with pytest.raises(ValueError, match="grammar"):
+        spec.complete("hi", 4, speculative=True, json=True)
+    with pytest.raises(ValueError, match="mirostat"):
+        spec.complete("hi", 4, speculative=True, sampler=spec.config.sampler.mirostat_v2())
+    with pytest.raises(TypeError, match="speculative must be a bool"):
+        spec.complete("hi", 4, speculative="yes")  # type: ignore[typeddict-item]
+    constrained = spec.complete("A JSON object:", 8, json=True)  # the engine default yields to a grammar
+    assert constrained.speculative is None
+
+
+def test_speculative_sampling_inside_a_batch_of_4_keeps_the_distribution(
+    spec: Engine, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oxillama_py.decode.cost import StepCost
+
+    # Rows priced as free: every request drafts its first token (prompt lookup always finds one in RGB),
+    # so every sample goes through the acceptance rule, whatever this machine's costs are.
+    worker = spec.async_engine()._life.worker
+    assert worker is not None
+    monkeypatch.setattr(worker, "cost", StepCost({1: 1.0, 64: 1.0}))
+    monkeypatch.setattr(StepCost, "observe", lambda self, n, seconds: None)
+    sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+    batches = 75  # 300 first tokens a side
+    speculative: Counter[int] = Counter()
+    drafted = 0
+    for b in range(batches):
+        for result in spec.complete_batch([RGB] * 4, 2, seed=4 * b, **sampling):
+            speculative[result.token_ids[0]] += 1
+            assert result.speculative is not None
+            drafted += result.speculative.drafted > 0  # at most 1 draft, for the first token
+    plain: Counter[int] = Counter()
+    for b in range(batches):
+        for result in engine.complete_batch([RGB] * 4, 1, seed=100_000 + 4 * b, **sampling):
+            plain[result.token_ids[0]] += 1
+    assert drafted == batches * 4  # every first token went through the acceptance rule
+    top = plain.most_common(1)[0][1]
+    assert 0.2 < top / (batches * 4) < 0.9, plain  # neither certain nor hopeless
+    assert _same_distribution(speculative, plain) > 0.001, (speculative, plain)
+
+
+def _check_cells(worker: DecodeWorker) -> list[int]:
+    """On the decode thread: each sequence holds exactly its own cells; the slots of the others none."""
+    assert worker.context is not None
+    memory = worker.context.memory
+    active = {seq.slot: seq for seq in worker._active}
+    for slot in range(worker.n_slots):
+        low = llama_cpp.llama_memory_seq_pos_min(memory, slot)
+        high = llama_cpp.llama_memory_seq_pos_max(memory, slot)
+        if slot in active:
+            assert (low, high) == (0, active[slot].pos - 1), (slot, low, high, active[slot].pos)
+        else:
+            assert (low, high) == (-1, -1), (slot, low, high)
+    return sorted(active)
+
+
+@pytest.mark.anyio
+async def test_cancelling_a_speculating_sequence_frees_exactly_its_cells(model_path: Path) -> None:
+    config = EngineConfig(model_path, n_ctx=8192, max_concurrency=4, speculative=PromptLookup(), prefix_cache_tokens=0)
+    async with AsyncEngine(config) as engine:
+        worker = engine._life.worker
+        assert worker is not None
+        seen: list[list[int]] = []
+        texts: dict[int, str] = {}
+
+        async def run(i: int, prompt: str, scope: anyio.CancelScope | None = None) -> None:
+            pieces = []
+            async for piece in engine.stream(prompt, 160, temperature=0):
+                pieces.append(piece)
+                if scope is not None and len(pieces) == 20:
+                    scope.cancel()  # leave the stream: the generation is cancelled
+            texts[i] = "".join(pieces)
+
+        async def watch() -> None:
+            while len(texts) < 3:
+                seen.append(await anyio.to_thread.run_sync(worker.run(_check_cells).result))
+                await anyio.sleep(0.02)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            group.start_soon(run, 0, COPYING[0])
+            group.start_soon(run, 1, COPYING[2])
+            group.start_soon(run, 2, FREE[0])
+            with anyio.CancelScope() as scope:
+                await run(3, COPYING[1], scope)
+        assert 3 not in texts  # it was cancelled
+        assert any(len(slots) == 4 for slots in seen) and any(len(slots) == 3 for slots in seen)
+        assert await anyio.to_thread.run_sync(worker.run(_check_cells).result) == []
+
+
+def test_the_server_speculates_with_no_change_to_clients(engine: Engine) -> None:
+    openai = pytest.importorskip("openai", reason="the server test drives it with the openai client (test extra)")
+    from server_process import running_server
+
+    expected = [engine.generate(prompt, 32, temperature=0) for prompt in (COPYING[0], COPYING[2])]
+    args = ("--n-ctx", "4096", "--max-concurrency", "4", "--speculative", "lookup")
+    with (
+        running_server(*args) as server,
+        openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0, timeout=300) as client,
+    ):
+        for prompt, text in zip((COPYING[0], COPYING[2]), expected, strict=True):
+            reply = client.completions.create(model=MODEL, prompt=prompt, max_tokens=32, temperature=0)
+            assert reply.choices[0].text == text
+            streamed = client.completions.create(model=MODEL, prompt=prompt, max_tokens=32, temperature=0, stream=True)
+            assert "".join(chunk.choices[0].text for chunk in streamed) == text
+
+
+def test_snapshot_keeps_the_speculative_config(spec: Engine, model_path: Path) -> None:
+    data = spec.snapshot_bytes()
+    with Engine.restore(data) as restored:
+        assert restored.config.speculative == PromptLookup() and restored.config.max_concurrency == 4
+    draft = EngineConfig(model_path, n_ctx=4096, speculative=EngineConfig(Path(model_path), n_ctx=4096))
+    from oxillama_py.snapshot import config_from_json, config_to_json
+
+    assert config_from_json(config_to_json(draft)) == EngineConfig(
+        str(model_path), n_ctx=4096, speculative=EngineConfig(str(model_path), n_ctx=4096)
+    )
