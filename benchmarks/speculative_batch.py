@@ -257,3 +257,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     fig.suptitle("Speculation inside continuous batching (prompt lookup, greedy)")
     fig.tight_layout()
     _common.save_figure(fig, path, 120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -81,7 +81,7 @@ class Acceptance:
     DECAY = 0.7
     """Per token tried: the last dozen or so tokens drafted decide."""
 
-    def __init__(self, prior: float, weight: float = 2.0) -> None:
+    def __init__(self, prior: float, weight: float = 1.0) -> None:
         self._accepted = prior * weight
         self._tried = weight
 
@@ -106,6 +106,7 @@ def plan(
     draft_cost: float = 0.0,
     *,
     limit: int | None = None,
+    weights: Sequence[float] | None = None,
 ) -> list[int]:
     """Drafts per sequence that maximise the step's expected tokens per second.
 
@@ -116,12 +117,19 @@ def plan(
     itself costs ``draft_cost`` seconds a token (a draft model's decodes).
     Marginal gains fall with ``j``, so the best plan of ``m`` drafts takes the
     ``m`` largest; every ``m`` up to ``limit`` (the rows left in the batch) is tried.
+    ``weights[i]`` scales what sequence ``i``'s tokens are worth (default 1).
     """
+    worth = [1.0] * len(offers) if weights is None else list(weights)
     gains = sorted(
-        ((rate**j, i) for i, (rate, most) in enumerate(offers) for j in range(1, most + 1) if rate > 0),
+        (
+            (worth[i] * rate**j, i)
+            for i, (rate, most) in enumerate(offers)
+            for j in range(1, most + 1)
+            if rate > 0 and worth[i] > 0
+        ),
         reverse=True,
     )
-    expected = float(len(offers))
+    expected = float(sum(worth))
     best_m, best = 0, expected / cost(fixed)
     if limit is not None:
         gains = gains[: max(0, limit)]

@@ -36,6 +36,7 @@ from .drafters import Draft, Drafter, ModelDrafter, PromptLookupDrafter
 __all__ = ["Drafting", "Laid", "Speculation", "check_same_vocabulary"]
 
 NO_DRAFT = Draft([])
+PRIOR_CAP = 0.9
 
 
 @dataclass(slots=True)
@@ -113,7 +114,9 @@ class Speculation:
         self.rng = np.random.default_rng(request.seed)
         self.drafter = drafter
         self.shared = shared
-        self.acceptance = Acceptance(shared.rate)
+        # From what other sequences saw, as one token's worth of evidence (capped: a copying neighbour
+        # says little about this text), so its own first verified draft already moves it most of the way.
+        self.acceptance = Acceptance(min(shared.rate, PRIOR_CAP))
         self.drafted = 0
         self.accepted = 0
         self.target_calls = 0

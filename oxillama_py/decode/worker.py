@@ -434,7 +434,10 @@ class DecodeWorker:
         if cost is None or setup is None or room <= 0:
             return {}
         offers = [(seq.spec.acceptance.rate, min(setup.max_draft, seq.remaining - 1)) for seq in candidates if seq.spec]
-        counts = plan(cost, fixed, offers, setup.draft_cost, limit=room)
+        # A batch lasts as long as its longest sequence: tokens of one that is ahead are worth less.
+        horizon = max(seq.remaining for seq in self._active)
+        weights = [seq.remaining / horizon for seq in candidates]
+        counts = plan(cost, fixed, offers, setup.draft_cost, limit=room, weights=weights)
         if not any(counts):  # not even full drafts would pay: plain batching, no drafting at all
             return {}
         drafts: dict[Sequence, Draft] = {}
@@ -449,7 +452,7 @@ class DecodeWorker:
             (rate, len(offered[seq]) if seq in offered else 0)
             for seq, (rate, _) in zip(candidates, offers, strict=True)
         ]
-        counts = plan(cost, fixed, offers, 0.0, limit=room)
+        counts = plan(cost, fixed, offers, 0.0, limit=room, weights=weights)
         for seq, count in zip(candidates, counts, strict=True):
             if count:
                 drafts[seq] = Draft(offered[seq].tokens[:count])
