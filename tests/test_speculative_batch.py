@@ -163,3 +163,24 @@ def test_snapshot_keeps_the_speculative_config(spec: Engine, model_path: Path) -
     assert config_from_json(config_to_json(draft)) == EngineConfig(
         str(model_path), n_ctx=4096, speculative=EngineConfig(str(model_path), n_ctx=4096)
     )
+
+
+def test_a_draft_model_drafts_for_each_sequence_of_a_batch(
+    model_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each slot has its own sequence in the draft context; greedy copying output stays the target's."""
+    from oxillama_py.decode.speculation import Drafting
+
+    # The draft is the target's own file (the only model here with its vocabulary): as dear as the
+    # target, so the cost model would rightly never draft. Priced as free here, to exercise the mechanics.
+    monkeypatch.setattr(Drafting, "observe_drafters", lambda self, drafters: None)
+    draft = EngineConfig(model_path, n_ctx=4096)
+    config = EngineConfig(model_path, n_ctx=4096, max_concurrency=2, speculative=draft, speculative_tokens=4)
+    prompts = [COPYING[0], COPYING[2]]
+    plain = [engine.complete(prompt, 40, temperature=0) for prompt in prompts]
+    with Engine(config) as drafting:
+        results = drafting.complete_batch(prompts, 40, temperature=0)
+    for result, reference in zip(results, plain, strict=True):
+        assert result.token_ids == reference.token_ids
+        stats = result.speculative
+        assert stats is not None and stats.accepted > 0 and stats.target_calls < 40
