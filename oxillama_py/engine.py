@@ -57,6 +57,7 @@ from .snapshot import (
     HubOrigin,
     SnapshotError,
     SnapshotInfo,
+    check_hub_origin,
     config_to_json,
     info_of,
     model_fingerprint,
@@ -510,7 +511,7 @@ class AsyncEngine:
         data = await self.snapshot_bytes(hub_origin=hub_origin)
         await anyio.to_thread.run_sync(_write_file, where, data)
         if hub_origin is not None:
-            sidecar = json.dumps({"hub_origin": _check_hub_origin(hub_origin)}, indent=2).encode("utf-8")
+            sidecar = json.dumps({"hub_origin": check_hub_origin(hub_origin)}, indent=2).encode("utf-8")
             await anyio.to_thread.run_sync(_write_file, where.with_name(where.name + ".meta.json"), sidecar)
 
     async def snapshot_bytes(self, *, hub_origin: HubOrigin | None = None) -> bytes:
@@ -523,7 +524,7 @@ class AsyncEngine:
         (the cells are read between two steps). ``hub_origin`` records where
         the model came from, for :meth:`from_snapshot_with_hub`.
         """
-        origin = _check_hub_origin(hub_origin)
+        origin = check_hub_origin(hub_origin)
         worker = await self._ready()
         prefixes, applied = await _on_worker(worker, _save_state)  # one task: the cells and their weights agree
         model_path = worker.model_path.resolve()
@@ -848,16 +849,6 @@ def _write_file(path: Path, data: bytes) -> None:
 
 def _save_state(worker: DecodeWorker) -> tuple[list[SavedPrefix], list[tuple[Path, float]]]:
     return save_prefixes(worker), [(path, scale) for path, (_, scale) in worker.loras.items()]
-
-
-def _check_hub_origin(origin: object) -> HubOrigin | None:
-    if origin is None:
-        return None
-    if not isinstance(origin, dict) or not all(
-        isinstance(origin.get(k), str) for k in ("repo_id", "filename", "sha256")
-    ):
-        raise TypeError("hub_origin must be a dict with str repo_id, filename and sha256")
-    return HubOrigin(repo_id=origin["repo_id"], filename=origin["filename"], sha256=origin["sha256"].lower())
 
 
 def _plan_restore(source: object, model_path: object) -> _Restore:

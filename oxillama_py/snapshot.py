@@ -220,6 +220,17 @@ def read_snapshot(source: bytes | Path) -> tuple[dict[str, Any], list[SavedPrefi
     return header, prefixes
 
 
+def check_hub_origin(origin: object) -> HubOrigin | None:
+    """``None``, or a ``HubOrigin`` of three strings (its digest lower-cased); ``TypeError`` otherwise."""
+    if origin is None:
+        return None
+    if not isinstance(origin, dict) or not all(
+        isinstance(origin.get(k), str) for k in ("repo_id", "filename", "sha256")
+    ):
+        raise TypeError("hub_origin must be a dict with str repo_id, filename and sha256")
+    return HubOrigin(repo_id=origin["repo_id"], filename=origin["filename"], sha256=origin["sha256"].lower())
+
+
 def _count(value: object) -> bool:
     return type(value) is int and value >= 0
 
@@ -249,11 +260,7 @@ def info_of(header: dict[str, Any]) -> SnapshotInfo:
         if not isinstance(model["fingerprint"], str) or not isinstance(model["path"], str):
             raise TypeError("the model reference is not a path and a fingerprint")
         loras = tuple((str(item["path"]), float(item["scale"])) for item in header.get("loras", []))
-        origin = header.get("hub_origin")
-        if origin is not None and not (
-            isinstance(origin, dict) and all(isinstance(origin.get(k), str) for k in ("repo_id", "filename", "sha256"))
-        ):
-            raise TypeError(f"hub_origin is {origin!r}")
+        origin = check_hub_origin(header.get("hub_origin"))
         return SnapshotInfo(
             arch_id=str(model["architecture"]),
             model_path=str(model["path"]),
@@ -266,7 +273,7 @@ def info_of(header: dict[str, Any]) -> SnapshotInfo:
             prefixes=len(prefixes),
             pinned=sum(bool(item["pinned"]) for item in prefixes),
             loras=loras,
-            hub_origin=header.get("hub_origin"),
+            hub_origin=origin,
             config=config,
             created=float(header["created"]),
         )

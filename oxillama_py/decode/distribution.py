@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from ..config import SamplerConfig
 
-__all__ = ["Distribution", "sample_from"]
+__all__ = ["Distribution", "sample_at"]
 
 Floats = npt.NDArray[np.float64]
 
@@ -74,11 +74,6 @@ class Distribution:
 def _softmax(values: Floats) -> Floats:
     shifted = np.exp(values - values.max())
     return shifted / shifted.sum()  # type: ignore[no-any-return]
-
-
-def sample_from(probs: Floats, rng: np.random.Generator) -> int:
-    """Draw one token id from (possibly unnormalised) non-negative weights."""
-    return sample_at(probs, rng.random())
 
 
 def sample_at(probs: Floats, u: float) -> int:
