@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 from server_process import free_port
-from test_batching import PREDICTABLE
+from test_batching import CONFIDENT
 
 from oxillama_py import CompletionResult, Engine, EngineConfig
 
@@ -32,7 +32,7 @@ from oxillama_py.ray import REPLICA_HEADER, RayServeConfig, build  # noqa: E402
 pytestmark = pytest.mark.ray
 
 APP = "oxillama-test"
-PROMPTS = list(PREDICTABLE)[:16]
+PROMPTS = list(CONFIDENT)  # 16 prompts: greedy texts in a batch equal solo ones
 TOKENS = 12
 
 
@@ -226,7 +226,7 @@ def test_a_dead_replica_fails_only_its_requests_and_serve_replaces_it(cluster: C
     assert on_victim and len(on_victim) < count  # ...and both replicas had some
     for i, (_, outcome) in outcomes.items():
         if i not in failed:
-            assert isinstance(outcome, str) and outcome.startswith(PREDICTABLE[PROMPTS[i]])
+            assert isinstance(outcome, str) and outcome.startswith(CONFIDENT[PROMPTS[i]])
 
     deadline = time.monotonic() + 180  # Serve starts a new replica, which loads the model
     while True:
