@@ -51,6 +51,7 @@ from .llama.model import Model, check_gguf_file, resolve_model_path
 from .llama.sampling import check_grammar
 from .lora import Lora, check_lora_path, check_scale
 from .options import BatchKwargs, GenerateKwargs, GenerateOptions, Unpack
+from .paths import check_path
 from .progress import ProgressSubscriber, make_progress_adapter
 from .results import CompletionResult
 from .snapshot import (
@@ -507,7 +508,7 @@ class AsyncEngine:
         With ``hub_origin``, a ``<path>.meta.json`` sidecar also records it, as
         upstream oxillama-py writes one (the snapshot itself holds it too).
         """
-        where = _check_path(path)
+        where = check_path(path)
         data = await self.snapshot_bytes(hub_origin=hub_origin)
         await anyio.to_thread.run_sync(_write_file, where, data)
         if hub_origin is not None:
@@ -578,7 +579,7 @@ class AsyncEngine:
 
         The cached file must have the recorded SHA-256. Nothing is downloaded.
         """
-        path = await anyio.to_thread.run_sync(_model_from_hub_origin, _check_path(snapshot_path))
+        path = await anyio.to_thread.run_sync(_model_from_hub_origin, check_path(snapshot_path))
         return await cls.restore(snapshot_path, model_path=path)
 
     @classmethod
@@ -824,12 +825,6 @@ class _Restore:
     prefixes: list[SavedPrefix]
 
 
-def _check_path(path: object) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    return Path(path)
-
-
 def _write_file(path: Path, data: bytes) -> None:
     """Write whole or not at all: a temporary file of our own beside ``path``, synced, then renamed."""
     if not path.parent.is_dir():
@@ -856,10 +851,10 @@ def _plan_restore(source: object, model_path: object) -> _Restore:
     if isinstance(source, (bytes, bytearray, memoryview)):
         header, prefixes = read_snapshot(bytes(source))
     else:
-        header, prefixes = read_snapshot(_check_path(source))
+        header, prefixes = read_snapshot(check_path(source))
     info = info_of(header)
     config = info.config
-    model = Path(info.model_path) if model_path is None else _check_path(model_path)
+    model = Path(info.model_path) if model_path is None else check_path(model_path)
     check_gguf_file(model)
     if model_fingerprint(model) != header["model"]["fingerprint"]:
         raise LoadError(f"{model} is not the model file the snapshot was taken with ({info.model_path})")
@@ -1129,7 +1124,7 @@ class Engine:
     @classmethod
     def from_snapshot_with_hub(cls, snapshot_path: str | os.PathLike[str]) -> Engine:
         """See :meth:`AsyncEngine.from_snapshot_with_hub`."""
-        return cls.restore(snapshot_path, model_path=_model_from_hub_origin(_check_path(snapshot_path)))
+        return cls.restore(snapshot_path, model_path=_model_from_hub_origin(check_path(snapshot_path)))
 
     @classmethod
     def from_hub(

@@ -25,6 +25,7 @@ import shlex
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .errors import LoadError
+from .paths import check_path
 
 __all__ = ["DEFAULT_REVISION", "resolve_cached", "sha256_of"]
 
@@ -101,8 +102,7 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
 
     Read in 1 MiB chunks so a multi-gigabyte model is never held in memory.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or an os.PathLike, got {type(path).__name__}")
+    check_path(path)
     digest = hashlib.sha256()
     buffer = bytearray(_CHUNK)
     view = memoryview(buffer)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .errors import LoadError
 from .llama.gguf_file import read_gguf_header
+from .paths import check_path
 
 __all__ = ["Lora", "check_lora_path", "check_scale"]
 
@@ -20,9 +21,7 @@ _SUFFIX_B = ".lora_b"
 
 
 def check_lora_path(path: object) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    return Path(path).expanduser().resolve()
+    return check_path(path).expanduser().resolve()
 
 
 def check_scale(scale: object) -> float:

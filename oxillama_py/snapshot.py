@@ -34,6 +34,7 @@ import numpy as np
 from .config import EngineConfig, PromptLookup, SamplerConfig
 from .decode.persist import SavedPrefix, SnapshotError
 from .errors import LoadError
+from .paths import check_path
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -237,9 +238,7 @@ def _count(value: object) -> bool:
 
 def snapshot_info(path: str | os.PathLike[str]) -> SnapshotInfo:
     """:class:`SnapshotInfo` from the header alone (no model is loaded, the cells are not read)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    where = Path(path)
+    where = check_path(path)
     try:
         with where.open("rb") as handle:
             head = handle.read(_HEAD.size)
