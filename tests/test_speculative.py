@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
+from free_rows import price_rows_as_free
 from gguf_factory import write_tiny_llama
 from tqdm import tqdm
 
@@ -50,9 +51,11 @@ COPYING = [
 
 @pytest.fixture(scope="module")
 def lookup_engine(model_path: Path) -> Iterator[SpeculativeEngine]:
+    """Prompt lookup, with rows priced as free: these tests check drafting itself, on any CPU (``free_rows``)."""
     config = SpeculativeConfig(EngineConfig(model_path, n_ctx=4096), PromptLookup(), num_speculative=8, trace=True)
     with SpeculativeEngine(config) as engine:
         engine.load_model()
+        price_rows_as_free(engine)
         yield engine
 
 
@@ -62,8 +65,9 @@ def draft_engine(model_path: Path) -> Iterator[SpeculativeEngine]:
 
     A draft model as large as its target never pays (each drafted token costs
     a decode as dear as the target's), so the cost model would rightly not
-    draft at all; here the drafts are priced as free, so that the draft
-    model's mechanics are exercised. The pricing is tested on its own.
+    draft at all; here the drafts and the rows are priced as free, so that
+    the draft model's mechanics are exercised on any CPU. The pricing is
+    tested on its own.
     """
     from oxillama_py.decode.speculation import Drafting
 
@@ -73,6 +77,7 @@ def draft_engine(model_path: Path) -> Iterator[SpeculativeEngine]:
     with pytest.MonkeyPatch.context() as patch, SpeculativeEngine(config) as engine:
         patch.setattr(Drafting, "observe_drafters", lambda self, drafters: None)
         engine.load_model()
+        price_rows_as_free(engine)
         yield engine
 
 
@@ -236,6 +241,8 @@ def test_speculative_sampling_matches_plain_sampling(model_path: Path, engine: E
     sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
     config = SpeculativeConfig(EngineConfig(model_path, n_ctx=1024), PromptLookup(), num_speculative=1, trace=True)
     with SpeculativeEngine(config) as spec:
+        spec.load_model()
+        price_rows_as_free(spec)  # every first token is drafted, whatever this CPU's costs
         probe = spec.complete(RGB, 2, seed=0, **sampling)
         assert probe.speculative is not None and probe.speculative.steps[0].drafted  # the first token is drafted
         drafted = probe.speculative.steps[0].drafted[0]

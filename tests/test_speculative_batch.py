@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import llama_cpp
 import pytest
+from free_rows import price_rows_as_free
 from test_speculative import COPYING, RGB, _same_distribution
 
 from oxillama_py import AsyncEngine, Engine, EngineConfig, PromptLookup
@@ -60,14 +61,9 @@ def test_requests_opt_in_and_out(spec: Engine, engine: Engine) -> None:
 def test_speculative_sampling_inside_a_batch_of_4_keeps_the_distribution(
     spec: Engine, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from oxillama_py.decode.cost import StepCost
-
     # Rows priced as free: every request drafts its first token (prompt lookup always finds one in RGB),
     # so every sample goes through the acceptance rule, whatever this machine's costs are.
-    worker = spec.async_engine()._life.worker
-    assert worker is not None
-    monkeypatch.setattr(worker, "cost", StepCost({1: 1.0, 64: 1.0}))
-    monkeypatch.setattr(StepCost, "observe", lambda self, n, seconds: None)
+    price_rows_as_free(spec, monkeypatch)
     sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
     batches = 75  # 300 first tokens a side
     speculative: Counter[int] = Counter()
@@ -172,13 +168,16 @@ def test_a_draft_model_drafts_for_each_sequence_of_a_batch(
     from oxillama_py.decode.speculation import Drafting
 
     # The draft is the target's own file (the only model here with its vocabulary): as dear as the
-    # target, so the cost model would rightly never draft. Priced as free here, to exercise the mechanics.
+    # target, so the cost model would rightly never draft. Drafts and rows are priced as free here,
+    # to exercise the mechanics.
     monkeypatch.setattr(Drafting, "observe_drafters", lambda self, drafters: None)
     draft = EngineConfig(model_path, n_ctx=4096)
     config = EngineConfig(model_path, n_ctx=4096, max_concurrency=2, speculative=draft, speculative_tokens=4)
     prompts = [COPYING[0], COPYING[2]]
     plain = [engine.complete(prompt, 40, temperature=0) for prompt in prompts]
     with Engine(config) as drafting:
+        drafting.load_model()
+        price_rows_as_free(drafting)
         results = drafting.complete_batch(prompts, 40, temperature=0)
     for result, reference in zip(results, plain, strict=True):
         assert result.token_ids == reference.token_ids
