@@ -136,8 +136,6 @@ async def test_default_throttle_fires_far_fewer_events(aengine: AsyncEngine) -> 
     # Each fire after the first needed 4 tokens or 50 ms: that bounds the count whatever the speed.
     n, secs = result.completion_tokens, result.timings.generation_secs
     assert len(fired) <= 1 + n / 4 + secs / 0.045
-    if n / secs > 30:  # a 50 ms gate then spans 1.5+ tokens: a fire every 2 or more tokens
-        assert len(rec.events) <= 0.6 * 128
 
 
 async def test_token_gate(aengine: AsyncEngine) -> None:
