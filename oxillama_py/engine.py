@@ -579,7 +579,7 @@ class AsyncEngine:
 
         The cached file must have the recorded SHA-256. Nothing is downloaded.
         """
-        path = await anyio.to_thread.run_sync(_model_from_hub_origin, check_path(snapshot_path))
+        path = await anyio.to_thread.run_sync(_model_from_hub_origin, check_path(snapshot_path, "snapshot_path"))
         return await cls.restore(snapshot_path, model_path=path)
 
     @classmethod
@@ -848,13 +848,14 @@ def _save_state(worker: DecodeWorker) -> tuple[list[SavedPrefix], list[tuple[Pat
 
 def _plan_restore(source: object, model_path: object) -> _Restore:
     """Read and check a snapshot and the model file it names (blocking)."""
+    given = None if model_path is None else check_path(model_path, "model_path")  # before any file is read
     if isinstance(source, (bytes, bytearray, memoryview)):
         header, prefixes = read_snapshot(bytes(source))
     else:
         header, prefixes = read_snapshot(check_path(source))
     info = info_of(header)
     config = info.config
-    model = Path(info.model_path) if model_path is None else check_path(model_path)
+    model = Path(info.model_path) if given is None else given
     check_gguf_file(model)
     if model_fingerprint(model) != header["model"]["fingerprint"]:
         raise LoadError(f"{model} is not the model file the snapshot was taken with ({info.model_path})")
@@ -1124,7 +1125,7 @@ class Engine:
     @classmethod
     def from_snapshot_with_hub(cls, snapshot_path: str | os.PathLike[str]) -> Engine:
         """See :meth:`AsyncEngine.from_snapshot_with_hub`."""
-        return cls.restore(snapshot_path, model_path=_model_from_hub_origin(check_path(snapshot_path)))
+        return cls.restore(snapshot_path, model_path=_model_from_hub_origin(check_path(snapshot_path, "snapshot_path")))
 
     @classmethod
     def from_hub(

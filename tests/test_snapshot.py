@@ -103,6 +103,10 @@ def test_corrupted_snapshots_are_clear_errors(warm: tuple[Engine, Path, str], tm
         Engine.snapshot_info(tmp_path / "missing.snap")
     with pytest.raises(TypeError, match="path must be"):
         Engine.snapshot_info(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="^model_path must be a str or an os.PathLike, got int"):
+        Engine.restore(tmp_path / "missing.snap", model_path=42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="^snapshot_path must be"):
+        Engine.from_snapshot_with_hub(42)  # type: ignore[arg-type]
 
 
 def _forge(data: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
