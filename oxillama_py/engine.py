@@ -82,6 +82,20 @@ def _check_prompt(prompt: object) -> str:
     return prompt
 
 
+def _check_prompts(prompts: object) -> list[str]:
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise TypeError("prompts must be a sequence of strings")
+    return [_check_prompt(p) for p in prompts]
+
+
+def _check_n(n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return n
+
+
 @dataclass(frozen=True)
 class Call:
     """One prepared call: its generation and what turns the ending into results or errors."""
@@ -90,6 +104,8 @@ class Call:
     collector: Collector
     progress: ProgressSubscriber | None
     strict_progress: bool
+    prompts: tuple[str, ...] = ()
+    """The text each request continues, in request order (a chat's rendered prompt)."""
 
     async def run(self) -> list[CompletionResult]:
         """Run the generation (task mode) to its end."""
@@ -459,14 +475,68 @@ class AsyncEngine:
     ) -> list[CompletionResult]:
         """Like :meth:`generate_batch`, returning :class:`CompletionResult` objects."""
         on_complete = options.pop("on_complete", None)
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-            raise TypeError("prompts must be a sequence of strings")
+        checked = _check_prompts(prompts)
         check_callback(on_complete)
-        checked = [_check_prompt(p) for p in prompts]
         opts = self._options(max_tokens, options)
         if not checked:
             return []
         return await (await self._prepare(checked, opts, on_complete=on_complete)).run()
+
+    # -- prepared calls (what the server and the Ray deployment build on) ---------------
+    async def prepare(
+        self,
+        prompts: Sequence[str],
+        max_tokens: int = 128,
+        *,
+        n: int = 1,
+        subscribers: Sequence[Subscriber] = (),
+        **options: Unpack[BatchKwargs],
+    ) -> Call:
+        """One generation of ``prompts``, each ``n`` times (choices, consecutive), tokenized and checked, not started.
+
+        The building block of every generation call (as httpx's
+        ``build_request``): ``await call.run()`` decodes it to its end, or
+        ``call.generation`` is pumped by its consumer. ``subscribers`` consume
+        its events beside the result collector and the progress display.
+        Raises what :meth:`generate` raises, before any decoding.
+        """
+        checked = _check_prompts(prompts)
+        count = _check_n(n)
+        on_complete = options.pop("on_complete", None)
+        check_callback(on_complete)
+        opts = self._options(max_tokens, options)
+        choices = [prompt for prompt in checked for _ in range(count)]
+        return await self._prepare(choices, opts, list(subscribers), on_complete)
+
+    async def prepare_chat(
+        self,
+        messages: Sequence[Message],
+        max_tokens: int = 128,
+        *,
+        n: int = 1,
+        chat_template: str | None = None,
+        subscribers: Sequence[Subscriber] = (),
+        **options: Unpack[GenerateKwargs],
+    ) -> Call:
+        """:meth:`prepare` for a conversation rendered as :meth:`chat` renders it (its stop strings added)."""
+        checked = check_messages(messages)
+        count = _check_n(n)
+        opts = self._options(max_tokens, options)
+        template = _check_template(chat_template)
+        prompt, opts = await self._chat_prompt(checked, template, opts)
+        return await self._prepare([prompt] * count, opts, list(subscribers))
+
+    async def count_chat_tokens(self, messages: Sequence[Message], *, chat_template: str | None = None) -> int:
+        """How many tokens :meth:`chat` would prefill for ``messages`` (BOS included)."""
+        checked = check_messages(messages)
+        template = _check_template(chat_template)
+        model = (await self._ready()).model
+
+        def count() -> int:
+            prompt, _ = self._render_for_decode(model, checked, template)
+            return len(model.tokenize(prompt))
+
+        return await anyio.to_thread.run_sync(count)
 
     # -- prefix cache -----------------------------------------------------------------
     async def cache_prefix(self, text: str) -> int:
@@ -676,16 +746,6 @@ class AsyncEngine:
         stop = opts.stop + tuple(s for s in template.stop if s not in opts.stop)
         return prompt, replace(opts, stop=stop)
 
-    async def _chat_prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        """How many tokens :meth:`chat` would prefill for ``messages`` (BOS included)."""
-        model = (await self._ready()).model
-
-        def count() -> int:
-            prompt, _ = self._render_for_decode(model, messages, None)
-            return len(model.tokenize(prompt))
-
-        return await anyio.to_thread.run_sync(count)
-
     def _chosen(self, chosen: str | None) -> str | None:
         """The call's template, else the engine config's (``None``: the model's own)."""
         return chosen if chosen is not None else self.config.chat_template
@@ -747,7 +807,7 @@ class AsyncEngine:
             )
             subscribers.append(progress)
         generation = Generation(requests, subscribers, worker.submit)
-        return Call(generation, collector, progress, opts.progress.strict)
+        return Call(generation, collector, progress, opts.progress.strict, tuple(prompts))
 
     def _check_options(self, opts: GenerateOptions) -> None:
         """Engine-specific checks of a call's options, before any work."""

@@ -10,6 +10,7 @@ __all__ = [
     "KvCacheFullError",
     "GenerationCancelled",
     "GrammarError",
+    "SnapshotError",
 ]
 
 
@@ -42,3 +43,7 @@ class GrammarError(OxiLlamaError, ValueError):
 
     Raised before any decoding. It is also a ``ValueError``: bad input, like the other argument errors.
     """
+
+
+class SnapshotError(LoadError):
+    """A snapshot that cannot be read: not one, truncated, altered, or of an unknown format version."""

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import numpy as np
 
 from .config import EngineConfig, PromptLookup, SamplerConfig
-from .decode.persist import SavedPrefix, SnapshotError
+from .decode.persist import SavedPrefix
+from .errors import SnapshotError
 from .errors import LoadError
 from .paths import check_path
 

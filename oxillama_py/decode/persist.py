@@ -10,17 +10,13 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import GenerateError, LoadError, OxiLlamaError
+from ..errors import GenerateError, OxiLlamaError, SnapshotError
 from .prefix_cache import ALIGN, MIN_REUSE, common_prefix
 
 if TYPE_CHECKING:
     from .worker import DecodeWorker
 
-__all__ = ["SavedPrefix", "SnapshotError", "restore_prefixes", "save_prefixes"]
-
-
-class SnapshotError(LoadError):
-    """A snapshot that cannot be read: not one, truncated, altered, or of an unknown format version."""
+__all__ = ["SavedPrefix", "restore_prefixes", "save_prefixes"]
 
 
 @dataclass(frozen=True)

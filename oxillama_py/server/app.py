@@ -171,7 +171,7 @@ class Server:
             return job.max_tokens
         if job.kind == "completion":
             return 16  # OpenAI's default for completions
-        used = await self.engine._chat_prompt_tokens(list(job.messages))  # the server is part of the package
+        used = await self.engine.count_chat_tokens(list(job.messages))
         return max(1, min(self.settings.default_max_tokens, self.engine.config.slot_ctx - used))
 
     # -- routes -------------------------------------------------------------------------
