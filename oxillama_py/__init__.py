@@ -14,7 +14,7 @@ from typing import Any
 
 from .cancel import CancellationToken
 from .config import EngineConfig, PromptLookup, SamplerConfig, SpeculativeConfig
-from .engine import AsyncEngine, Engine
+from .engine import AsyncEngine, AsyncSpeculativeEngine, Engine, SpeculativeEngine, TextStream
 from .errors import (
     GenerateError,
     GenerationCancelled,
@@ -22,6 +22,7 @@ from .errors import (
     KvCacheFullError,
     LoadError,
     OxiLlamaError,
+    SnapshotError,
     TokenizerError,
 )
 from .grammar import Grammar
@@ -29,10 +30,8 @@ from .lora import Lora
 from .options import BatchKwargs, GenerateKwargs
 from .progress import ProgressEvent, make_progress_adapter
 from .results import CompletionResult, FinishReason, SpeculativeStats, Timings, VerifyStep
-from .snapshot import HubOrigin, SnapshotError, SnapshotInfo
-from .speculative import AsyncSpeculativeEngine, SpeculativeEngine
+from .engine.snapshot_file import HubOrigin, SnapshotInfo
 from .stats import EngineStats, PrefixCacheStats
-from .stream import TextStream
 from .tokenizer import Tokenizer
 
 __version__ = "0.2.0"

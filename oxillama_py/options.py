@@ -1,18 +1,23 @@
-"""The keyword options of every ``generate*`` call, spelled once and typed.
+"""The keyword options of every ``generate*`` call, spelled once, typed, and resolved once.
 
 :class:`GenerateKwargs` is what callers (and type checkers, and IDEs) see;
-:class:`GenerateOptions` is the same, validated, before any work starts.
+:class:`GenerateOptions` is the same, validated and resolved against the
+engine's config by :func:`resolve_options` before any work starts. Every rule
+that depends on both (speculation with a grammar or mirostat, the seed of each
+choice) is written here once, for every entry point.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
 from .cancel import CancellationToken
-from .config import SamplerConfig, check_seed
+from .config import EngineConfig, SamplerConfig, check_seed
+from .errors import GrammarError
 from .grammar import Constraint, Grammar, resolve_grammar
 from .progress import check_progress, check_throttle
 from .results import CompletionResult
@@ -22,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     from typing_extensions import Unpack
 
-__all__ = ["BatchKwargs", "GenerateKwargs", "GenerateOptions", "ProgressOptions", "Unpack"]
+__all__ = ["BatchKwargs", "GenerateKwargs", "GenerateOptions", "ProgressOptions", "Unpack", "resolve_options"]
 
 
 class GenerateKwargs(TypedDict, total=False):
@@ -89,6 +94,16 @@ class GenerateOptions:
     progress: ProgressOptions
     grammar: Constraint = None
     speculative: bool | None = None
+    """As the caller gave it; after :func:`resolve_options`, whether the call's unconstrained prompts speculate."""
+    seed: int | None = None
+    """The call's seed (its sampler's, else the engine's); ``None``: a random one per prompt."""
+
+    def seed_for(self, index: int) -> int:
+        """The seed of prompt ``index``: ``seed + index``, so a seeded batch is reproducible and two
+        choices of one prompt differ (mod ``2**32 - 1``: never llama.cpp's "random seed" value)."""
+        if self.seed is None:
+            return random.getrandbits(31)
+        return (self.seed + index) % 0xFFFFFFFF if index else self.seed
 
     @classmethod
     def build(cls, base: SamplerConfig, max_tokens: int, options: GenerateKwargs) -> GenerateOptions:
@@ -127,11 +142,37 @@ class GenerateOptions:
         speculative = options.get("speculative")
         if speculative is not None:
             _flag("speculative", speculative)
-            if speculative and grammar is not None:
-                raise ValueError("speculative=True does not combine with grammar=, json_schema= or json=")
-            if speculative and chosen.mirostat:
-                raise ValueError("speculative=True does not combine with mirostat sampling")
         return cls(max_tokens, chosen, _stops(options.get("stop")), cancel_token, progress, grammar, speculative)
+
+
+def resolve_options(
+    config: EngineConfig, max_tokens: int, options: GenerateKwargs, *, speculating_engine: str | None = None
+) -> GenerateOptions:
+    """A call's options, validated and resolved against ``config`` (before any work).
+
+    Speculation is the engine's default (``config.speculative``) unless the
+    call says ``speculative=``. Where speculation is only the default, a call
+    with a grammar or mirostat sampling decodes plainly; where it is asked for
+    (``speculative=True``, or an engine that speculates every request, named by
+    ``speculating_engine``), a grammar is a :class:`GrammarError` and mirostat
+    a ``ValueError``.
+    """
+    opts = GenerateOptions.build(config.sampler, max_tokens, options)
+    asked = "speculative=True" if opts.speculative else speculating_engine
+    if asked is not None and opts.grammar is not None:
+        raise GrammarError(
+            f"{asked} does not combine with grammar=, json_schema= or json= "
+            "(drafts are not constrained); decode constrained output without speculation"
+        )
+    if asked is not None and opts.sampler.mirostat:
+        raise ValueError(f"{asked} does not support mirostat sampling; use temperature/top-k/top-p")
+    if opts.speculative is not None:
+        speculative = opts.speculative
+    else:
+        speculative = speculating_engine is not None or config.speculative is not None
+    speculative = speculative and not opts.sampler.mirostat
+    seed = opts.sampler.seed if opts.sampler.seed is not None else config.seed
+    return replace(opts, speculative=speculative, seed=seed)
 
 
 def _flag(name: str, value: object) -> bool:

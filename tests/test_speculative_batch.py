@@ -163,7 +163,7 @@ def test_snapshot_keeps_the_speculative_config(spec: Engine, model_path: Path) -
     with Engine.restore(data) as restored:
         assert restored.config.speculative == PromptLookup() and restored.config.max_concurrency == 4
     draft = EngineConfig(model_path, n_ctx=4096, speculative=EngineConfig(Path(model_path), n_ctx=4096))
-    from oxillama_py.snapshot import config_from_json, config_to_json
+    from oxillama_py.engine.snapshot_file import config_from_json, config_to_json
 
     assert config_from_json(config_to_json(draft)) == EngineConfig(
         str(model_path), n_ctx=4096, speculative=EngineConfig(str(model_path), n_ctx=4096)

@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from oxillama_py import AsyncEngine, EngineConfig, GenerationCancelled, ProgressEvent
-from oxillama_py.stream import TextStream
+from oxillama_py import TextStream
 
 pytestmark = pytest.mark.anyio
 

@@ -12,14 +12,11 @@ that end explicit and waits for it, as httpx's ``client.stream()`` does.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import anyio.lowlevel
 
-from .bus.pieces import PieceBuffer
-
-if TYPE_CHECKING:
-    from .engine import Call
+from ..bus.pieces import PieceBuffer
+from .call import Call
 
 __all__ = ["TextStream"]
 

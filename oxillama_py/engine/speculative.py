@@ -1,24 +1,25 @@
-"""``SpeculativeEngine`` and ``AsyncSpeculativeEngine``: the engines, with speculative decoding.
+"""``SpeculativeEngine`` and ``AsyncSpeculativeEngine``: the engines, configured to speculate every request.
 
 They are :class:`~oxillama_py.AsyncEngine` and :class:`~oxillama_py.Engine`
-configured to speculate: the target's config with ``speculative=`` the draft
-(and ``speculative_tokens=`` the cap), one slot, and every request
-speculating. The decode worker is the same (see
-:mod:`oxillama_py.decode.speculation`); each result carries its draft
-statistics in ``result.speculative``.
+with the target's config, ``speculative=`` the draft (and
+``speculative_tokens=`` the cap) and one slot; every request speculates, so
+the options' one rule for asked-for speculation applies to all of them (a
+grammar or mirostat is refused: :func:`~oxillama_py.options.resolve_options`).
+The decode worker is the same (see :mod:`oxillama_py.decode.speculation`);
+each result carries its draft statistics in ``result.speculative``.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
+from functools import partial
 from typing import Any
 
-from .config import SpeculativeConfig
-from .decode import DecodeWorker
-from .engine import AsyncEngine, Backend, Engine
-from .errors import GrammarError
-from .options import GenerateOptions
+from ..config import SpeculativeConfig
+from ..decode import DecodeWorker
+from .async_engine import AsyncEngine
+from .lifetime import Lifetime
+from .sync import Backend, Engine
 
 __all__ = ["AsyncSpeculativeEngine", "SpeculativeEngine"]
 
@@ -46,18 +47,8 @@ class AsyncSpeculativeEngine(AsyncEngine):
             )
         )
         self.speculative_config = config
-
-    def _make_worker(self, path: Path) -> DecodeWorker:
-        return DecodeWorker(self.config, path, "oxillama-speculative", trace=self.speculative_config.trace)
-
-    def _check_options(self, opts: GenerateOptions) -> None:
-        if opts.sampler.mirostat:
-            raise ValueError("SpeculativeEngine does not support mirostat sampling; use temperature/top-k/top-p")
-        if opts.grammar is not None:
-            raise GrammarError(
-                "SpeculativeEngine does not constrain output with a grammar or JSON Schema; "
-                "use Engine or AsyncEngine for grammar=, json_schema= or json="
-            )
+        self._speculating_engine = "SpeculativeEngine"
+        self._life = Lifetime(self.config, partial(DecodeWorker, name="oxillama-speculative", trace=config.trace))
 
 
 class SpeculativeEngine(Engine):
@@ -70,11 +61,7 @@ class SpeculativeEngine(Engine):
         backend: Backend = "asyncio",
         backend_options: dict[str, Any] | None = None,
     ) -> None:
-        self._speculative_config = config
-        super().__init__(None, backend=backend, backend_options=backend_options)
-
-    def _make_async(self, config: object) -> AsyncEngine:
-        return AsyncSpeculativeEngine(self._speculative_config)
+        super().__init__(AsyncSpeculativeEngine(config), backend=backend, backend_options=backend_options)
 
     def async_engine(self) -> AsyncSpeculativeEngine:
         engine = super().async_engine()

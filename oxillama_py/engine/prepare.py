@@ -1,0 +1,154 @@
+"""Turning a call's prompts and resolved options into a :class:`Call`: checks, chat rendering, tokens, subscribers.
+
+Everything here runs before any decoding, so bad input fails with a clear error
+and no display is touched. Tokenizing is blocking (it runs in a worker thread,
+not on the loop); the progress display is made last, with no await after it,
+so the caller that starts the generation is the one that finalises it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import anyio.to_thread
+
+from ..bus import Generation, Request, Subscriber
+from ..bus.collect import Collector
+from ..chat import ChatTemplate, render_messages, resolve_template, template_for
+from ..config import EngineConfig
+from ..decode import DecodeWorker
+from ..errors import KvCacheFullError
+from ..grammar import grammar_for
+from ..llama.model import Model
+from ..llama.sampling import check_grammar
+from ..options import GenerateOptions
+from ..progress import ProgressSubscriber, make_progress_adapter
+from ..results import CompletionResult
+from .call import Call
+
+__all__ = [
+    "build_call",
+    "check_n",
+    "check_prompt",
+    "check_prompts",
+    "check_template",
+    "check_text",
+    "render_chat",
+    "render_for_decode",
+]
+
+
+def check_prompt(prompt: object) -> str:
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    return prompt
+
+
+def check_prompts(prompts: object) -> list[str]:
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise TypeError("prompts must be a sequence of strings")
+    return [check_prompt(p) for p in prompts]
+
+
+def check_text(text: object) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return text
+
+
+def check_n(n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return n
+
+
+def check_template(chosen: object) -> str | None:
+    """Reject a bad ``chat_template`` argument before any work (the model is not needed for that)."""
+    if chosen is not None:
+        resolve_template(chosen, model_template=None, has_token=lambda _: False)  # type: ignore[arg-type]
+    return chosen  # type: ignore[return-value]
+
+
+def render_chat(
+    config: EngineConfig, model: Model, messages: list[dict[str, str]], template: str | None, *, generation: bool
+) -> str:
+    """The prompt as the template writes it (BOS text included); ``template`` falls back to the config's."""
+    chosen = template if template is not None else config.chat_template
+    return render_messages(model, messages, chosen, add_generation_prompt=generation)
+
+
+def render_for_decode(
+    config: EngineConfig, model: Model, messages: list[dict[str, str]], template: str | None
+) -> tuple[str, ChatTemplate]:
+    """The rendered prompt without the BOS text that tokenizing adds again, and its template (blocking)."""
+    chosen = template_for(model, template if template is not None else config.chat_template)
+    bos = model.special_text(model.bos)
+    prompt = chosen.render(messages, add_generation_prompt=True, bos_token=bos, eos_token=model.special_text(model.eos))
+    if model.add_bos and bos and prompt.startswith(bos):
+        prompt = prompt[len(bos) :]
+    return prompt, chosen
+
+
+def _requests(config: EngineConfig, model: Model, prompts: list[str], opts: GenerateOptions) -> list[Request]:
+    """Tokenize and check every prompt against the context one request may use (blocking)."""
+    grammars = [grammar_for(opts.grammar, index, len(prompts)) for index in range(len(prompts))]
+    for grammar in {g for g in grammars if g is not None}:
+        check_grammar(model, grammar)  # a malformed grammar fails here, before any decoding
+    budget = config.slot_ctx  # a speculative step drafts at most max_tokens - 1 past the text: it fits too
+    requests = []
+    for index, prompt in enumerate(prompts):
+        tokens = model.tokenize(prompt)
+        if not tokens:
+            raise ValueError("prompt is empty and the model adds no BOS token")
+        if len(tokens) + opts.max_tokens > budget:
+            raise KvCacheFullError(
+                f"prompt of {len(tokens)} tokens plus max_tokens={opts.max_tokens} does not fit the "
+                f"{budget} context cells one request may use "
+                f"(n_ctx={config.n_ctx} shared by max_concurrency={config.max_concurrency})"
+            )
+        requests.append(
+            Request(
+                tokens,
+                opts.max_tokens,
+                opts.sampler,
+                opts.seed_for(index),
+                opts.stop,
+                opts.cancel_token,
+                sequence=index,
+                grammar=grammars[index],
+                speculative=bool(opts.speculative) and grammars[index] is None,
+            )
+        )
+    return requests
+
+
+async def build_call(
+    config: EngineConfig,
+    worker: DecodeWorker,
+    prompts: list[str],
+    opts: GenerateOptions,
+    extra: Sequence[Subscriber] = (),
+    on_complete: Callable[[int, CompletionResult], object] | None = None,
+) -> Call:
+    """Tokenize (off the loop) and build the call's subscribers; the display is touched last."""
+    requests = await anyio.to_thread.run_sync(_requests, config, worker.model, prompts, opts)
+    total = opts.max_tokens * len(prompts)
+    callback, finaliser = make_progress_adapter(opts.progress.target, total)
+    collector = Collector(len(requests), on_complete)
+    subscribers: list[Subscriber] = [collector, *extra]
+    progress: ProgressSubscriber | None = None
+    if callback is not None and finaliser is not None:
+        shown = opts.progress
+        progress = ProgressSubscriber(
+            callback,
+            finaliser,
+            total,
+            throttle_ms=shown.throttle_ms,
+            throttle_tokens=shown.throttle_tokens,
+            capture_text=shown.capture_text,
+        )
+        subscribers.append(progress)
+    generation = Generation(requests, subscribers, worker.submit)
+    return Call(generation, collector, progress, opts.progress.strict, tuple(prompts))
