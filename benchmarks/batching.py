@@ -1,117 +1,48 @@
 """Aggregate throughput of concurrent requests through ``AsyncEngine`` against raw llama.cpp.
 
-What it measures: aggregate completion tokens per second (all sequences'
-tokens / wall seconds from the first submit to the last result) for 1, 4, 8
-and 16 concurrent greedy requests with distinct prompts, through
-
-* ``engine8_batch``: ``AsyncEngine(EngineConfig(...))`` with the default
-  ``max_concurrency=8``, ``await complete_batch(prompts)`` (what
-  ``generate_batch`` returns the texts of). With 16 prompts only 8 decode at
-  once; the other 8 queue and take slots as they free (continuous batching).
-* ``engine8_tasks``: the same engine, one ``await complete(prompt)`` per
-  prompt, all started in one task group (how a web backend sees it).
-* ``engine16_batch``: ``AsyncEngine`` with ``max_concurrency=16``, so 16
-  requests decode together.
-* ``raw_sequential``: the same prompts one after another through
-  ``llama_cpp.Llama.create_completion(temperature=0)`` (``reset()`` before each):
-  what you get without batching.
-* ``raw_batched``: a minimal batched loop over llama.cpp's low-level API
-  (``llama_batch_init``, one ``llama_decode`` per step over every sequence,
-  greedy by numpy argmax over ``llama_get_logits_ith``, ``llama_memory_clear``)
-  with the same context settings as the engine: the machine's ceiling for this
-  model. (``--raw-argmax llama`` picks with llama.cpp's greedy
-  ``llama_sampler`` instead, as the engine does today; with Gemma 3's 262k
-  vocabulary that costs about 0.3 ms more per sequence and step.)
-
-It also measures the event loop's lag: during every run a task sleeps 1 ms in
-a loop and records how late it wakes. The 99th percentile during the 8-request
-``engine8_batch`` run is the figure of merit. The raw contenders run in a
-worker thread (``anyio.to_thread.run_sync``) so that the same probe runs beside
-them: their lag is what plain CPU and GIL contention from llama.cpp in another
-thread costs the loop, and the probe's own cost is paid by every contender
-alike. An idle-loop baseline is recorded each round.
-
-Why: batching is the reason the engine owns one decode thread that steps all
-requests together. Targets: engine(8) / sequential raw(8) >= 1.8,
-engine(8) / raw batched(8) >= 0.9, p99 loop lag < 10 ms.
-
-How: all contenders are loaded once and warmed up, then run interleaved
-(for each round, for each concurrency level, every contender in a rotating
-order) so machine noise hits them alike; medians over rounds are reported.
-Every contender uses the same llama.cpp thread count (``--threads``). Batched
-decoding takes a different kernel path than single-sequence decoding, so greedy
-texts may differ between contenders and a sequence may stop early at an
-end-of-generation token: throughput counts the tokens actually produced.
-
-Usage: ``python benchmarks/batching.py [--quick] [--model PATH] [--backend asyncio|uvloop|trio]``.
-Writes ``benchmarks/results/batching.json`` and ``batching.png``.
+Aggregate tok/s of 1, 4, 8 and 16 concurrent greedy requests with distinct prompts through ``engine8_batch``
+(``complete_batch``, default 8 slots), ``engine8_tasks`` (one ``complete`` task per prompt), ``engine16_batch``
+(16 slots), ``raw_sequential`` (``Llama.create_completion`` one prompt after another) and ``raw_batched`` (a minimal
+batched loop over llama.cpp's low-level API: the machine's ceiling), with the event loop's lag probed during every
+run. Targets at 8 requests: engine / sequential >= 1.8, engine / batched >= 0.9, p99 loop lag < 10 ms. See
+``benchmarks/README.md``. Writes ``results/batching.json`` and ``batching.png``.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import _common as common
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+import harness as h
 import numpy as np
+from figures import batching_rows
 
-TOPICS = (
-    "the ocean",
-    "volcanoes",
-    "the moon",
-    "honey bees",
-    "ancient Rome",
-    "the human brain",
-    "rainforests",
-    "the printing press",
-    "penguins",
-    "black holes",
-    "coffee",
-    "the Sahara desert",
-    "octopuses",
-    "the Great Wall of China",
-    "electricity",
-    "mushrooms",
-)
+TOPICS = (  # noqa: SIM905
+    "the ocean; volcanoes; the moon; honey bees; ancient Rome; the human brain; rainforests; the printing press; "
+    "penguins; black holes; coffee; the Sahara desert; octopuses; the Great Wall of China; electricity; mushrooms"
+).split("; ")
 LEVELS = (1, 4, 8, 16)
 CONTENDERS = ("engine8_batch", "engine8_tasks", "engine16_batch", "raw_sequential", "raw_batched")
+ENGINES = CONTENDERS[:3]
 PRIMARY = "engine8_batch"
 TARGET_VS_SEQUENTIAL = 1.8
 TARGET_VS_BATCHED = 0.9
 TARGET_P99_LAG_MS = 10.0
 LAG_SLEEP = 0.001
+Runner = Callable[[list[str], int], Awaitable[h.Sample]]
 
 
 def prompts(n: int) -> list[str]:
     return [f"List of one hundred interesting facts about {topic}:\n1." for topic in TOPICS[:n]]
-
-
-@dataclass
-class Sample:
-    tokens: int
-    secs: float
-    per_sequence: list[int]
-    lag_ms: list[float] | None = None
-
-    @property
-    def tok_per_sec(self) -> float:
-        return self.tokens / self.secs if self.secs > 0 else math.nan
-
-
-@dataclass
-class Contender:
-    name: str
-    run: Callable[[list[str], int], Awaitable[Sample]]
-    samples: dict[int, list[Sample]] = field(default_factory=dict)
 
 
 # -- the raw baselines ---------------------------------------------------------------------
@@ -216,19 +147,17 @@ class RawBatched:
         return out
 
 
-def make_raw_batched(
-    model: Path, threads: int, n_ctx: int, argmax: str
-) -> Callable[[list[str], int], Awaitable[Sample]]:
+def make_raw_batched(model: Path, threads: int, n_ctx: int, argmax: str) -> Runner:
     raw = RawBatched(model, threads, n_ctx, n_seq_max=max(LEVELS), argmax=argmax)
 
-    async def run(texts: list[str], max_tokens: int) -> Sample:
+    async def run(texts: list[str], max_tokens: int) -> h.Sample:
         out, secs, lags = await with_lag(lambda: anyio.to_thread.run_sync(raw.generate, texts, max_tokens))
-        return Sample(sum(map(len, out)), secs, [len(t) for t in out], lags)
+        return h.Sample(secs, [len(t) for t in out], extra={"lag_ms": lags})
 
     return run
 
 
-def make_raw_sequential(model: Path, threads: int) -> Callable[[list[str], int], Awaitable[Sample]]:
+def make_raw_sequential(model: Path, threads: int) -> Runner:
     from llama_cpp import Llama
 
     llm = Llama(str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -241,9 +170,9 @@ def make_raw_sequential(model: Path, threads: int) -> Callable[[list[str], int],
             counts.append(int(out["usage"]["completion_tokens"]))
         return counts
 
-    async def run(texts: list[str], max_tokens: int) -> Sample:
+    async def run(texts: list[str], max_tokens: int) -> h.Sample:
         counts, secs, lags = await with_lag(lambda: anyio.to_thread.run_sync(one_by_one, texts, max_tokens))
-        return Sample(sum(counts), secs, counts, lags)
+        return h.Sample(secs, counts, extra={"lag_ms": lags})
 
     return run
 
@@ -274,17 +203,17 @@ async def with_lag(work: Callable[[], Awaitable[Any]]) -> tuple[Any, float, list
     return result, secs, [lag * 1000.0 for lag in lags]
 
 
-def make_engine_batch(engine: Any) -> Callable[[list[str], int], Awaitable[Sample]]:
-    async def run(texts: list[str], max_tokens: int) -> Sample:
+def make_engine_batch(engine: Any) -> Runner:
+    async def run(texts: list[str], max_tokens: int) -> h.Sample:
         results, secs, lags = await with_lag(lambda: engine.complete_batch(texts, max_tokens, temperature=0))
         counts = [r.completion_tokens for r in results]
-        return Sample(sum(counts), secs, counts, lags)
+        return h.Sample(secs, counts, extra={"lag_ms": lags})
 
     return run
 
 
-def make_engine_tasks(engine: Any) -> Callable[[list[str], int], Awaitable[Sample]]:
-    async def run(texts: list[str], max_tokens: int) -> Sample:
+def make_engine_tasks(engine: Any) -> Runner:
+    async def run(texts: list[str], max_tokens: int) -> h.Sample:
         counts = [0] * len(texts)
 
         async def one(index: int) -> None:
@@ -296,7 +225,7 @@ def make_engine_tasks(engine: Any) -> Callable[[list[str], int], Awaitable[Sampl
                     group.start_soon(one, index)
 
         _, secs, lags = await with_lag(all_of_them)
-        return Sample(sum(counts), secs, counts, lags)
+        return h.Sample(secs, counts, extra={"lag_ms": lags})
 
     return run
 
@@ -312,44 +241,41 @@ async def idle_lag(seconds: float) -> list[float]:
 # -- the run -------------------------------------------------------------------------------
 
 
-async def measure(args: Any, model: Path, max_tokens: int, rounds: int, levels: tuple[int, ...]) -> dict:
+async def measure(run: h.Run) -> tuple[list[h.Contender], list[float]]:
     from oxillama_py import AsyncEngine, EngineConfig, SamplerConfig
 
+    model, threads, levels = run.model, run.args.threads, LEVELS
     greedy = SamplerConfig.greedy()
-    config8 = EngineConfig(model, n_threads=args.threads, sampler=greedy)
-    config16 = EngineConfig(model, n_threads=args.threads, sampler=greedy, max_concurrency=16)
+    config8 = EngineConfig(model, n_threads=threads, sampler=greedy)
+    config16 = EngineConfig(model, n_threads=threads, sampler=greedy, max_concurrency=16)
     idle: list[float] = []
     async with AsyncEngine(config8) as engine8, AsyncEngine(config16) as engine16:
         runners = {
             "engine8_batch": make_engine_batch(engine8),
             "engine8_tasks": make_engine_tasks(engine8),
             "engine16_batch": make_engine_batch(engine16),
-            "raw_sequential": make_raw_sequential(model, args.threads),
-            "raw_batched": make_raw_batched(model, args.threads, config8.n_ctx, args.raw_argmax),
+            "raw_sequential": make_raw_sequential(model, threads),
+            "raw_batched": make_raw_batched(model, threads, config8.n_ctx, run.args.raw_argmax),
         }
-        contenders = [Contender(name, runners[name]) for name in CONTENDERS]
+        contenders = [h.Contender(name, runners[name]) for name in CONTENDERS]
         warm = prompts(max(levels))
         for contender in contenders:  # warm-up: page in weights, build graphs for every batch size
             await contender.run(warm[:1], 4)
             if contender.name != "raw_sequential":  # one prompt at a time: nothing more to warm
                 await contender.run(warm, 4)
-        for round_no in range(rounds):
-            idle += await idle_lag(0.5)
-            for level in levels:
-                texts = prompts(level)
-                line = []
-                for contender in common.rotated(contenders, round_no + level):
-                    sample = await contender.run(texts, max_tokens)
-                    contender.samples.setdefault(level, []).append(sample)
-                    line.append(f"{contender.name} {sample.tok_per_sec:6.1f}")
-                print(f"round {round_no + 1}/{rounds}, {level:2d} requests: " + ", ".join(line), flush=True)
-    return {"contenders": contenders, "idle_lag_ms": idle}
+        for round_no, level, order in h.schedule(run.rounds, levels, contenders, lambda r, level: r + level):
+            if level == levels[0]:
+                idle += await idle_lag(0.5)
+            texts = prompts(level)
+            line = []
+            for contender in order:
+                sample = contender.record(level, await contender.run(texts, run.max_tokens))
+                line.append(f"{contender.name} {sample.tok_per_sec:6.1f}")
+            h.say(f"round {round_no + 1}/{run.rounds}, {level:2d} requests: " + ", ".join(line))
+    return contenders, idle
 
 
-def main() -> int:
-    parser = common.base_parser(__doc__)
-    parser.add_argument("--max-tokens", type=int, default=None, help="tokens per request (default 64, quick 24)")
-    parser.add_argument("--rounds", type=int, default=None, help="measured rounds (default 3, quick 1)")
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("asyncio", "uvloop", "trio"), default="asyncio")
     parser.add_argument(
         "--raw-argmax",
@@ -358,48 +284,48 @@ def main() -> int:
         help="how the raw batched loop picks greedy tokens: numpy argmax over the logits (the faster, so the "
         "ceiling) or llama.cpp's greedy llama_sampler (what the engine uses today)",
     )
-    args = parser.parse_args()
-    max_tokens = args.max_tokens or (24 if args.quick else 64)
-    rounds = args.rounds or (1 if args.quick else 3)
-    model = common.resolve_model(args.model)
-    common.quiet_llama_cpp()
-    started = time.perf_counter()
-    info = common.machine_info(args.threads, model)
-    info["backend"] = args.backend
-    info["raw_argmax"] = args.raw_argmax
+
+
+def main() -> int:
+    run = h.start("batching", __doc__, rounds=(3, 1), max_tokens=(64, 24), arguments=arguments)
+    args = run.args
+    run.info["backend"] = args.backend
+    run.info["raw_argmax"] = args.raw_argmax
     backend, options = ("asyncio", {"use_uvloop": True}) if args.backend == "uvloop" else (args.backend, {})
-    print(
-        f"model {model.name}, {args.threads} threads, {max_tokens} tokens per request, {rounds} rounds, {args.backend}",
-        flush=True,
+    h.say(
+        f"model {run.model.name}, {args.threads} threads, {run.max_tokens} tokens, {run.rounds} rounds, {args.backend}"
     )
-    measured = anyio.run(measure, args, model, max_tokens, rounds, LEVELS, backend=backend, backend_options=options)
-    common.finish_info(info, started)
-    data = analyse(measured, info, max_tokens, rounds, args.quick)
-    print_table(data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    common.write_json(args.out / "batching.json", data)
-    plot(data, args.out / "batching.png")
-    print(f"wrote {args.out / 'batching.json'} and {args.out / 'batching.png'}")
+    contenders, idle = anyio.run(measure, run, backend=backend, backend_options=options)
+    run.stop()
+    data = analyse(run, contenders, idle)
+    notes = [
+        f"{c}: ceiling raw batched / raw sequential {v:.2f}"
+        for c, v in data["ratios"]["ceiling_raw_batched_vs_sequential"].items()
+    ]
+    if data["stopped_early"]:
+        notes.append(
+            f"note: {len(data['stopped_early'])} runs had a sequence end before max_tokens (counted as produced)"
+        )
+    run.report(data, rows=batching_rows, plot=plot, checks=data["checks"], notes=notes)
     return 0 if data["all_targets_met"] else 1
 
 
-def analyse(measured: dict, info: dict[str, Any], max_tokens: int, rounds: int, quick: bool) -> dict:
-    contenders: list[Contender] = measured["contenders"]
+def analyse(run: h.Run, contenders: list[h.Contender], idle: list[float]) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for contender in contenders:
         per_level: dict[str, Any] = {}
         for level, samples in sorted(contender.samples.items()):
             entry: dict[str, Any] = {
-                "tok_per_sec": common.summary([s.tok_per_sec for s in samples]),
-                "secs": common.summary([s.secs for s in samples]),
+                "tok_per_sec": h.summary([s.tok_per_sec for s in samples]),
+                "secs": h.summary([s.secs for s in samples]),
                 "tokens": [s.tokens for s in samples],
                 "tokens_per_sequence": [s.per_sequence for s in samples],
             }
-            lags = [lag for s in samples if s.lag_ms is not None for lag in s.lag_ms]
+            lags = [lag for s in samples for lag in s.extra["lag_ms"]]
             if lags:
                 entry["loop_lag_ms"] = {
-                    "p50": common.percentile(lags, 50),
-                    "p99": common.percentile(lags, 99),
+                    "p50": h.percentile(lags, 50),
+                    "p99": h.percentile(lags, 99),
                     "max": max(lags),
                     "probes": len(lags),
                 }
@@ -410,9 +336,8 @@ def analyse(measured: dict, info: dict[str, Any], max_tokens: int, rounds: int, 
         entry = table.get(name, {}).get(str(level))
         return entry["tok_per_sec"]["median"] if entry else math.nan
 
-    ratios: dict[str, Any] = {}
-    for name in ("engine8_batch", "engine8_tasks", "engine16_batch"):
-        ratios[name] = {
+    ratios: dict[str, Any] = {
+        name: {
             str(level): {
                 "vs_raw_sequential": med(name, level) / med("raw_sequential", level),
                 "vs_raw_batched": med(name, level) / med("raw_batched", level),
@@ -420,102 +345,51 @@ def analyse(measured: dict, info: dict[str, Any], max_tokens: int, rounds: int, 
             for level in LEVELS
             if str(level) in table[name]
         }
+        for name in ENGINES
+    }
     ratios["ceiling_raw_batched_vs_sequential"] = {
         str(level): med("raw_batched", level) / med("raw_sequential", level) for level in LEVELS
     }
     primary = ratios[PRIMARY].get("8", {})
     lag8 = table[PRIMARY].get("8", {}).get("loop_lag_ms", {})
     checks = {
-        "engine8_vs_raw_sequential_8": {
-            "value": primary.get("vs_raw_sequential", math.nan),
-            "target": TARGET_VS_SEQUENTIAL,
-        },
-        "engine8_vs_raw_batched_8": {"value": primary.get("vs_raw_batched", math.nan), "target": TARGET_VS_BATCHED},
-        "p99_loop_lag_ms_8": {"value": lag8.get("p99", math.nan), "target": TARGET_P99_LAG_MS, "below": True},
+        "engine8_vs_raw_sequential_8": h.check(primary.get("vs_raw_sequential", math.nan), TARGET_VS_SEQUENTIAL),
+        "engine8_vs_raw_batched_8": h.check(primary.get("vs_raw_batched", math.nan), TARGET_VS_BATCHED),
+        "p99_loop_lag_ms_8": h.check(lag8.get("p99", math.nan), TARGET_P99_LAG_MS, below=True),
     }
-    for check in checks.values():
-        check["verdict"] = common.verdict(check["value"], check["target"], higher_is_better=not check.get("below"))
     short = [
         f"{c.name} at {level}: {s.per_sequence}"
         for c in contenders
         for level, samples in c.samples.items()
         for s in samples
-        if min(s.per_sequence) < max_tokens
+        if min(s.per_sequence) < run.max_tokens
     ]
-    idle = measured["idle_lag_ms"]
+    argmax = "numpy argmax over llama_get_logits_ith" if run.info["raw_argmax"] == "numpy" else "llama_sampler"
     return {
-        "benchmark": "batching",
-        "mode": "quick" if quick else "default",
-        "max_tokens": max_tokens,
-        "rounds": rounds,
+        **run.header(),
         "levels": list(LEVELS),
         "prompt_template": "List of one hundred interesting facts about {topic}:\n1.",
-        "machine": info,
         "contenders": {
             "engine8_batch": "AsyncEngine(EngineConfig(n_threads=T, sampler=greedy)) [max_concurrency=8, n_ctx=16384]"
             ".complete_batch(prompts)",
             "engine8_tasks": "same engine, one complete(prompt) task per prompt in a task group",
             "engine16_batch": "AsyncEngine(EngineConfig(..., max_concurrency=16)).complete_batch(prompts)",
             "raw_sequential": "llama_cpp.Llama(n_ctx=2048, n_threads=T).create_completion per prompt, one by one",
-            "raw_batched": (
-                "minimal llama_batch/llama_decode loop, n_ctx=16384, n_seq_max=16, kv_unified, greedy by "
-                + ("numpy argmax over llama_get_logits_ith" if info["raw_argmax"] == "numpy" else "llama_sampler")
-            ),
+            "raw_batched": "minimal llama_batch/llama_decode loop, n_ctx=16384, n_seq_max=16, kv_unified, greedy by "
+            + argmax,
         },
         "results": table,
         "ratios": ratios,
-        "idle_loop_lag_ms": {"p50": common.percentile(idle, 50), "p99": common.percentile(idle, 99)},
+        "idle_loop_lag_ms": {"p50": h.percentile(idle, 50), "p99": h.percentile(idle, 99)},
         "checks": checks,
-        "all_targets_met": all(c["verdict"] == "PASS" for c in checks.values()),
+        "all_targets_met": h.all_pass(checks),
         "stopped_early": short,
-        "warning": common.load_warning(info),
+        "warning": h.load_warning(run.info),
     }
 
 
-def print_table(data: dict) -> None:
-    results = data["results"]
-    levels = data["levels"]
-    print()
-    print("aggregate tok/s (median over rounds)")
-    print(f"{'contender':<16}" + "".join(f"{f'{n} req':>10}" for n in levels))
-    for name in CONTENDERS:
-        cells = []
-        for level in levels:
-            entry = results[name].get(str(level))
-            cells.append(f"{entry['tok_per_sec']['median']:10.1f}" if entry else f"{'-':>10}")
-        print(f"{name:<16}" + "".join(cells))
-    print()
-    print("ratios (engine / raw)")
-    for name in ("engine8_batch", "engine8_tasks", "engine16_batch"):
-        for level, pair in data["ratios"][name].items():
-            print(
-                f"  {name:<16} {level:>2} req: vs sequential {pair['vs_raw_sequential']:5.2f}, "
-                f"vs batched {pair['vs_raw_batched']:5.2f}"
-            )
-    ceiling = data["ratios"]["ceiling_raw_batched_vs_sequential"]
-    cells = ", ".join(f"{level} req {value:.2f}" for level, value in ceiling.items())
-    print(f"  machine ceiling, raw batched / raw sequential: {cells}")
-    print()
-    print("event-loop lag during each run (ms): p50 / p99 / max  (raw_*: llama.cpp in a plain thread, for comparison)")
-    for name in CONTENDERS:
-        for level, entry in results[name].items():
-            lag = entry.get("loop_lag_ms")
-            if lag:
-                print(f"  {name:<16} {level:>2} req: {lag['p50']:6.2f} / {lag['p99']:6.2f} / {lag['max']:6.2f}")
-    idle = data["idle_loop_lag_ms"]
-    print(f"  idle loop (baseline):   {idle['p50']:6.2f} / {idle['p99']:6.2f}")
-    print()
-    for key, check in data["checks"].items():
-        sign = "<" if check.get("below") else ">="
-        print(f"{key:<30} {check['value']:7.3f}  (target {sign} {check['target']})  {check['verdict']}")
-    if data["stopped_early"]:
-        print(f"note: {len(data['stopped_early'])} runs had a sequence end before max_tokens (counted as produced)")
-    if data["warning"]:
-        print(f"NOTE: {data['warning']}")
-
-
-def plot(data: dict, path: Path) -> None:
-    plt = common.pyplot()
+def plot(data: dict[str, Any], path: Path) -> None:
+    plt = h.pyplot()
     results = data["results"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
     styles = {
@@ -539,7 +413,7 @@ def plot(data: dict, path: Path) -> None:
     left.set_ylabel("aggregate tokens / s (median, min-max band)")
     left.set_title(f"greedy, {data['max_tokens']} tokens per request")
     left.legend(fontsize=8)
-    for name in ("engine8_batch", "engine8_tasks", "engine16_batch"):
+    for name in ENGINES:
         per = data["ratios"][name]
         levels = [int(k) for k in per]
         color, style = styles[name]
@@ -554,13 +428,9 @@ def plot(data: dict, path: Path) -> None:
     vs_seq = data["checks"]["engine8_vs_raw_sequential_8"]["value"]
     right.set_title(f"at 8: {vs_seq:.2f}x sequential raw, p99 loop lag {lag:.1f} ms", fontsize=10)
     right.legend(fontsize=8)
-    info = data["machine"]
-    fig.suptitle(
-        f"oxillama_py {info['oxillama_py']} AsyncEngine ({info['backend']}) vs llama-cpp-python "
-        f"{info['llama_cpp_python']}, {info['threads']} threads, {data['rounds']} rounds ({data['mode']})",
-        fontsize=10,
-    )
-    common.save_figure(fig, path, dpi=110)
+    title = h.versus(data).replace(" vs ", f" AsyncEngine ({data['machine']['backend']}) vs ", 1)
+    fig.suptitle(title, fontsize=10)
+    h.save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

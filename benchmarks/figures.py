@@ -1,9 +1,9 @@
 """Write the measured figures from ``results/*.json`` into the README and the docs.
 
-The README and ``docs/`` quote the benchmarks; quoting them by hand goes stale
-the first time a benchmark is re-run. This script renders the blocks between
-the ``FIGURES`` markers from the committed JSON, and ``--check`` (run by the
-test suite) fails when a block no longer matches its JSON.
+The README and ``docs/`` quote the benchmarks; quoting them by hand goes stale the first time a benchmark is
+re-run. This script renders the blocks between the ``FIGURES`` markers from the committed JSON, and ``--check``
+(run by the test suite) fails when a block no longer matches its JSON. The ``*_rows`` tables are also what each
+benchmark prints when it ends.
 
     python benchmarks/figures.py           # rewrite the blocks
     python benchmarks/figures.py --check   # exit 1 if any block is stale
@@ -22,29 +22,29 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
-
-
-def _load(name: str, results: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((results / f"{name}.json").read_text(encoding="utf-8"))
-    return data
+Rows = list[list[str]]
+Data = dict[str, Any]
 
 
 def _f(value: float, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
-def _machine(data: dict[str, Any]) -> str:
+def _cols(header: str) -> list[str]:
+    return header.split("|")
+
+
+def _machine(data: Data) -> str:
     m = data["machine"]
     return f"{m['cpu_count']} CPU cores, {m['threads']} llama.cpp threads, llama-cpp-python {m['llama_cpp_python']}"
 
 
-def _rows_md(rows: list[list[str]]) -> list[str]:
+def _rows_md(rows: Rows) -> list[str]:
     out = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join(" --- " for _ in rows[0]) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    return out
+    return out + ["| " + " | ".join(r) + " |" for r in rows[1:]]
 
 
-def _rows_rst(rows: list[list[str]]) -> list[str]:
+def _rows_rst(rows: Rows) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     rule = "  ".join("=" * w for w in widths)
 
@@ -54,58 +54,56 @@ def _rows_rst(rows: list[list[str]]) -> list[str]:
     return [rule, line(rows[0]), rule, *(line(r) for r in rows[1:]), rule]
 
 
-def overhead_rows(d: dict[str, Any]) -> list[list[str]]:
+def _check_line(checks: Data) -> str:
+    parts = [
+        f"{name} {c['value']:.2f} (target {'<' if 'below' in c else '>='} {c['target']}: {c['verdict']})"
+        for name, c in checks.items()
+    ]
+    return "; ".join(parts)
+
+
+def _checks(checks: Data) -> list[str]:
+    return ["Checks: " + _check_line(checks) + ".", ""]
+
+
+def _md_image(name: str, alt: str) -> list[str]:
+    return [f"![{alt}](benchmarks/results/{name}.png)"]
+
+
+def _rst_image(name: str, alt: str) -> list[str]:
+    return [f".. image:: ../benchmarks/results/{name}.png", f"   :alt: {alt}"]
+
+
+# -- tables --------------------------------------------------------------------------------
+
+
+def overhead_rows(d: Data) -> Rows:
     res = d["results"]
-    rows = [["progress attached", "raw tok/s", "oxillama_py tok/s", "ratio", "target"]]
-    raw = res["raw"]["tok_per_sec"]["median"]
+    raw = _f(res["raw"]["tok_per_sec"]["median"])
+    rows = [_cols("progress attached|raw tok/s|oxillama_py tok/s|ratio|target")]
     for name, label in (("none", "none"), ("tqdm", "tqdm"), ("widget", "ipywidgets"), ("callable", "callable")):
         r = res[name]
-        rows.append([label, _f(raw), _f(r["tok_per_sec"]["median"]), _f(r["ratio_vs_raw"], 2), f">= {r['target']}"])
+        rows.append([label, raw, _f(r["tok_per_sec"]["median"]), _f(r["ratio_vs_raw"], 2), f">= {r['target']}"])
     return rows
 
 
-def batching_rows(d: dict[str, Any]) -> list[list[str]]:
+def batching_rows(d: Data) -> Rows:
     res, ratios = d["results"], d["ratios"]
-    rows = [
-        [
-            "concurrent requests",
-            "raw sequential",
-            "raw batched loop",
-            "engine (8 slots)",
-            "engine (16 slots)",
-            "engine(8) / sequential",
-            "engine(8) / batched",
-        ]
-    ]
+    header = "concurrent requests|raw sequential|raw batched loop|engine (8 slots)|engine (16 slots)"
+    rows = [_cols(header + "|engine(8) / sequential|engine(8) / batched")]
     for level in d["levels"]:
         k = str(level)
-        rows.append(
-            [
-                k,
-                _f(res["raw_sequential"][k]["tok_per_sec"]["median"]),
-                _f(res["raw_batched"][k]["tok_per_sec"]["median"]),
-                _f(res["engine8_batch"][k]["tok_per_sec"]["median"]),
-                _f(res["engine16_batch"][k]["tok_per_sec"]["median"]),
-                _f(ratios["engine8_batch"][k]["vs_raw_sequential"], 2),
-                _f(ratios["engine8_batch"][k]["vs_raw_batched"], 2),
-            ]
-        )
+        rates = [_f(res[n][k]["tok_per_sec"]["median"]) for n in ("raw_sequential", "raw_batched")]
+        rates += [_f(res[n][k]["tok_per_sec"]["median"]) for n in ("engine8_batch", "engine16_batch")]
+        vs = ratios["engine8_batch"][k]
+        rows.append([k, *rates, _f(vs["vs_raw_sequential"], 2), _f(vs["vs_raw_batched"], 2)])
     return rows
 
 
-def speculative_rows(d: dict[str, Any]) -> list[list[str]]:
-    tps = d["median_tok_per_sec"]
-    accepted = d["lookup_acceptance_rate"]
-    rows = [
-        [
-            "task",
-            "plain Engine",
-            "SpeculativeEngine, default settings",
-            "its acceptance rate",
-            "llama-cpp-python prompt lookup",
-            "raw plain",
-        ]
-    ]
+def speculative_rows(d: Data) -> Rows:
+    tps, accepted = d["median_tok_per_sec"], d["lookup_acceptance_rate"]
+    header = "task|plain Engine|SpeculativeEngine, default settings|its acceptance rate"
+    rows = [_cols(header + "|llama-cpp-python prompt lookup|raw plain")]
     for task in ("copying", "free"):
         t = tps[task]
         rows.append(
@@ -114,27 +112,9 @@ def speculative_rows(d: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _same_text(s: dict[str, Any]) -> str:
-    differ = [f"{c} on {task}" for task, by in s["same_text_as_plain"].items() for c, same in by.items() if not same]
-    if not differ:
-        return "every contender's text equal to plain decoding's"
-    return (
-        "texts differing from plain decoding's: " + ", ".join(differ) + " (verifying a draft is a multi-token "
-        "llama_decode, whose logits differ slightly from a single-token one; see docs/speculative.rst)"
-    )
-
-
-def _check_line(checks: dict[str, Any]) -> str:
-    parts = [
-        f"{name} {c['value']:.2f} (target {'<' if 'below' in c else '>='} {c['target']}: {c['verdict']})"
-        for name, c in checks.items()
-    ]
-    return "; ".join(parts)
-
-
-def coexistence_rows(d: dict[str, Any]) -> list[list[str]]:
+def coexistence_rows(d: Data) -> Rows:
     tps = d["median_tok_per_sec"]
-    rows = [["the process also holds", "first model's tok/s", "ratio to alone"]]
+    rows = [_cols("the process also holds|first model's tok/s|ratio to alone")]
     for label, name, alone in (
         ("nothing (oxillama_py Engine alone)", "engine_alone", "engine_alone"),
         ("a second Engine", "engine_beside_engine", "engine_alone"),
@@ -147,111 +127,28 @@ def coexistence_rows(d: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def readme_block(results: Path) -> list[str]:
-    o, b, s, c = (_load(n, results) for n in ("overhead", "batching", "speculative", "coexistence"))
-    build = "with OpenMP, as pip builds it" if c["machine"]["openmp_build"] else "without OpenMP"
-    lag = b["checks"]["p99_loop_lag_ms_8"]["value"]
-    lines = [
-        f"Gemma 3 270M Q4_K_M, greedy, {_machine(o)}; medians of interleaved rounds "
-        "(tokens per second; ratio = oxillama_py / raw llama-cpp-python).",
-        "",
-        f"**One request** ([`overhead.py`](benchmarks/overhead.py), {o['max_tokens']} tokens, {o['rounds']} rounds):",
-        "",
-        *_rows_md(overhead_rows(o)),
-        "",
-        f"**Concurrent requests** ([`batching.py`](benchmarks/batching.py), {b['max_tokens']} tokens each, "
-        f"aggregate tok/s; event-loop p99 lag with 8 requests: {lag:.1f} ms, target < 10 ms):",
-        "",
-        *_rows_md(batching_rows(b)),
-        "",
-        "With 16 requests the default 8 slots decode 8 at a time and queue the rest; `max_concurrency=16` "
-        "decodes all 16 together. Checks: " + _check_line(b["checks"]) + ".",
-        "",
-        "![aggregate throughput against concurrency](benchmarks/results/batching.png)",
-        "",
-        f"**Speculative decoding** ([`speculative.py`](benchmarks/speculative.py), {s['max_tokens']} tokens, "
-        f"tok/s; {_same_text(s)}):",
-        "",
-        *_rows_md(speculative_rows(s)),
-        "",
-        "Checks: " + _check_line(s["targets"]) + ".",
-        "",
-        "![speculative decoding](benchmarks/results/speculative.png)",
-        "",
-        f"**A second model in the same process** ([`coexistence.py`](benchmarks/coexistence.py), "
-        f"llama-cpp-python {build}, {c['max_tokens']} tokens, median of {c['rounds']} processes each):",
-        "",
-        *_rows_md(coexistence_rows(c)),
-        "",
-        "Checks: " + _check_line(c["targets"]) + ".",
-    ]
-    return lines
-
-
-def batching_rst(results: Path) -> list[str]:
-    b = _load("batching", results)
-    lag = b["checks"]["p99_loop_lag_ms_8"]["value"]
-    return [
-        f"Aggregate tokens per second from ``benchmarks/batching.py`` (Gemma 3 270M Q4_K_M, greedy, "
-        f"{b['max_tokens']} tokens per request, {_machine(b)}, median of {b['rounds']} interleaved rounds). "
-        "*raw sequential* is llama-cpp-python's ``create_completion`` one prompt after another; *raw batched "
-        "loop* is a minimal low-level llama.cpp loop decoding all sequences together, the ceiling. With "
-        "16 requests and the default 8 slots, half of them queue; ``max_concurrency=16`` decodes them all "
-        f"at once. The event loop's p99 lag with 8 requests was {lag:.1f} ms. Checks: {_check_line(b['checks'])}.",
-        "",
-        *_rows_rst(batching_rows(b)),
-        "",
-        ".. image:: ../benchmarks/results/batching.png",
-        "   :alt: aggregate tokens per second against concurrent requests",
-    ]
-
-
-def speculative_rst(results: Path) -> list[str]:
-    s = _load("speculative", results)
-    return [
-        f"Tokens per second from ``benchmarks/speculative.py`` (Gemma 3 270M Q4_K_M, greedy, "
-        f"{s['max_tokens']} tokens, {_machine(s)}, median of {s['rounds']} interleaved rounds), on a "
-        "copying task (repeat a given passage) and on free-form text (an essay's opening; the model's greedy "
-        "text turns repetitive after a few dozen tokens, and lookup finds drafts in it too). "
-        "*llama-cpp-python prompt lookup* is "
-        f"``Llama(draft_model=LlamaPromptLookupDecoding(...))``; {_same_text(s)}.",
-        "",
-        *_rows_rst(speculative_rows(s)),
-        "",
-        "Checks: " + _check_line(s["targets"]) + ".",
-        "",
-        ".. image:: ../benchmarks/results/speculative.png",
-        "   :alt: tokens per second of plain and speculative decoding",
-    ]
-
-
-def _cell(d: dict[str, Any], name: str, level: int, pick: Callable[[dict[str, Any]], float], digits: int) -> str:
-    entry = d["results"].get(name, {}).get(str(level))
-    return "-" if entry is None else _f(pick(entry), digits)
-
-
-def server_rows(d: dict[str, Any]) -> list[list[str]]:
+def server_rows(d: Data) -> Rows:
     names = ("oxillama", "llama_cpp_server", "llama_server")
+    header = "concurrent clients|oxillama_py server tok/s|llama-cpp-python server tok/s|llama-server (C++) tok/s|"
     rows = [
-        [
-            "concurrent clients",
-            "oxillama_py server tok/s",
-            "llama-cpp-python server tok/s",
-            "llama-server (C++) tok/s",
-            "TTFT p50 ms (same order)",
-            "TTFT p99 ms (same order)",
-            "oxillama / llama-cpp-python",
-            "oxillama / llama-server",
-        ]
+        _cols(
+            header
+            + "TTFT p50 ms (same order)|TTFT p99 ms (same order)|oxillama / llama-cpp-python|oxillama / llama-server"
+        )
     ]
+
+    def cell(name: str, k: str, pick: Callable[[Data], float], digits: int) -> str:
+        entry = d["results"].get(name, {}).get(k)
+        return "-" if entry is None else _f(pick(entry), digits)
+
     for level in d["levels"]:
         k = str(level)
         rows.append(
             [
                 k,
-                *(_cell(d, n, level, lambda e: e["tok_per_sec"]["median"], 1) for n in names),
-                " / ".join(_cell(d, n, level, lambda e: e["ttft_ms"]["p50"], 0) for n in names),
-                " / ".join(_cell(d, n, level, lambda e: e["ttft_ms"]["p99"], 0) for n in names),
+                *(cell(n, k, lambda e: e["tok_per_sec"]["median"], 1) for n in names),
+                " / ".join(cell(n, k, lambda e: e["ttft_ms"]["p50"], 0) for n in names),
+                " / ".join(cell(n, k, lambda e: e["ttft_ms"]["p99"], 0) for n in names),
                 _f(d["ratios"]["vs_llama_cpp_server"][k]["tok_per_sec"], 2),
                 _f(d["ratios"]["vs_llama_server"][k]["tok_per_sec"], 2),
             ]
@@ -259,44 +156,11 @@ def server_rows(d: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def server_readme(results: Path) -> list[str]:
-    link = "[`server.py`](benchmarks/server.py)"
-    if not (results / "server.json").is_file():
-        return [
-            f"**OpenAI-compatible servers** ({link}): not measured yet; run `python benchmarks/server.py`, "
-            "then `python benchmarks/figures.py`."
-        ]
-    d = _load("server", results)
-    quick = " (quick mode: a smoke run, too short to judge by)" if d["mode"] == "quick" else ""
-    return [
-        f"**OpenAI-compatible servers** ({link}, streaming `/v1/completions` clients, {d['max_tokens']} tokens "
-        f"each, greedy, {_machine(d)}, median of {d['rounds']} rounds{quick}; aggregate tok/s and time to first "
-        f"token). The oxillama_py server and llama.cpp's `llama-server` (built from the llama.cpp in the same "
-        f"llama-cpp-python sdist) run {d['slots']} slots of {d['slot_ctx']} cells; llama-cpp-python's server "
-        "has one slot by design and serves one request at a time:",
-        "",
-        *_rows_md(server_rows(d)),
-        "",
-        "Checks: " + _check_line(d["checks"]) + ".",
-        "",
-        "![streaming clients against three servers](benchmarks/results/server.png)",
-    ]
-
-
-def structured_rows(d: dict[str, Any]) -> list[list[str]]:
+def structured_rows(d: Data) -> Rows:
     res, ratios = d["results"], d["ratios"]
-    rows = [
-        [
-            "scenario",
-            "oxillama_py unconstrained",
-            "oxillama_py `json_schema=`",
-            "llama-cpp-python `LlamaGrammar`",
-            "llama-cpp-python unconstrained",
-            "oxillama_py json / unconstrained",
-            "json: oxillama_py / llama-cpp-python",
-            "tokens per JSON output",
-        ]
-    ]
+    header = "scenario|oxillama_py unconstrained|oxillama_py `json_schema=`|llama-cpp-python `LlamaGrammar`|"
+    header += "llama-cpp-python unconstrained|oxillama_py json / unconstrained|json: oxillama_py / llama-cpp-python"
+    rows = [_cols(header + "|tokens per JSON output")]
     labels = {
         "one_greedy": "1 request, greedy",
         "one_sampled": "1 request, temperature 1.0",
@@ -305,13 +169,14 @@ def structured_rows(d: dict[str, Any]) -> list[list[str]]:
     for name, label in labels.items():
         per = res[name]
         counts = [n for sample in per["ox_json"]["tokens_per_sequence"][:1] for n in sample]
+        rates = [
+            _f(per[c]["tok_per_sec"]["median"]) if c in per else "-"
+            for c in ("ox_free", "ox_json", "raw_json", "raw_free")
+        ]
         rows.append(
             [
                 label,
-                *(
-                    _f(per[c]["tok_per_sec"]["median"]) if c in per else "-"
-                    for c in ("ox_free", "ox_json", "raw_json", "raw_free")
-                ),
+                *rates,
                 _f(ratios[name]["ox_json_vs_ox_free"]["median"], 2),
                 _f(ratios[name]["ox_json_vs_raw_json"]["median"], 2),
                 str(counts[0]) if len(counts) == 1 else f"{min(counts)}-{max(counts)}",
@@ -320,39 +185,9 @@ def structured_rows(d: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def structured_readme(results: Path) -> list[str]:
-    link = "[`structured.py`](benchmarks/structured.py)"
-    if not (results / "structured.json").is_file():
-        return [
-            f"**Structured output** ({link}): not measured yet; run `python benchmarks/structured.py`, "
-            "then `python benchmarks/figures.py`."
-        ]
-    d = _load("structured", results)
-    quick = " (quick mode: a smoke run, too short to judge by)" if d["mode"] == "quick" else ""
-    valid = sum(v["valid"] for v in d["validation"].values())
-    total = sum(v["total"] for v in d["validation"].values())
-    same = d["same_text"]["one_greedy"]["ox_json_equals_raw_json"]
-    return [
-        f"**Structured output** ({link}, a JSON Schema with bounded strings, integers and an enum array; "
-        f"{_machine(d)}; tok/s, median of {d['rounds']} interleaved rounds, {d['batch_rounds']} with 8 "
-        f"requests{quick}). Both constrained sides use the same GBNF grammar, "
-        "`Grammar.from_json_schema(schema).gbnf`; the unconstrained calls decode as many tokens as the "
-        "JSON outputs have:",
-        "",
-        *_rows_md(structured_rows(d)),
-        "",
-        f"Constrained outputs that parsed and validated against the schema (`jsonschema`): {valid} of {total}; "
-        f"greedy JSON {'equal' if same else 'not equal'} to llama-cpp-python's. Checks: "
-        + _check_line(d["checks"])
-        + ".",
-        "",
-        "![constrained and unconstrained decoding](benchmarks/results/structured.png)",
-    ]
-
-
-def prefix_cache_rows(d: dict[str, Any]) -> list[list[str]]:
+def prefix_cache_rows(d: Data) -> Rows:
     res = d["results"]
-    rows = [["workload", "contender", "first token (ms)", "total (ms)", "first token: x faster than it"]]
+    rows = [_cols("workload|contender|first token (ms)|total (ms)|first token: x faster than it")]
     names = {
         "ox_cached": "oxillama_py, prefix cache",
         "ox_cold": "oxillama_py, cache off",
@@ -371,11 +206,141 @@ def prefix_cache_rows(d: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _prefix_targets(d: dict[str, Any]) -> str:
-    t = d["targets"]
-    cold = t["ttft_cold_over_cached"]
-    raw = t["ttft_raw_reuse_over_cached"]
-    r = d["results"]["system"]["ratios"]
+def speculative_batch_rows(d: Data) -> Rows:
+    med, ratios, rate = d["median_tok_per_sec"], d["ratios"], d["acceptance_rate"]
+    rows = [_cols("workload|requests|plain batching tok/s|speculative batching tok/s|ratio|acceptance")]
+    for task in ("copying", "free"):
+        for k in map(str, d["concurrency"]):
+            per = med[task][k]
+            rows.append(
+                [task, k, _f(per["plain"]), _f(per["speculative"]), _f(ratios[task][k], 2), _f(rate[task][k], 2)]
+            )
+    return rows
+
+
+# -- the blocks ----------------------------------------------------------------------------
+
+
+def _same_text(s: Data) -> str:
+    differ = [f"{c} on {task}" for task, by in s["same_text_as_plain"].items() for c, same in by.items() if not same]
+    if not differ:
+        return "every contender's text equal to plain decoding's"
+    return (
+        "texts differing from plain decoding's: " + ", ".join(differ) + " (verifying a draft is a multi-token "
+        "llama_decode, whose logits differ slightly from a single-token one; see docs/speculative.rst)"
+    )
+
+
+def readme_block(o: Data, b: Data, s: Data, c: Data) -> list[str]:
+    build = "with OpenMP, as pip builds it" if c["machine"]["openmp_build"] else "without OpenMP"
+    lag = b["checks"]["p99_loop_lag_ms_8"]["value"]
+    return [
+        f"Gemma 3 270M Q4_K_M, greedy, {_machine(o)}; medians of interleaved rounds "
+        "(tokens per second; ratio = oxillama_py / raw llama-cpp-python).",
+        "",
+        f"**One request** ([`overhead.py`](benchmarks/overhead.py), {o['max_tokens']} tokens, {o['rounds']} rounds):",
+        "",
+        *_rows_md(overhead_rows(o)),
+        "",
+        f"**Concurrent requests** ([`batching.py`](benchmarks/batching.py), {b['max_tokens']} tokens each, "
+        f"aggregate tok/s; event-loop p99 lag with 8 requests: {lag:.1f} ms, target < 10 ms):",
+        "",
+        *_rows_md(batching_rows(b)),
+        "",
+        "With 16 requests the default 8 slots decode 8 at a time and queue the rest; `max_concurrency=16` "
+        "decodes all 16 together. Checks: " + _check_line(b["checks"]) + ".",
+        "",
+        *_md_image("batching", "aggregate throughput against concurrency"),
+        "",
+        f"**Speculative decoding** ([`speculative.py`](benchmarks/speculative.py), {s['max_tokens']} tokens, "
+        f"tok/s; {_same_text(s)}):",
+        "",
+        *_rows_md(speculative_rows(s)),
+        "",
+        *_checks(s["targets"]),
+        *_md_image("speculative", "speculative decoding"),
+        "",
+        f"**A second model in the same process** ([`coexistence.py`](benchmarks/coexistence.py), "
+        f"llama-cpp-python {build}, {c['max_tokens']} tokens, median of {c['rounds']} processes each):",
+        "",
+        *_rows_md(coexistence_rows(c)),
+        "",
+        "Checks: " + _check_line(c["targets"]) + ".",
+    ]
+
+
+def batching_rst(b: Data) -> list[str]:
+    lag = b["checks"]["p99_loop_lag_ms_8"]["value"]
+    return [
+        f"Aggregate tokens per second from ``benchmarks/batching.py`` (Gemma 3 270M Q4_K_M, greedy, "
+        f"{b['max_tokens']} tokens per request, {_machine(b)}, median of {b['rounds']} interleaved rounds). "
+        "*raw sequential* is llama-cpp-python's ``create_completion`` one prompt after another; *raw batched "
+        "loop* is a minimal low-level llama.cpp loop decoding all sequences together, the ceiling. With "
+        "16 requests and the default 8 slots, half of them queue; ``max_concurrency=16`` decodes them all "
+        f"at once. The event loop's p99 lag with 8 requests was {lag:.1f} ms. Checks: {_check_line(b['checks'])}.",
+        "",
+        *_rows_rst(batching_rows(b)),
+        "",
+        *_rst_image("batching", "aggregate tokens per second against concurrent requests"),
+    ]
+
+
+def speculative_rst(s: Data) -> list[str]:
+    return [
+        f"Tokens per second from ``benchmarks/speculative.py`` (Gemma 3 270M Q4_K_M, greedy, "
+        f"{s['max_tokens']} tokens, {_machine(s)}, median of {s['rounds']} interleaved rounds), on a "
+        "copying task (repeat a given passage) and on free-form text (an essay's opening; the model's greedy "
+        "text turns repetitive after a few dozen tokens, and lookup finds drafts in it too). "
+        "*llama-cpp-python prompt lookup* is "
+        f"``Llama(draft_model=LlamaPromptLookupDecoding(...))``; {_same_text(s)}.",
+        "",
+        *_rows_rst(speculative_rows(s)),
+        "",
+        *_checks(s["targets"]),
+        *_rst_image("speculative", "tokens per second of plain and speculative decoding"),
+    ]
+
+
+def server_readme(d: Data) -> list[str]:
+    quick = " (quick mode: a smoke run, too short to judge by)" if d["mode"] == "quick" else ""
+    return [
+        f"**OpenAI-compatible servers** ([`server.py`](benchmarks/server.py), streaming `/v1/completions` clients, "
+        f"{d['max_tokens']} tokens each, greedy, {_machine(d)}, median of {d['rounds']} rounds{quick}; aggregate "
+        "tok/s and time to first token). The oxillama_py server and llama.cpp's `llama-server` (built from the "
+        f"llama.cpp in the same llama-cpp-python sdist) run {d['slots']} slots of {d['slot_ctx']} cells; "
+        "llama-cpp-python's server has one slot by design and serves one request at a time:",
+        "",
+        *_rows_md(server_rows(d)),
+        "",
+        *_checks(d["checks"]),
+        *_md_image("server", "streaming clients against three servers"),
+    ]
+
+
+def structured_readme(d: Data) -> list[str]:
+    quick = " (quick mode: a smoke run, too short to judge by)" if d["mode"] == "quick" else ""
+    valid = sum(v["valid"] for v in d["validation"].values())
+    total = sum(v["total"] for v in d["validation"].values())
+    same = d["same_text"]["one_greedy"]["ox_json_equals_raw_json"]
+    return [
+        f"**Structured output** ([`structured.py`](benchmarks/structured.py), a JSON Schema with bounded strings, "
+        f"integers and an enum array; {_machine(d)}; tok/s, median of {d['rounds']} interleaved rounds, "
+        f"{d['batch_rounds']} with 8 requests{quick}). Both constrained sides use the same GBNF grammar, "
+        "`Grammar.from_json_schema(schema).gbnf`; the unconstrained calls decode as many tokens as the "
+        "JSON outputs have:",
+        "",
+        *_rows_md(structured_rows(d)),
+        "",
+        f"Constrained outputs that parsed and validated against the schema (`jsonschema`): {valid} of {total}; "
+        f"greedy JSON {'equal' if same else 'not equal'} to llama-cpp-python's. " + _checks(d["checks"])[0],
+        "",
+        *_md_image("structured", "constrained and unconstrained decoding"),
+    ]
+
+
+def _prefix_targets(d: Data) -> str:
+    t, r = d["targets"], d["results"]["system"]["ratios"]
+    cold, raw = t["ttft_cold_over_cached"], t["ttft_raw_reuse_over_cached"]
     return (
         f"time to first token with a hit {_f(r['ttft_cold_over_cached'])}x lower than cold "
         f"(target {_f(cold['target'], 0)}x: {cold['verdict']}), "
@@ -384,29 +349,22 @@ def _prefix_targets(d: dict[str, Any]) -> str:
     )
 
 
-def prefix_cache_readme(results: Path) -> list[str]:
-    link = "[`prefix_cache.py`](benchmarks/prefix_cache.py)"
-    if not (results / "prefix_cache.json").is_file():
-        return [f"**Prefix cache** ({link}): not measured yet; run `python benchmarks/prefix_cache.py`."]
-    d = _load("prefix_cache", results)
+def prefix_cache_readme(d: Data) -> list[str]:
     s = d["settings"]
     return [
-        f"**Prefix cache** ({link}; {_machine(d)}; medians of {s['rounds']} interleaved rounds, "
-        f"{s['max_tokens']} greedy tokens per request): requests sharing a "
+        f"**Prefix cache** ([`prefix_cache.py`](benchmarks/prefix_cache.py); {_machine(d)}; medians of "
+        f"{s['rounds']} interleaved rounds, {s['max_tokens']} greedy tokens per request): requests sharing a "
         f"{s['system_prompt_tokens']}-token system prompt, and turns 2-10 of a chat. "
         + _prefix_targets(d)
         + f"; greedy texts differing from a cold run: {len(d['text_mismatches'])}.",
         "",
         *_rows_md(prefix_cache_rows(d)),
         "",
-        "![prefix cache: time to first token and total](benchmarks/results/prefix_cache.png)",
+        *_md_image("prefix_cache", "prefix cache: time to first token and total"),
     ]
 
 
-def prefix_cache_rst(results: Path) -> list[str]:
-    if not (results / "prefix_cache.json").is_file():
-        return ["Not measured yet: run ``python benchmarks/prefix_cache.py``."]
-    d = _load("prefix_cache", results)
+def prefix_cache_rst(d: Data) -> list[str]:
     s = d["settings"]
     return [
         f"Measured by ``benchmarks/prefix_cache.py`` ({_machine(d)}; medians of {s['rounds']} "
@@ -416,52 +374,28 @@ def prefix_cache_rst(results: Path) -> list[str]:
         "",
         *_rows_rst(prefix_cache_rows(d)),
         "",
-        ".. image:: ../benchmarks/results/prefix_cache.png",
-        "   :alt: time to first token and total time, cache off and on, beside llama-cpp-python",
+        *_rst_image("prefix_cache", "time to first token and total time, cache off and on, beside llama-cpp-python"),
     ]
 
 
-def _scale_sentence(d: dict[str, Any]) -> str:
+def scale_rst(d: Data) -> list[str]:
     s, r = d["settings"], d["results"]
     tps = {name: r[name]["aggregate_tok_per_sec"]["median"] for name in r}
-    return (
-        f"{s['clients']} streaming clients, {s['max_tokens']} greedy tokens each, medians of {s['rounds']} "
-        f"rounds: one process with 2 llama.cpp threads and 8 slots {_f(tps['process'])} tok/s, two Ray "
-        f"Serve replicas with 1 thread and 8 slots each {_f(tps['ray'])} tok/s: ratio "
-        f"{_f(d['ratio_ray_over_process'], 2)} (target {d['target']['ratio']}: {d['target']['verdict']}). "
+    ttft = [f"{_f(r[name]['ttft_p50_secs'] * 1000, 0)} ms" for name in ("process", "ray", "process16")]
+    return [
+        f"Measured by ``benchmarks/scale.py`` ({_machine(d)}): {s['clients']} streaming clients, {s['max_tokens']} "
+        f"greedy tokens each, medians of {s['rounds']} rounds: one process with 2 llama.cpp threads and 8 slots "
+        f"{_f(tps['process'])} tok/s, two Ray Serve replicas with 1 thread and 8 slots each {_f(tps['ray'])} tok/s: "
+        f"ratio {_f(d['ratio_ray_over_process'], 2)} (target {d['target']['ratio']}: {d['target']['verdict']}). "
         f"One process with 16 slots, one batch of 16 where the replicas run two of 8, reaches "
         f"{_f(tps['process16'])} tok/s (ratio {_f(d['ratio_ray_over_process16'], 2)}). Time to first token "
-        f"(p50): {_f(r['process']['ttft_p50_secs'] * 1000, 0)} ms, {_f(r['ray']['ttft_p50_secs'] * 1000, 0)} ms "
-        f"and {_f(r['process16']['ttft_p50_secs'] * 1000, 0)} ms"
-    )
-
-
-def scale_rst(results: Path) -> list[str]:
-    if not (results / "scale.json").is_file():
-        return ["Not measured yet: run ``python benchmarks/scale.py``."]
-    d = _load("scale", results)
-    return [
-        f"Measured by ``benchmarks/scale.py`` ({_machine(d)}): " + _scale_sentence(d) + ".",
+        f"(p50): {ttft[0]}, {ttft[1]} and {ttft[2]}.",
         "",
-        ".. image:: ../benchmarks/results/scale.png",
-        "   :alt: aggregate tokens per second, one process against two Ray Serve replicas",
+        *_rst_image("scale", "aggregate tokens per second, one process against two Ray Serve replicas"),
     ]
 
 
-def speculative_batch_rows(d: dict[str, Any]) -> list[list[str]]:
-    med, ratios, rate = d["median_tok_per_sec"], d["ratios"], d["acceptance_rate"]
-    rows = [["workload", "requests", "plain batching tok/s", "speculative batching tok/s", "ratio", "acceptance"]]
-    for task in ("copying", "free"):
-        for n in d["concurrency"]:
-            k = str(n)
-            per = med[task][k]
-            rows.append(
-                [task, k, _f(per["plain"]), _f(per["speculative"]), _f(ratios[task][k], 2), _f(rate[task][k], 2)]
-            )
-    return rows
-
-
-def _speculative_batch_intro(d: dict[str, Any]) -> str:
+def _speculative_batch_intro(d: Data) -> str:
     raw = d["llama_cpp_python_one_request"]["copying"]
     return (
         f"{d['max_tokens']} tokens a request, greedy, {_machine(d)}, median of {d['rounds']} interleaved rounds; "
@@ -471,63 +405,42 @@ def _speculative_batch_intro(d: dict[str, Any]) -> str:
     )
 
 
-def speculative_batch_readme(results: Path) -> list[str]:
-    link = "[`speculative_batch.py`](benchmarks/speculative_batch.py)"
-    if not (results / "speculative_batch.json").is_file():
-        return [
-            f"**Speculation inside the batch** ({link}): not measured yet; run "
-            "`python benchmarks/speculative_batch.py`, then `python benchmarks/figures.py`."
-        ]
-    d = _load("speculative_batch", results)
+def speculative_batch_readme(d: Data) -> list[str]:
     return [
-        f"**Speculation inside the batch** ({link}, {_speculative_batch_intro(d)}):",
+        f"**Speculation inside the batch** ([`speculative_batch.py`](benchmarks/speculative_batch.py), "
+        f"{_speculative_batch_intro(d)}):",
         "",
         *_rows_md(speculative_batch_rows(d)),
         "",
-        "Checks: " + _check_line(d["targets"]) + ".",
-        "",
-        "![speculation inside continuous batching](benchmarks/results/speculative_batch.png)",
+        *_checks(d["targets"]),
+        *_md_image("speculative_batch", "speculation inside continuous batching"),
     ]
 
 
-def speculative_batch_rst(results: Path) -> list[str]:
-    if not (results / "speculative_batch.json").is_file():
-        return ["Not measured yet: run ``python benchmarks/speculative_batch.py``."]
-    d = _load("speculative_batch", results)
+def speculative_batch_rst(d: Data) -> list[str]:
     return [
         f"From ``benchmarks/speculative_batch.py`` ({_speculative_batch_intro(d).replace('`', '``')}).",
         "",
         *_rows_rst(speculative_batch_rows(d)),
         "",
-        "Checks: " + _check_line(d["targets"]) + ".",
-        "",
-        ".. image:: ../benchmarks/results/speculative_batch.png",
-        "   :alt: plain and speculative batching for 1, 2, 4 and 8 requests",
+        *_checks(d["targets"]),
+        *_rst_image("speculative_batch", "plain and speculative batching for 1, 2, 4 and 8 requests"),
     ]
 
 
-# (file, start marker, end marker, renderer)
-TARGETS: list[tuple[Path, str, str, Callable[[Path], list[str]]]] = [
-    (ROOT / "README.md", "<!-- FIGURES -->", "<!-- /FIGURES -->", readme_block),
-    (ROOT / "README.md", "<!-- FIGURES:server -->", "<!-- /FIGURES:server -->", server_readme),
-    (ROOT / "README.md", "<!-- FIGURES:structured -->", "<!-- /FIGURES:structured -->", structured_readme),
-    (ROOT / "README.md", "<!-- FIGURES:prefix_cache -->", "<!-- /FIGURES:prefix_cache -->", prefix_cache_readme),
-    (ROOT / "docs" / "batching.rst", ".. FIGURES", ".. /FIGURES", batching_rst),
-    (ROOT / "docs" / "prefix-cache.rst", ".. FIGURES", ".. /FIGURES", prefix_cache_rst),
-    (ROOT / "docs" / "speculative.rst", ".. FIGURES", ".. /FIGURES", speculative_rst),
-    (
-        ROOT / "README.md",
-        "<!-- FIGURES:speculative_batch -->",
-        "<!-- /FIGURES:speculative_batch -->",
-        speculative_batch_readme,
-    ),
-    (
-        ROOT / "docs" / "speculative.rst",
-        ".. FIGURES:speculative_batch",
-        ".. /FIGURES:speculative_batch",
-        speculative_batch_rst,
-    ),
-    (ROOT / "docs" / "scaling.rst", ".. FIGURES", ".. /FIGURES", scale_rst),
+README, DOCS = ROOT / "README.md", ROOT / "docs"
+# (file, marker name, the JSON it reads, renderer)
+TARGETS: list[tuple[Path, str, tuple[str, ...], Callable[..., list[str]]]] = [
+    (README, "", ("overhead", "batching", "speculative", "coexistence"), readme_block),
+    (README, "server", ("server",), server_readme),
+    (README, "structured", ("structured",), structured_readme),
+    (README, "prefix_cache", ("prefix_cache",), prefix_cache_readme),
+    (DOCS / "batching.rst", "", ("batching",), batching_rst),
+    (DOCS / "prefix-cache.rst", "", ("prefix_cache",), prefix_cache_rst),
+    (DOCS / "speculative.rst", "", ("speculative",), speculative_rst),
+    (README, "speculative_batch", ("speculative_batch",), speculative_batch_readme),
+    (DOCS / "speculative.rst", "speculative_batch", ("speculative_batch",), speculative_batch_rst),
+    (DOCS / "scaling.rst", "", ("scale",), scale_rst),
 ]
 
 
@@ -539,14 +452,26 @@ def render(text: str, start: str, end: str, block: list[str]) -> str:
     return pattern.sub(lambda _: replacement, text, count=1)
 
 
+def block(names: tuple[str, ...], renderer: Callable[..., list[str]], results: Path, rst: bool) -> list[str]:
+    """The renderer's lines from its JSON, or a note saying which benchmark to run first."""
+    missing = [n for n in names if not (results / f"{n}.json").is_file()]
+    if missing:
+        run = f"python benchmarks/{missing[0]}.py"
+        return [f"Not measured yet: run ``{run}``."] if rst else [f"Not measured yet: run `{run}`."]
+    return renderer(*(json.loads((results / f"{n}.json").read_text(encoding="utf-8")) for n in names))
+
+
 def rendered(results: Path = RESULTS) -> list[tuple[Path, str, str]]:
     """Each target file with its current text and the text its JSON calls for (all of its blocks)."""
     current: dict[Path, str] = {}
     wanted: dict[Path, str] = {}
-    for path, start, end, renderer in TARGETS:
+    for path, marker, names, renderer in TARGETS:
         if path not in current:
             current[path] = wanted[path] = path.read_text(encoding="utf-8")
-        wanted[path] = render(wanted[path], start, end, renderer(results))
+        rst = path.suffix == ".rst"
+        tag = f"FIGURES:{marker}" if marker else "FIGURES"
+        start, end = (f".. {tag}", f".. /{tag}") if rst else (f"<!-- {tag} -->", f"<!-- /{tag} -->")
+        wanted[path] = render(wanted[path], start, end, block(names, renderer, results, rst))
     return [(path, current[path], wanted[path]) for path in current]
 
 

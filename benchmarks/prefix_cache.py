@@ -1,57 +1,24 @@
 """Prefix cache: time to first token and total time with a shared prefix, cache off and on.
 
-Two workloads, each run by every contender in one process, interleaved:
-
-* ``system``: a system prompt of about 1,000 tokens followed by a different
-  question each time (``--questions`` per round, 6 by default), 32 greedy
-  tokens each.
-* ``chat``: a 10-turn chat (a 300-token system message, then user turns); turn
-  N+1's prompt is turn N's prompt plus its answer plus the next question. The
-  answers are fixed first (generated once, cache off) so that every contender
-  sees exactly the same prompts.
-
-Contenders (same model, same thread count, greedy):
-
-* ``ox_cold``: ``Engine(EngineConfig(prefix_cache_tokens=0))``, every prompt prefilled in full.
-* ``ox_cached``: ``Engine()`` with its default prefix cache.
-* ``raw_cold``: ``llama_cpp.Llama``, ``reset()`` before each request.
-* ``raw_reuse``: ``llama_cpp.Llama`` as it comes: it reuses the longest common
-  prefix of the new prompt and the tokens it evaluated last.
-* ``raw_ramcache``: ``llama_cpp.Llama`` with ``LlamaRAMCache`` (``reset()``
-  before each request, so the state comes from the RAM cache), 192 MB. Its
-  capacity counts the llama.cpp state only; each entry also holds a copy of
-  the logits of every prompt token (1 MB a token with Gemma's 262,144-token
-  vocabulary), which it does not count: at 1 GB this run was killed by the
-  kernel for want of memory (24 GB). 192 MB holds several states of either
-  workload (about 45 MB each), more than its hits need.
-
-Time to first token is the wall time from the call until the first streamed
-text; total is until the last. The first round of each workload is a warm-up
-(it fills the caches) and is not counted. Within a round, each contender
-serves its requests back to back, and its first request on the system prompt
-is not counted either: the chat in between has pushed the system prompt out of
-every cache (llama-cpp-python's reuse keeps only the last prompt; the prefix
-cache's default share of the context cannot hold both), so it is a miss for
-every contender alike, and the figure is the time to first token *with a hit*. Targets (issue 12): on ``system``,
-``ox_cold / ox_cached`` time to first token >= 10, and ``raw_reuse /
-ox_cached`` >= 1.0 (not slower than llama-cpp-python's own reuse).
-
-Every greedy text of ``ox_cached`` is compared with ``ox_cold``'s and
-``raw_cold``'s for the same prompt (a hit must not change the text).
-
-Run: ``python benchmarks/prefix_cache.py [--quick] [--rounds N]``. Writes
-``benchmarks/results/prefix_cache.json`` and ``prefix_cache.png``.
+Two workloads, run by every contender in one process, interleaved: ``system`` (a ~1,000-token system prompt,
+then a different question each time) and ``chat`` (turns 2-10 of a chat whose answers are fixed first). Contenders:
+``ox_cold`` (``prefix_cache_tokens=0``), ``ox_cached`` (the default prefix cache), ``raw_cold`` (``Llama``,
+``reset()`` before each request), ``raw_reuse`` (``Llama`` reusing its last prompt's prefix) and ``raw_ramcache``
+(``LlamaRAMCache``). Targets on ``system``: ttft ox_cold / ox_cached >= 10, raw_reuse / ox_cached >= 1.0. See
+``benchmarks/README.md``. Writes ``results/prefix_cache.json`` and ``prefix_cache.png``.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import _common as common
+import harness as h
+from figures import prefix_cache_rows
 
 CONTENDERS = ("ox_cold", "ox_cached", "raw_cold", "raw_reuse", "raw_ramcache")
 LABELS = {
@@ -62,85 +29,38 @@ LABELS = {
     "raw_ramcache": "llama-cpp-python, LlamaRAMCache",
 }
 MAX_TOKENS = 32
-RAMCACHE_BYTES = 192 << 20  # see the module docstring: the logits it keeps beside each state are not counted
-TOPICS = [
-    "the water cycle",
-    "how vaccines work",
-    "why the sky is blue",
-    "what a compiler does",
-    "how tides form",
-    "what inflation means",
-    "how bees make honey",
-    "why leaves change colour",
-    "how a refrigerator works",
-    "what a black hole is",
-    "how bread rises",
-    "why we sleep",
-    "how a rainbow forms",
-    "what a vaccine trial is",
-    "how glass is made",
-    "why the moon has phases",
-    "how a bicycle stays upright",
-    "what photosynthesis does",
-    "how an election is counted",
-    "why ice floats",
-    "how a battery stores energy",
-    "what a tariff is",
-    "how coffee is roasted",
-    "why cats purr",
-    "how a bridge carries weight",
-    "what an index fund is",
-    "how volcanoes erupt",
-    "why the sea is salty",
-]
-CHAT_TURNS = [
-    "Hi! Can you help me plan a small vegetable garden?",
-    "What should I plant first in spring?",
-    "How much sun do tomatoes need?",
-    "And how often should I water them?",
-    "What about lettuce?",
-    "Can I grow herbs next to them?",
-    "Which herbs are easiest?",
-    "How do I keep slugs away?",
-    "When do I harvest the tomatoes?",
-    "Thanks! Any last tip?",
-]
+# LlamaRAMCache counts the llama.cpp state only, not the logits of every prompt token it keeps beside each state
+# (1 MB a token with Gemma's vocabulary): at 1 GB a run was killed for want of memory. 192 MB holds several states.
+RAMCACHE_BYTES = 192 << 20
+TOPICS = (  # noqa: SIM905
+    "the water cycle; how vaccines work; why the sky is blue; what a compiler does; how tides form; "
+    "what inflation means; how bees make honey; why leaves change colour; how a refrigerator works; "
+    "what a black hole is; how bread rises; why we sleep; how a rainbow forms; what a vaccine trial is; "
+    "how glass is made; why the moon has phases; how a bicycle stays upright; what photosynthesis does; "
+    "how an election is counted; why ice floats; how a battery stores energy; what a tariff is; "
+    "how coffee is roasted; why cats purr; how a bridge carries weight; what an index fund is; how volcanoes erupt; "
+    "why the sea is salty"
+).split("; ")
+CHAT_TURNS = (  # noqa: SIM905
+    "Hi! Can you help me plan a small vegetable garden?|What should I plant first in spring?|"
+    "How much sun do tomatoes need?|And how often should I water them?|What about lettuce?|"
+    "Can I grow herbs next to them?|Which herbs are easiest?|How do I keep slugs away?|"
+    "When do I harvest the tomatoes?|Thanks! Any last tip?"
+).split("|")
+RULES = (  # noqa: SIM905
+    "answer in plain words; never invent a citation; keep each reply short; say so when you are unsure; "
+    "prefer metric units; quote numbers with their units; do not repeat the question; use lists for steps; "
+    "write dates as year-month-day; explain acronyms once"
+).split("; ")
 
 
 def system_prompt(lines: int) -> str:
-    rules = [
-        "answer in plain words",
-        "never invent a citation",
-        "keep each reply short",
-        "say so when you are unsure",
-        "prefer metric units",
-        "quote numbers with their units",
-        "do not repeat the question",
-        "use lists for steps",
-        "write dates as year-month-day",
-        "explain acronyms once",
-    ]
-    body = "\n".join(f"Rule {i + 1}: {rules[i % len(rules)]} (section {i // len(rules) + 1})." for i in range(lines))
+    body = "\n".join(f"Rule {i + 1}: {RULES[i % len(RULES)]} (section {i // len(RULES) + 1})." for i in range(lines))
     return f"You are a careful assistant. Follow these rules.\n{body}\n\n"
 
 
-@dataclass
-class Sample:
-    ttft: float
-    total: float
-    text: str
-    cached: int | None = None  # prompt tokens the engine reused (oxillama_py only)
-
-
-@dataclass
-class Contender:
-    name: str
-    run: Callable[[str], Sample]
-    samples: dict[str, list[Sample]] = field(default_factory=dict)
-
-
-def ox_runner(engine: Any) -> Callable[[str], Sample]:
-    def run(prompt: str) -> Sample:
+def ox_runner(engine: Any) -> Callable[[str], h.Sample]:
+    def run(prompt: str) -> h.Sample:
         before = engine.stats.prefix_cache.hit_tokens
         start = time.perf_counter()
         first = None
@@ -150,15 +70,14 @@ def ox_runner(engine: Any) -> Callable[[str], Sample]:
                 first = time.perf_counter()
             pieces.append(piece)
         end = time.perf_counter()
-        return Sample(
-            (first or end) - start, end - start, "".join(pieces), engine.stats.prefix_cache.hit_tokens - before
-        )
+        cached = engine.stats.prefix_cache.hit_tokens - before  # prompt tokens the engine reused
+        return h.Sample(end - start, texts=["".join(pieces)], extra={"ttft": (first or end) - start, "cached": cached})
 
     return run
 
 
-def raw_runner(llm: Any, *, reset: bool) -> Callable[[str], Sample]:
-    def run(prompt: str) -> Sample:
+def raw_runner(llm: Any, *, reset: bool) -> Callable[[str], h.Sample]:
+    def run(prompt: str) -> h.Sample:
         if reset:
             llm.reset()
         start = time.perf_counter()
@@ -170,40 +89,37 @@ def raw_runner(llm: Any, *, reset: bool) -> Callable[[str], Sample]:
                 first = time.perf_counter()
             pieces.append(text)
         end = time.perf_counter()
-        return Sample((first or end) - start, end - start, "".join(pieces))
+        return h.Sample(end - start, texts=["".join(pieces)], extra={"ttft": (first or end) - start})
 
     return run
 
 
-def stats(samples: list[Sample]) -> dict[str, Any]:
+def stats(samples: list[h.Sample]) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "ttft_secs": common.summary([s.ttft for s in samples]),
-        "total_secs": common.summary([s.total for s in samples]),
+        "ttft_secs": h.summary([s.extra["ttft"] for s in samples]),
+        "total_secs": h.summary([s.secs for s in samples]),
     }
-    if samples and samples[0].cached is not None:
-        out["cached_tokens"] = [s.cached for s in samples]
+    if samples and "cached" in samples[0].extra:
+        out["cached_tokens"] = [s.extra["cached"] for s in samples]
     return out
 
 
-def main() -> int:
-    parser = common.base_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=None, help="counted rounds per workload (default 3, quick 1)")
+def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", type=int, default=6, help="counted system-prompt questions per round")
-    args = parser.parse_args()
-    rounds = args.rounds or (1 if args.quick else 3)
-    per_round = args.questions + 1  # the first one is the block's warm-up (a miss for everyone)
-    model = common.resolve_model(args.model)
-    common.quiet_llama_cpp()
-    started = time.perf_counter()
-    info = common.machine_info(args.threads, model)
 
+
+def main() -> int:
+    run = h.start(
+        "prefix_cache", __doc__, rounds=(3, 1), arguments=arguments, rounds_help="counted rounds per workload"
+    )
+    rounds, model, threads = run.rounds, run.model, run.args.threads
+    per_round = run.args.questions + 1  # the first one is the block's warm-up (a miss for everyone)
     from llama_cpp import Llama, LlamaRAMCache
 
     from oxillama_py import Engine, EngineConfig
 
     system = system_prompt(76)
     chat_system = system_prompt(22).strip()
-    threads = args.threads
 
     def llama() -> Any:
         return Llama(str(model), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -218,15 +134,14 @@ def main() -> int:
         cold.load_model()
         cached.load_model()
         n_system = len(cold.tokenize(system))
-        print(f"model {model.name}, {threads} threads, system prompt {n_system} tokens, {rounds} rounds", flush=True)
+        h.say(f"model {model.name}, {threads} threads, system prompt {n_system} tokens, {rounds} rounds")
         contenders = [
-            Contender("ox_cold", ox_runner(cold)),
-            Contender("ox_cached", ox_runner(cached)),
-            Contender("raw_cold", raw_runner(cold_llm, reset=True)),
-            Contender("raw_reuse", raw_runner(reuse_llm, reset=False)),
-            Contender("raw_ramcache", raw_runner(ram_llm, reset=True)),
+            h.Contender("ox_cold", ox_runner(cold)),
+            h.Contender("ox_cached", ox_runner(cached)),
+            h.Contender("raw_cold", raw_runner(cold_llm, reset=True)),
+            h.Contender("raw_reuse", raw_runner(reuse_llm, reset=False)),
+            h.Contender("raw_ramcache", raw_runner(ram_llm, reset=True)),
         ]
-        by_name = {c.name: c for c in contenders}
 
         # The chat's transcript: answers fixed once, so every contender sees the same prompts.
         messages: list[dict[str, str]] = [{"role": "system", "content": chat_system}]
@@ -246,61 +161,55 @@ def main() -> int:
             return [p.removeprefix("<bos>") for p in rendered]
 
         chat_tokens = [len(cold.tokenize(p)) for p in chat_prompts_of(0)]
-        print(f"chat prompts {chat_tokens[0]}..{chat_tokens[-1]} tokens", flush=True)
+        h.say(f"chat prompts {chat_tokens[0]}..{chat_tokens[-1]} tokens")
 
+        # The first round of each workload is a warm-up that fills the caches. Within a round, the first request
+        # of a block is not counted: the other workload in between pushed its prefix out of every cache.
         mismatches: list[dict[str, Any]] = []
-        for round_no in range(rounds + 1):
+        for round_no, workload, order in h.schedule(rounds + 1, ("system", "chat"), contenders):
             counted = round_no > 0
-            questions = [TOPICS[(round_no * per_round + i) % len(TOPICS)] for i in range(per_round)]
-            system_prompts = [f"{system}Question: Explain {topic} in two sentences.\nAnswer:" for topic in questions]
-            workloads = {"system": system_prompts, "chat": chat_prompts_of(round_no)}
-            for workload, prompts in workloads.items():
-                line = []
-                texts: dict[str, list[str]] = {}
-                for contender in common.rotated(contenders, round_no):
-                    samples = [contender.run(p) for p in prompts]
-                    texts[contender.name] = [s.text for s in samples]
-                    if counted:  # the first request of a block is cold for everyone (chat: turn 1)
-                        contender.samples.setdefault(workload, []).extend(samples[1:])
-                    line.append(f"{contender.name} {common.median([s.ttft for s in samples[1:]]) * 1000:6.0f} ms")
-                for i in range(len(prompts)):
-                    a, b, c = texts["ox_cached"][i], texts["ox_cold"][i], texts["raw_cold"][i]
-                    if not a == b == c:
-                        mismatches.append({"workload": workload, "index": i, "ox_cached": a, "ox_cold": b, "raw": c})
-                tag = f"round {round_no}/{rounds}" if counted else "warm-up"
-                print(f"{tag} {workload} median ttft: " + ", ".join(line), flush=True)
+            if workload == "system":
+                questions = [TOPICS[(round_no * per_round + i) % len(TOPICS)] for i in range(per_round)]
+                prompts = [f"{system}Question: Explain {topic} in two sentences.\nAnswer:" for topic in questions]
+            else:
+                prompts = chat_prompts_of(round_no)
+            line = []
+            texts: dict[str, list[str]] = {}
+            for contender in order:
+                samples = [contender.run(p) for p in prompts]
+                texts[contender.name] = [s.text for s in samples]
+                if counted:  # the first request of a block is cold for everyone (chat: turn 1)
+                    contender.samples.setdefault(workload, []).extend(samples[1:])
+                line.append(f"{contender.name} {h.median([s.extra['ttft'] for s in samples[1:]]) * 1000:6.0f} ms")
+            for i in range(len(prompts)):
+                a, b, c = texts["ox_cached"][i], texts["ox_cold"][i], texts["raw_cold"][i]
+                if not a == b == c:
+                    mismatches.append({"workload": workload, "index": i, "ox_cached": a, "ox_cold": b, "raw": c})
+            tag = f"round {round_no}/{rounds}" if counted else "warm-up"
+            h.say(f"{tag} {workload} median ttft: " + ", ".join(line))
         cache_stats = cached.stats.prefix_cache
+    run.stop()
+    by = {c.name: c for c in contenders}
 
     def med(name: str, workload: str, key: str) -> float:
-        return common.median([getattr(s, key) for s in by_name[name].samples[workload]])
+        return h.median([s.extra["ttft"] if key == "ttft" else s.secs for s in by[name].samples[workload]])
 
     results: dict[str, Any] = {}
     for workload in ("system", "chat"):
-        entry: dict[str, Any] = {name: stats(by_name[name].samples[workload]) for name in CONTENDERS}
-        hit_ttft = med("ox_cached", workload, "ttft")
-        hit_total = med("ox_cached", workload, "total")
-        entry["ratios"] = {
-            "ttft_cold_over_cached": med("ox_cold", workload, "ttft") / hit_ttft,
-            "ttft_raw_reuse_over_cached": med("raw_reuse", workload, "ttft") / hit_ttft,
-            "ttft_raw_ramcache_over_cached": med("raw_ramcache", workload, "ttft") / hit_ttft,
-            "ttft_raw_cold_over_cached": med("raw_cold", workload, "ttft") / hit_ttft,
-            "total_cold_over_cached": med("ox_cold", workload, "total") / hit_total,
-            "total_raw_reuse_over_cached": med("raw_reuse", workload, "total") / hit_total,
-            "total_raw_ramcache_over_cached": med("raw_ramcache", workload, "total") / hit_total,
-        }
+        entry: dict[str, Any] = {name: stats(by[name].samples[workload]) for name in CONTENDERS}
+        hit = {key: med("ox_cached", workload, key) for key in ("ttft", "total")}
+        ratios = {f"ttft_{n}_over_cached": med(c, workload, "ttft") / hit["ttft"] for n, c in OTHERS}
+        ratios |= {f"total_{n}_over_cached": med(c, workload, "total") / hit["total"] for n, c in OTHERS[:3]}
+        entry["ratios"] = ratios
         results[workload] = entry
     ratios = results["system"]["ratios"]
     targets = {
-        "ttft_cold_over_cached": {"target": 10.0, "verdict": common.verdict(ratios["ttft_cold_over_cached"], 10.0)},
-        "ttft_raw_reuse_over_cached": {
-            "target": 1.0,
-            "verdict": common.verdict(ratios["ttft_raw_reuse_over_cached"], 1.0),
-        },
+        "ttft_cold_over_cached": {"target": 10.0, "verdict": h.verdict(ratios["ttft_cold_over_cached"], 10.0)},
+        "ttft_raw_reuse_over_cached": {"target": 1.0, "verdict": h.verdict(ratios["ttft_raw_reuse_over_cached"], 1.0)},
     }
-    common.finish_info(info, started)
     data = {
         "benchmark": "prefix_cache",
-        "machine": info,
+        "machine": run.info,
         "settings": {
             "rounds": rounds,
             "max_tokens": MAX_TOKENS,
@@ -315,34 +224,23 @@ def main() -> int:
         "targets": targets,
         "text_mismatches": mismatches,
         "prefix_cache_stats": {
-            "hits": cache_stats.hits,
-            "lookups": cache_stats.lookups,
-            "hit_rate": cache_stats.hit_rate,
-            "token_hit_rate": cache_stats.token_hit_rate,
-            "tokens": cache_stats.tokens,
-            "capacity": cache_stats.capacity,
+            key: getattr(cache_stats, key)
+            for key in ("hits", "lookups", "hit_rate", "token_hit_rate", "tokens", "capacity")
         },
-        "load_warning": common.load_warning(info),
+        "load_warning": h.load_warning(run.info),
     }
-    out = args.out
-    common.write_json(out / "prefix_cache.json", data)
-    plot(data, out)
-    for workload in ("system", "chat"):
-        r = results[workload]["ratios"]
-        print(
-            f"{workload}: ttft cold/cached {r['ttft_cold_over_cached']:.1f}x, "
-            f"raw reuse/cached {r['ttft_raw_reuse_over_cached']:.2f}x, "
-            f"raw ramcache/cached {r['ttft_raw_ramcache_over_cached']:.2f}x; "
-            f"total cold/cached {r['total_cold_over_cached']:.2f}x"
-        )
-    for key, value in targets.items():
-        print(f"target {key} >= {value['target']}: {value['verdict']}")
-    print(f"text mismatches (ox_cached vs ox_cold vs raw_cold): {len(mismatches)}")
+    checks = {key: h.check(ratios[key], value["target"]) for key, value in targets.items()}
+    notes = [f"text mismatches (ox_cached vs ox_cold vs raw_cold): {len(mismatches)}"]
+    run.report(data, rows=prefix_cache_rows, plot=plot, checks=checks, notes=notes)
     return 0
 
 
-def plot(data: dict[str, Any], out: Any) -> None:
-    plt = common.pyplot()
+# (ratio name, contender) of the ratios over ox_cached; total time for the first three
+OTHERS = (("cold", "ox_cold"), ("raw_reuse", "raw_reuse"), ("raw_ramcache", "raw_ramcache"), ("raw_cold", "raw_cold"))
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    plt = h.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = ["#9e9e9e", "#1f77b4", "#d9a441", "#e07b39", "#8c564b"]
     for ax, (workload, title) in zip(
@@ -364,7 +262,7 @@ def plot(data: dict[str, Any], out: Any) -> None:
         ax.legend(fontsize=7, loc="upper right")
     m = data["machine"]
     fig.suptitle(f"Prefix cache, Gemma 3 270M Q4_K_M, {m['threads']} threads: solid = first token, light = total")
-    common.save_figure(fig, out / "prefix_cache.png", 110)
+    h.save_figure(fig, path, 110)
 
 
 if __name__ == "__main__":

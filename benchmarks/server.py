@@ -1,57 +1,16 @@
 """Concurrent streaming clients against three OpenAI-compatible servers on the same model.
 
-What it measures: for 1, 4, 8 and 16 concurrent clients, each streaming one
-greedy ``POST /v1/completions`` (``stream: true``, ``temperature: 0``, a fixed
-``max_tokens``, distinct prompts), the **aggregate tokens per second** (all
-clients' completion tokens / wall seconds from the first request sent to the
-last stream ended) and the **time to first token** of every request (from
-sending it to its first chunk with text; p50 and p99 over the requests), from
-
-* ``oxillama``: this project's server, ``python -m oxillama_py serve --model M
-  --threads T --max-concurrency 8 --n-ctx 8*S`` (8 slots of S cells each;
-  continuous batching in the engine);
-* ``llama_cpp_server``: llama-cpp-python's own server, ``python -m
-  llama_cpp.server --model M --n_threads T --n_threads_batch T --n_ctx S
-  --interrupt_requests false`` (its ``[server]`` extra). It wraps one ``Llama``
-  behind a lock, so it has one slot by design and decodes one request at a time;
-  the others queue. ``--interrupt_requests false`` because its default makes a
-  waiting request cut the running stream short, which would end concurrent
-  clients' streams early; every other setting is its default;
-* ``llama_server``: llama.cpp's C++ ``llama-server``, built from the llama.cpp
-  sources vendored in the same llama-cpp-python sdist by
-  ``benchmarks/build_llama_server.sh``, with ``-m M -t T -tb T -np 8 -c 8*S
-  -fa off``: the same 8 slots of S cells, flash attention off as in the
-  engine and in ``Llama``, every other setting its default.
-
-Why: the server is a thin layer over ``AsyncEngine``, so HTTP clients should
-get what batching gives in-process. Targets at 8 clients: oxillama / llama-cpp-
-python's server >= 2.5 and oxillama / llama-server >= 0.9 (aggregate tok/s).
-
-How: one server process is alive at a time (on a small machine two would fight
-for the cores). Each round starts every contender in turn, in a rotating order,
-on a free port of 127.0.0.1, waits until it answers (``/health``, or
-``/v1/models`` for llama-cpp-python's server), asks ``/v1/models`` for the name
-it serves (the requests' ``model``), warms it up (one request, then 16 at
-once, 4 tokens each), runs the four client counts, and stops it; medians
-over rounds are reported. Same model, same llama.cpp thread count
-(``--threads``), greedy everywhere. Each prompt starts with a request number
-unique in the run (``Request 17. List of one hundred interesting facts about
-{topic}:\\n1.``), so no server can reuse a cached prompt prefix from an earlier
-request. A sequence may end at an end-of-generation token before
-``max_tokens`` (no portable ``ignore_eos``), so tokens are counted as streamed:
-the ``usage`` a server reports in the stream (``stream_options:
-{"include_usage": true}``), else ``max_tokens`` when the finish reason is
-``length``, else the number of chunks with text. The clients (httpx, one
-event loop) run in this process and share the machine with the server alike
-for every contender.
-
-Usage: ``python benchmarks/server.py [--quick] [--only oxillama,llama_server]
-[--backend asyncio|uvloop|trio] [--llama-server PATH]``. Writes
-``benchmarks/results/server.json`` and ``server.png``.
+For 1, 4, 8 and 16 concurrent clients, each streaming one greedy ``POST /v1/completions`` with a distinct prompt,
+the aggregate tok/s and every request's time to first token, from ``oxillama`` (``python -m oxillama_py serve``),
+``llama_cpp_server`` (``python -m llama_cpp.server``: one slot by design) and ``llama_server`` (llama.cpp's C++
+server, built by ``build_llama_server.sh``). One server process at a time, rounds rotating the order. Targets at 8
+clients: oxillama / llama_cpp_server >= 2.5, oxillama / llama_server >= 0.9. See ``benchmarks/README.md``. Writes
+``results/server.json`` and ``server.png``.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import math
@@ -63,14 +22,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import _common as common
 import anyio
+import harness as h
 import httpx
 from batching import TOPICS
+from figures import server_rows
 
 LEVELS = (1, 4, 8, 16)
 CONTENDERS = ("oxillama", "llama_cpp_server", "llama_server")
@@ -85,7 +45,7 @@ TARGET_LEVEL = 8
 PROMPT = "Request {number}. List of one hundred interesting facts about {topic}:\n1."
 READY_TIMEOUT = 300.0
 REQUEST_TIMEOUT = 900.0
-BUILD_SCRIPT = common.HERE / "build_llama_server.sh"
+BUILD_SCRIPT = h.HERE / "build_llama_server.sh"
 
 
 @dataclass
@@ -97,28 +57,9 @@ class Request:
     finish: str | None
 
 
-@dataclass
-class Sample:
-    """One client count's run: every request, and the wall time of them all."""
-
-    requests: list[Request]
-    secs: float
-
-    @property
-    def tokens(self) -> int:
-        return sum(r.tokens for r in self.requests)
-
-    @property
-    def tok_per_sec(self) -> float:
-        return self.tokens / self.secs if self.secs > 0 else math.nan
-
-
-@dataclass
-class Contender:
-    name: str
-    samples: dict[int, list[Sample]] = field(default_factory=dict)
-    startup_secs: list[float] = field(default_factory=list)
-    command: list[str] = field(default_factory=list)
+def requests_of(sample: h.Sample) -> list[Request]:
+    requests: list[Request] = sample.extra["requests"]
+    return requests
 
 
 # -- the servers ---------------------------------------------------------------------------
@@ -136,7 +77,7 @@ def llama_server_binary(path: Path | None) -> Path:
         if not path.is_file():
             sys.exit(f"llama-server not found: {path}")
         return path
-    print(f"llama-server: bash {BUILD_SCRIPT.relative_to(common.HERE.parent)} (builds it once, ~10 min)", flush=True)
+    print(f"llama-server: bash {BUILD_SCRIPT.relative_to(h.HERE.parent)} (builds it once, ~10 min)", flush=True)
     out = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"building llama-server failed (exit {out.returncode}); see the output above")
@@ -269,7 +210,7 @@ async def stream_one(client: httpx.AsyncClient, base: str, model: str, prompt: s
 
 async def run_level(
     client: httpx.AsyncClient, base: str, model: str, level: int, max_tokens: int, numbers: Iterator[int]
-) -> Sample:
+) -> h.Sample:
     texts = [PROMPT.format(number=next(numbers), topic=TOPICS[i % len(TOPICS)]) for i in range(level)]
     results: list[Request | None] = [None] * level
 
@@ -281,10 +222,11 @@ async def run_level(
         for index in range(level):
             group.start_soon(client_task, index)
     secs = time.perf_counter() - start
-    return Sample([r for r in results if r is not None], secs)
+    requests = [r for r in results if r is not None]
+    return h.Sample(secs, [r.tokens for r in requests], extra={"requests": requests})
 
 
-async def session(base: str, levels: tuple[int, ...], max_tokens: int, numbers: Iterator[int]) -> dict[int, Sample]:
+async def session(base: str, levels: tuple[int, ...], max_tokens: int, numbers: Iterator[int]) -> dict[int, h.Sample]:
     """Warm the server up, then run every client count once."""
     limits = httpx.Limits(max_connections=max(levels) * 2, max_keepalive_connections=max(levels) * 2)
     async with httpx.AsyncClient(timeout=httpx.Timeout(REQUEST_TIMEOUT), limits=limits) as client:
@@ -299,44 +241,47 @@ async def session(base: str, levels: tuple[int, ...], max_tokens: int, numbers: 
 # -- the run -------------------------------------------------------------------------------
 
 
-def measure(args: Any, model: Path, names: list[str], max_tokens: int, rounds: int) -> list[Contender]:
-    contenders = [Contender(name) for name in names]
+def measure(run: h.Run, names: list[str]) -> tuple[list[h.Contender], dict[str, Any]]:
+    contenders = [h.Contender(name, lambda: None) for name in names]
+    startup: dict[str, list[float]] = {name: [] for name in names}
+    commands: dict[str, list[str]] = {}
     numbers = itertools.count(1)
     with tempfile.TemporaryDirectory(prefix="oxillama-server-bench-") as tmp:
-        logs = Path(tmp)
-        for round_no in range(rounds):
-            for contender in common.rotated(contenders, round_no):
-                with running(contender.name, args, model, logs) as (base, argv, startup):
-                    contender.command = argv
-                    contender.startup_secs.append(startup)
-                    samples = anyio.run(session, base, LEVELS, max_tokens, numbers)
+        for round_no, _, order in h.schedule(run.rounds, [None], contenders):
+            for contender in order:
+                with running(contender.name, run.args, run.model, Path(tmp)) as (base, argv, secs):
+                    commands[contender.name] = argv
+                    startup[contender.name].append(secs)
+                    samples = anyio.run(session, base, LEVELS, run.max_tokens, numbers)
                 line = []
                 for level, sample in samples.items():
-                    contender.samples.setdefault(level, []).append(sample)
-                    ttft = common.median([r.ttft for r in sample.requests]) * 1000.0
+                    contender.record(level, sample)
+                    ttft = h.median([r.ttft for r in requests_of(sample)]) * 1000.0
                     line.append(f"{level} clients {sample.tok_per_sec:6.1f} tok/s (ttft p50 {ttft:6.0f} ms)")
-                print(
-                    f"round {round_no + 1}/{rounds} {contender.name:<16} (up in {startup:4.1f} s): " + ", ".join(line),
-                    flush=True,
+                h.say(
+                    f"round {round_no + 1}/{run.rounds} {contender.name:<16} (up in {secs:4.1f} s): " + ", ".join(line)
                 )
-    return contenders
+    return contenders, {
+        "contenders": {name: {"label": LABELS[name], "command": commands[name]} for name in names},
+        "startup_secs": {name: h.summary(startup[name]) for name in names},
+    }
 
 
-def analyse(contenders: list[Contender], info: dict[str, Any], args: Any, max_tokens: int, rounds: int) -> dict:
+def analyse(run: h.Run, contenders: list[h.Contender], servers: dict[str, Any]) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for contender in contenders:
         per_level: dict[str, Any] = {}
         for level, samples in sorted(contender.samples.items()):
-            requests = [r for s in samples for r in s.requests]
+            requests = [r for s in samples for r in requests_of(s)]
             ttfts = [r.ttft * 1000.0 for r in requests if not math.isnan(r.ttft)]
             per_level[str(level)] = {
-                "tok_per_sec": common.summary([s.tok_per_sec for s in samples]),
-                "wall_secs": common.summary([s.secs for s in samples]),
+                "tok_per_sec": h.summary([s.tok_per_sec for s in samples]),
+                "wall_secs": h.summary([s.secs for s in samples]),
                 "tokens": [s.tokens for s in samples],
-                "tokens_per_request": [[r.tokens for r in s.requests] for s in samples],
+                "tokens_per_request": [s.per_sequence for s in samples],
                 "ttft_ms": {
-                    "p50": common.percentile(ttfts, 50),
-                    "p99": common.percentile(ttfts, 99),
+                    "p50": h.percentile(ttfts, 50),
+                    "p99": h.percentile(ttfts, 99),
                     "max": max(ttfts) if ttfts else math.nan,
                     "requests": len(ttfts),
                     "without_text": len(requests) - len(ttfts),
@@ -345,11 +290,8 @@ def analyse(contenders: list[Contender], info: dict[str, Any], args: Any, max_to
             }
         table[contender.name] = per_level
 
-    def entry(name: str, level: int) -> dict[str, Any] | None:
-        return table.get(name, {}).get(str(level))
-
-    def ratio(name: str, other: str, level: int, key: str) -> float:
-        mine, theirs = entry(name, level), entry(other, level)
+    def ratio(other: str, level: int, key: str) -> float:
+        mine, theirs = table.get(PRIMARY, {}).get(str(level)), table.get(other, {}).get(str(level))
         if mine is None or theirs is None:
             return math.nan
         if key == "tok_per_sec":
@@ -359,83 +301,44 @@ def analyse(contenders: list[Contender], info: dict[str, Any], args: Any, max_to
     ratios = {
         f"vs_{other}": {
             str(level): {
-                "tok_per_sec": ratio(PRIMARY, other, level, "tok_per_sec"),
-                "ttft_p50": ratio(PRIMARY, other, level, "p50"),
-                "ttft_p99": ratio(PRIMARY, other, level, "p99"),
+                "tok_per_sec": ratio(other, level, "tok_per_sec"),
+                "ttft_p50": ratio(other, level, "p50"),
+                "ttft_p99": ratio(other, level, "p99"),
             }
             for level in LEVELS
         }
         for other in TARGETS
     }
-    checks: dict[str, Any] = {}
-    for other, target in TARGETS.items():
-        value = ratios[f"vs_{other}"][str(TARGET_LEVEL)]["tok_per_sec"]
-        checks[f"{PRIMARY}_vs_{other}_{TARGET_LEVEL}"] = {
-            "value": value,
-            "target": target,
-            "verdict": common.verdict(value, target),
-        }
+    checks = {
+        f"{PRIMARY}_vs_{other}_{TARGET_LEVEL}": h.check(ratios[f"vs_{other}"][str(TARGET_LEVEL)]["tok_per_sec"], target)
+        for other, target in TARGETS.items()
+    }
     short = [
-        f"{c.name} at {level}: {[r.tokens for r in s.requests]}"
+        f"{c.name} at {level}: {s.per_sequence}"
         for c in contenders
         for level, samples in c.samples.items()
         for s in samples
-        if min(r.tokens for r in s.requests) < max_tokens
+        if min(s.per_sequence) < run.max_tokens
     ]
     return {
-        "benchmark": "server",
-        "mode": "quick" if args.quick else "default",
-        "max_tokens": max_tokens,
-        "rounds": rounds,
+        **run.header(),
         "levels": list(LEVELS),
-        "slots": args.slots,
-        "slot_ctx": args.slot_ctx,
+        "slots": run.args.slots,
+        "slot_ctx": run.args.slot_ctx,
         "prompt_template": PROMPT,
         "request": "POST /v1/completions, stream true, temperature 0, stream_options include_usage",
-        "machine": info,
-        "contenders": {c.name: {"label": LABELS[c.name], "command": c.command} for c in contenders},
-        "startup_secs": {c.name: common.summary(c.startup_secs) for c in contenders},
+        **servers,
         "results": table,
         "ratios": ratios,
         "checks": checks,
-        "all_targets_met": all(c["verdict"] == "PASS" for c in checks.values()),
+        "all_targets_met": h.all_pass(checks),
         "stopped_early": short,
-        "warning": common.load_warning(info),
+        "warning": h.load_warning(run.info),
     }
 
 
-def print_table(data: dict) -> None:
-    results, levels = data["results"], data["levels"]
-    names = [name for name in CONTENDERS if name in results]
-    print()
-    print("aggregate tok/s (median over rounds) | time to first token p50 / p99 (ms)")
-    print(f"{'contender':<18}" + "".join(f"{f'{n} clients':>24}" for n in levels))
-    for name in names:
-        cells = []
-        for level in levels:
-            e = results[name].get(str(level))
-            if e is None:
-                cells.append(f"{'-':>24}")
-                continue
-            t = e["ttft_ms"]
-            cells.append(f"{e['tok_per_sec']['median']:7.1f} | {t['p50']:5.0f} /{t['p99']:6.0f}".rjust(24))
-        print(f"{name:<18}" + "".join(cells))
-    print()
-    for other in TARGETS:
-        per = data["ratios"][f"vs_{other}"]
-        cells = ", ".join(f"{level}: {per[str(level)]['tok_per_sec']:.2f}" for level in levels)
-        print(f"{PRIMARY} / {other} (tok/s): {cells}")
-    print()
-    for key, check in data["checks"].items():
-        print(f"{key:<36} {check['value']:7.3f}  (target >= {check['target']})  {check['verdict']}")
-    if data["stopped_early"]:
-        print(f"note: {len(data['stopped_early'])} runs had a request end before max_tokens (counted as streamed)")
-    if data["warning"]:
-        print(f"NOTE: {data['warning']}")
-
-
-def plot(data: dict, path: Path) -> None:
-    plt = common.pyplot()
+def plot(data: dict[str, Any], path: Path) -> None:
+    plt = h.pyplot()
     results, levels = data["results"], data["levels"]
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.6))
     styles = {"oxillama": ("#3a7dc9", "o"), "llama_cpp_server": ("#999999", "x"), "llama_server": ("#c0392b", "d")}
@@ -481,16 +384,20 @@ def plot(data: dict, path: Path) -> None:
         f"{info['threads']} threads, {data['rounds']} rounds ({data['mode']})",
         fontsize=10,
     )
-    common.save_figure(fig, path, dpi=110)
+    h.save_figure(fig, path, dpi=110)
 
 
-def main() -> int:
-    parser = common.base_parser(__doc__)
-    parser.add_argument("--max-tokens", type=int, default=None, help="tokens per request (default 64, quick 16)")
-    parser.add_argument("--rounds", type=int, default=None, help="measured rounds (default 3, quick 1)")
-    parser.add_argument(
-        "--only", default=",".join(CONTENDERS), help="comma-separated contenders to run: " + ", ".join(CONTENDERS)
-    )
+def contender_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(CONTENDERS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown contender(s) {unknown}; choose from {', '.join(CONTENDERS)}")
+    return [name for name in CONTENDERS if name in names]
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    only = "comma-separated contenders to run: " + ", ".join(CONTENDERS)
+    parser.add_argument("--only", type=contender_list, default=",".join(CONTENDERS), help=only)
     parser.add_argument("--slots", type=int, default=8, help="slots of oxillama's server and of llama-server")
     parser.add_argument("--slot-ctx", type=int, default=2048, help="KV cells per slot (n_ctx = slots * this)")
     parser.add_argument(
@@ -500,39 +407,34 @@ def main() -> int:
         help="event loop of oxillama_py's server (default: the server's own default)",
     )
     parser.add_argument("--llama-server", type=Path, default=None, help="llama-server binary (default: build it)")
-    args = parser.parse_args()
-    names = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(CONTENDERS))
-    if unknown or not names:
-        parser.error(f"--only: unknown contender(s) {unknown}; choose from {', '.join(CONTENDERS)}")
-    names = [name for name in CONTENDERS if name in names]
-    max_tokens = args.max_tokens or (16 if args.quick else 64)
-    rounds = args.rounds or (1 if args.quick else 3)
-    model = common.resolve_model(args.model)
-    started = time.perf_counter()
-    info = common.machine_info(args.threads, model)
-    info["backend"] = args.backend
+
+
+def main() -> int:
+    run = h.start("server", __doc__, rounds=(3, 1), max_tokens=(64, 16), arguments=arguments)
+    args = run.args
+    names: list[str] = args.only
+    run.info["backend"] = args.backend
     args.llama_server_binary = None
     if "llama_server" in names:
         args.llama_server_binary = llama_server_binary(args.llama_server)
         version = subprocess.run(
             [str(args.llama_server_binary), "--version"], capture_output=True, text=True, timeout=60, check=False
         )
-        info["llama_server"] = str(args.llama_server_binary)
-        info["llama_server_version"] = (version.stdout + version.stderr).strip()
-    print(
-        f"model {model.name}, {args.threads} threads, {args.slots} slots of {args.slot_ctx} cells, "
-        f"{max_tokens} tokens per request, {rounds} rounds, contenders {', '.join(names)}",
-        flush=True,
+        run.info["llama_server"] = str(args.llama_server_binary)
+        run.info["llama_server_version"] = (version.stdout + version.stderr).strip()
+    h.say(
+        f"model {run.model.name}, {args.threads} threads, {args.slots} slots of {args.slot_ctx} cells, "
+        f"{run.max_tokens} tokens per request, {run.rounds} rounds, contenders {', '.join(names)}"
     )
-    contenders = measure(args, model, names, max_tokens, rounds)
-    common.finish_info(info, started)
-    data = analyse(contenders, info, args, max_tokens, rounds)
-    print_table(data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    common.write_json(args.out / "server.json", data)
-    plot(data, args.out / "server.png")
-    print(f"wrote {args.out / 'server.json'} and {args.out / 'server.png'}")
+    contenders, servers = measure(run, names)
+    run.stop()
+    data = analyse(run, contenders, servers)
+    notes = (
+        [f"note: {len(data['stopped_early'])} runs had a request end before max_tokens"]
+        if data["stopped_early"]
+        else []
+    )
+    run.report(data, rows=server_rows, plot=plot, checks=data["checks"], notes=notes)
     return 0 if data["all_targets_met"] else 1
 
 

@@ -1,30 +1,11 @@
 """Speculation inside continuous batching against plain batching, for 1, 2, 4 and 8 concurrent requests, in one run.
 
-What it measures: aggregate greedy tokens per second of ``N`` concurrent
-requests (``complete_batch`` of ``N`` distinct prompts) on one
-``AsyncEngine``-backed ``Engine`` with ``EngineConfig(speculative=PromptLookup())``
-and 8 slots, on two workloads:
-
-* ``copying``: each request rewrites a passage that is already in its prompt
-  (prompt lookup's drafts are often right),
-* ``free``: free-form text (drafts are rarer and fail more often),
-
-for two contenders, interleaved round by round on the same engine so that
-machine noise hits both alike:
-
-* ``plain``: ``speculative=False`` on every request (plain continuous batching),
-* ``speculative``: the engine's default (drafts where the cost model says they pay).
-
-The prefix cache is off, so every round prefills the same way. As a reference
-for one request, llama-cpp-python's own ``Llama.create_completion`` is timed
-too, plain and with ``LlamaPromptLookupDecoding`` (it serves one request at a
-time, so only ``N = 1``).
-
-Targets (issue 15): ``speculative / plain >= 2.0`` for one request on copying;
-``speculative / plain >= 0.97`` for 8 requests on free text. Writes
-``results/speculative_batch.json`` and ``results/speculative_batch.png``.
-
-Run: ``python benchmarks/speculative_batch.py [--quick] [--model PATH]``.
+Aggregate greedy tok/s of N concurrent requests (``complete_batch``) on one ``Engine`` with
+``EngineConfig(speculative=PromptLookup())``, 8 slots and the prefix cache off, on ``copying`` and ``free`` text,
+for ``plain`` (``speculative=False`` on every request) and ``speculative`` (the engine's default), interleaved on
+the same engine; llama-cpp-python's ``create_completion``, plain and with ``LlamaPromptLookupDecoding``, is timed
+for one request as a reference. Targets: speculative / plain >= 2.0 for one copying request, >= 0.97 for 8 free
+requests. See ``benchmarks/README.md``. Writes ``results/speculative_batch.json`` and ``speculative_batch.png``.
 """
 
 from __future__ import annotations
@@ -34,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import _common
+import harness as h
+from figures import speculative_batch_rows
 
 PASSAGES = [
     "The committee met on Tuesday to review the budget for the new library. After a long discussion, the members "
@@ -76,132 +58,87 @@ CONTENDERS = ["plain", "speculative"]
 
 
 def main() -> int:
-    parser = _common.base_parser(__doc__)
-    parser.add_argument("--max-tokens", type=int, default=None, help="tokens per request (default 96, quick 48)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
-    args = parser.parse_args()
-    max_tokens = args.max_tokens or (48 if args.quick else 96)
-    rounds = args.rounds or (1 if args.quick else 3)
-    model = _common.resolve_model(args.model)
-    info = _common.machine_info(args.threads, model)
-    started = time.perf_counter()
-
+    run = h.start("speculative_batch", __doc__, rounds=(3, 1), max_tokens=(96, 48))
+    max_tokens, threads = run.max_tokens, run.args.threads
     from llama_cpp import Llama
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
     from oxillama_py import Engine, EngineConfig, PromptLookup
 
     config = EngineConfig(
-        model,
+        run.model,
         n_ctx=8 * 1024,
-        n_threads=args.threads,
+        n_threads=threads,
         max_concurrency=8,
         prefix_cache_tokens=0,
         speculative=PromptLookup(),
     )
     engine = Engine(config)
     engine.load_model()
-    _common.quiet_llama_cpp()
+    h.quiet_llama_cpp()
+    lookup = LlamaPromptLookupDecoding(max_ngram_size=3, num_pred_tokens=10)
     raw = {
-        "raw_plain": Llama(str(model), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False),
+        "raw_plain": Llama(str(run.model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False),
         "raw_lookup": Llama(
-            str(model),
-            n_ctx=2048,
-            n_threads=args.threads,
-            n_threads_batch=args.threads,
-            draft_model=LlamaPromptLookupDecoding(max_ngram_size=3, num_pred_tokens=10),
-            verbose=False,
+            str(run.model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, draft_model=lookup, verbose=False
         ),
     }
 
-    def run(name: str, prompts: list[str]) -> tuple[float, list[str], int, int]:
+    def batch(name: str, prompts: list[str]) -> h.Sample:
         begin = time.perf_counter()
         results = engine.complete_batch(prompts, max_tokens, temperature=0, speculative=name == "speculative")
         secs = time.perf_counter() - begin
-        tokens = sum(r.completion_tokens for r in results)
         drafted = sum(r.speculative.drafted for r in results if r.speculative)
         accepted = sum(r.speculative.accepted for r in results if r.speculative)
-        return tokens / secs, [r.text for r in results], drafted, accepted
+        extra = {"drafted": drafted, "accepted": accepted}
+        return h.Sample(secs, [sum(r.completion_tokens for r in results)], [r.text for r in results], extra)
 
-    def run_raw(name: str, prompt: str) -> float:
+    def one_raw(name: str, prompt: str) -> h.Sample:
         llm = raw[name]
         llm.reset()
         begin = time.perf_counter()
         out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0)
-        return int(out["usage"]["completion_tokens"]) / (time.perf_counter() - begin)
+        return h.Sample(time.perf_counter() - begin, [int(out["usage"]["completion_tokens"])])
 
-    run("speculative", TASKS["copying"][:2])  # warm-up
-    run("plain", TASKS["free"][:2])
-    samples: dict[str, dict[int, dict[str, list[float]]]] = {
-        t: {n: {c: [] for c in CONTENDERS} for n in CONCURRENCY} for t in TASKS
-    }
-    raw_samples: dict[str, dict[str, list[float]]] = {t: {name: [] for name in raw} for t in TASKS}
+    batch("speculative", TASKS["copying"][:2])  # warm-up
+    batch("plain", TASKS["free"][:2])
+    contenders = [h.Contender(name, batch) for name in CONTENDERS]
+    raw_contenders = [h.Contender(name, one_raw) for name in raw]
     same: dict[str, dict[int, bool]] = {t: {n: True for n in CONCURRENCY} for t in TASKS}
     drafts: dict[str, dict[int, list[int]]] = {t: {n: [0, 0] for n in CONCURRENCY} for t in TASKS}
-    for r in range(rounds):
-        for task, prompts in TASKS.items():
-            for n in CONCURRENCY:
-                texts: dict[str, list[str]] = {}
-                for name in _common.rotated(CONTENDERS, r + n):
-                    rate, texts[name], drafted, accepted = run(name, prompts[:n])
-                    samples[task][n][name].append(rate)
-                    if name == "speculative":
-                        drafts[task][n][0] += drafted
-                        drafts[task][n][1] += accepted
-                    print(f"round {r + 1}/{rounds} {task:8s} N={n} {name:12s} {rate:7.1f} tok/s", file=sys.stderr)
-                same[task][n] &= texts["plain"] == texts["speculative"]
-            for name in _common.rotated(list(raw), r):
-                raw_samples[task][name].append(run_raw(name, prompts[0]))
+    keys = [(task, n) for task in TASKS for n in CONCURRENCY]
+    for r, (task, n), order in h.schedule(run.rounds, keys, contenders, lambda r, key: r + key[1]):
+        texts: dict[str, list[str]] = {}
+        for contender in order:
+            sample = contender.record((task, n), contender.run(contender.name, TASKS[task][:n]))
+            texts[contender.name] = sample.texts
+            if contender.name == "speculative":
+                drafts[task][n][0] += sample.extra["drafted"]
+                drafts[task][n][1] += sample.extra["accepted"]
+            h.say(f"round {r + 1}/{run.rounds} {task:8s} N={n} {contender.name:12s} {sample.tok_per_sec:7.1f} tok/s")
+        same[task][n] &= texts["plain"] == texts["speculative"]
+        if n == CONCURRENCY[-1]:  # then llama-cpp-python on the task's first prompt
+            for contender in h.rotated(raw_contenders, r):
+                contender.record(task, contender.run(contender.name, TASKS[task][0]))
     engine.close()
-    _common.finish_info(info, started)
-    data = analyse(samples, raw_samples, same, drafts, info, max_tokens, rounds, args.quick, engine_points(engine))
-    _common.write_json(args.out / "speculative_batch.json", data)
-    plot(data, args.out / "speculative_batch.png")
-    print_table(data)
-    return 0
-
-
-def engine_points(engine: Any) -> dict[str, float]:
-    worker = engine.async_engine()._life.worker
-    cost = getattr(worker, "cost", None) if worker is not None else None
-    return {str(n): s for n, s in cost.points().items()} if cost is not None else {}
-
-
-def analyse(
-    samples: dict[str, dict[int, dict[str, list[float]]]],
-    raw_samples: dict[str, dict[str, list[float]]],
-    same: dict[str, dict[int, bool]],
-    drafts: dict[str, dict[int, list[int]]],
-    info: dict[str, Any],
-    max_tokens: int,
-    rounds: int,
-    quick: bool,
-    cost_points: dict[str, float],
-) -> dict[str, Any]:
-    med = {
-        t: {n: {c: _common.median(v) for c, v in per.items()} for n, per in by_n.items()} for t, by_n in samples.items()
-    }
+    run.stop()
+    med = {t: {n: {c.name: h.median(c.rates((t, n))) for c in contenders} for n in CONCURRENCY} for t in TASKS}
     ratios = {t: {n: med[t][n]["speculative"] / med[t][n]["plain"] for n in CONCURRENCY} for t in TASKS}
-    raw_med = {t: {name: _common.median(v) for name, v in per.items()} for t, per in raw_samples.items()}
+    raw_med = {t: {c.name: h.median(c.rates(t)) for c in raw_contenders} for t in TASKS}
     targets = {
-        "copying_1_speculative_vs_plain": (ratios["copying"][1], 2.0),
-        "free_8_speculative_vs_plain": (ratios["free"][8], 0.97),
+        "copying_1_speculative_vs_plain": h.check(ratios["copying"][1], 2.0),
+        "free_8_speculative_vs_plain": h.check(ratios["free"][8], 0.97),
     }
-    return {
-        "benchmark": "speculative_batch",
-        "mode": "quick" if quick else "default",
-        "max_tokens": max_tokens,
-        "rounds": rounds,
+    data = {
+        **run.header(),
         "concurrency": CONCURRENCY,
-        "machine": info,
-        "load_warning": _common.load_warning(info),
+        "load_warning": h.load_warning(run.info),
         "tok_per_sec": {
-            t: {str(n): {c: _common.summary(v) for c, v in per.items()} for n, per in by_n.items()}
-            for t, by_n in samples.items()
+            t: {str(n): {c.name: h.summary(c.rates((t, n))) for c in contenders} for n in CONCURRENCY} for t in TASKS
         },
         "median_tok_per_sec": {t: {str(n): per for n, per in by_n.items()} for t, by_n in med.items()},
         "ratios": {t: {str(n): v for n, v in per.items()} for t, per in ratios.items()},
-        "targets": {k: {"value": v, "target": t, "verdict": _common.verdict(v, t)} for k, (v, t) in targets.items()},
+        "targets": targets,
         "llama_cpp_python_one_request": raw_med,
         "one_request_speculative_vs_llama_cpp_python_lookup": {
             t: med[t][1]["speculative"] / raw_med[t]["raw_lookup"] for t in TASKS
@@ -211,33 +148,14 @@ def analyse(
             t: {str(n): (a / d if d else 0.0) for n, (d, a) in per.items()} for t, per in drafts.items()
         },
         "drafted_tokens": {t: {str(n): d for n, (d, _) in per.items()} for t, per in drafts.items()},
-        "step_cost_seconds": cost_points,
     }
-
-
-def print_table(data: dict[str, Any]) -> None:
-    med = data["median_tok_per_sec"]
-    print(f"\nspeculation inside the batch, greedy, {data['max_tokens']} tokens a request (aggregate tok/s)")
-    print(f"{'task':9s}{'N':>3s}{'plain':>10s}{'spec':>10s}{'ratio':>8s}{'drafted':>9s}{'accepted':>10s}")
-    for task, by_n in med.items():
-        for n, per in by_n.items():
-            ratio = data["ratios"][task][n]
-            rate = data["acceptance_rate"][task][n]
-            drafted = data["drafted_tokens"][task][n]
-            print(f"{task:9s}{n:>3s}{per['plain']:10.1f}{per['speculative']:10.1f}{ratio:8.2f}{drafted:9d}{rate:10.0%}")
-    print(
-        "\nllama-cpp-python, one request:",
-        {t: {k: round(v, 1) for k, v in per.items()} for t, per in data["llama_cpp_python_one_request"].items()},
-    )
-    for name, t in data["targets"].items():
-        print(f"{name:34s} {t['value']:6.2f}  (target >= {t['target']})  {t['verdict']}")
-    print("same text as plain:", data["same_text_as_plain"])
-    if data["load_warning"]:
-        print("note:", data["load_warning"])
+    notes = [f"llama-cpp-python, one request: {raw_med}", f"same text as plain: {data['same_text_as_plain']}"]
+    run.report(data, rows=speculative_batch_rows, plot=plot, checks=targets, notes=notes)
+    return 0
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
-    plt = _common.pyplot()
+    plt = h.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for ax, task in zip(axes, TASKS, strict=True):
         per = data["median_tok_per_sec"][task]
@@ -255,8 +173,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("aggregate tok/s")
     axes[0].legend()
     fig.suptitle("Speculation inside continuous batching (prompt lookup, greedy)")
-    fig.tight_layout()
-    _common.save_figure(fig, path, 120)
+    h.save_figure(fig, path, 120)
 
 
 if __name__ == "__main__":

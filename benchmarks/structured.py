@@ -1,76 +1,30 @@
 """Structured output: constrained against unconstrained decoding, and against llama-cpp-python's ``LlamaGrammar``.
 
-What it measures: completion tokens per second (tokens produced / wall
-seconds of the call, prompt prefill included, model load excluded) of a
-generation constrained by a JSON Schema (``SCHEMA``: a book record with
-bounded strings, two bounded integers and an array of at most 3 enum values,
-~60-120 tokens) and of the same prompt unconstrained, in three scenarios:
-
-* ``one_greedy``: one request, ``temperature=0``;
-* ``one_sampled``: one request, ``temperature=1.0``, ``top_k=40``,
-  ``top_p=0.95``, ``min_p=0.05`` (llama-cpp-python's defaults) and a fixed
-  seed, so each contender writes the same text every round;
-* ``eight_greedy``: 8 distinct prompts at once, greedy, aggregate tok/s (all
-  sequences' tokens / wall seconds of the whole call).
-
-The contenders:
-
-* ``ox_free``: ``Engine(EngineConfig(model, n_threads=T)).complete(prompt,
-  N, ...)`` (``complete_batch(prompts, N, ...)`` for 8), unconstrained;
-* ``ox_json``: the same call with ``json_schema=SCHEMA`` (the schema is
-  turned into a grammar inside the call, as a user's call does);
-* ``raw_json``: ``llama_cpp.Llama(model, n_ctx=2048, n_threads=T,
-  n_threads_batch=T).create_completion(prompt, max_tokens=CAP,
-  grammar=LlamaGrammar.from_string(gbnf), ...)`` after ``reset()``, where
-  ``gbnf`` is ``oxillama_py.Grammar.from_json_schema(SCHEMA).gbnf``: the very
-  same grammar, so both sides are held to the same language. llama-cpp-python
-  puts the grammar sampler in its chain, so it matches the grammar against the
-  whole vocabulary at every step. It has no batching: for 8 prompts it runs
-  them one after another (for reference; no target);
-* ``raw_free``: the same ``Llama`` unconstrained (one request only): the
-  reference for llama-cpp-python's own constrained/unconstrained ratio.
-
-Why: a backend asks for structured output on most of its calls, so the
-constraint should cost little. Targets, for one request (greedy and sampled):
-``ox_json / ox_free`` >= 0.8, and ``ox_json / raw_json`` >= 1.0.
-
-How: the engine and the ``Llama`` are loaded once; every contender runs every
-scenario once as a discarded warm-up; then rounds run the scenarios in turn,
-the contenders of each in a rotating order, so machine noise hits them alike;
-medians over rounds are reported (and the median of per-round ratios,
-``paired``). Constrained calls get ``max_tokens=CAP`` (320), far more than
-the grammar lets a document grow, so they end at the grammar's end (their
-``finish_reason`` is recorded). Unconstrained calls get ``max_tokens`` = the
-median token count of ``ox_json``'s warm-up outputs in that scenario, so both
-sides decode about as many tokens after the same prefill (an unconstrained
-run may end sooner at an end-of-generation token; tokens are counted as
-produced). Every constrained output is parsed with ``json.loads`` and
-validated against ``SCHEMA`` with ``jsonschema``; the greedy texts of
-``ox_json`` and ``raw_json`` are compared (the constrained greedy choice is
-exact on both sides, so they should be equal). After the timed rounds, an
-untimed pass wraps ``oxillama_py.llama.sampling.Sampler`` to count how often
-the unconstrained choice is refused by the grammar and where the sampler's
-time goes (``profile`` in the JSON).
-
-Usage: ``python benchmarks/structured.py [--quick] [--model PATH] [--rounds N]
-[--batch-rounds N]``. Writes ``benchmarks/results/structured.json`` and
-``structured.png``.
+Tok/s (prefill included) of JSON constrained by ``SCHEMA`` and of the same prompt unconstrained, for one greedy
+request, one sampled request and 8 greedy requests at once, through ``ox_free``/``ox_json`` (``Engine.complete``
+without and with ``json_schema=``) and ``raw_json``/``raw_free`` (``Llama.create_completion`` with and without
+``LlamaGrammar.from_string`` of the same GBNF). Targets for one request: ox_json / ox_free >= 0.8, ox_json /
+raw_json >= 1.0; every constrained output must validate against the schema. An untimed pass wraps
+``oxillama_py.llama.sampling.Sampler`` to count refusals (``profile``). See ``benchmarks/README.md``. Writes
+``results/structured.json`` and ``structured.png``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import _common as common
+import harness as h
 import numpy as np
+from figures import structured_rows
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -89,16 +43,10 @@ SCHEMA: dict[str, Any] = {
     },
     "required": ["title", "author", "year", "pages", "genres", "summary"],
 }
-SUBJECTS = (
-    "a lighthouse keeper",
-    "a stolen violin",
-    "the first colony on Mars",
-    "a family bakery in Lyon",
-    "a detective who cannot sleep",
-    "the last dragon",
-    "a voyage up the Amazon",
-    "two rival chess players",
-)
+SUBJECTS = (  # noqa: SIM905
+    "a lighthouse keeper; a stolen violin; the first colony on Mars; a family bakery in Lyon; "
+    "a detective who cannot sleep; the last dragon; a voyage up the Amazon; two rival chess players"
+).split("; ")
 PROMPT_TEMPLATE = (
     "A library catalogue record for a novel about {subject}, written as one JSON object with the keys "
     "title, author, year, pages, genres and summary.\n```json\n"
@@ -109,6 +57,7 @@ SAMPLED = {"temperature": 1.0, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
 SCENARIOS = ("one_greedy", "one_sampled", "eight_greedy")
 SINGLE = ("one_greedy", "one_sampled")
 CONTENDERS = ("ox_free", "ox_json", "raw_json", "raw_free")
+CONSTRAINED = ("ox_json", "raw_json")
 LABELS = {
     "ox_free": "oxillama_py unconstrained",
     "ox_json": "oxillama_py json_schema",
@@ -119,10 +68,6 @@ TARGET_VS_FREE = 0.8
 TARGET_VS_RAW = 1.0
 
 
-def prompts(n: int) -> list[str]:
-    return [PROMPT_TEMPLATE.format(subject=s) for s in SUBJECTS[:n]]
-
-
 @dataclass
 class Scenario:
     name: str
@@ -131,45 +76,21 @@ class Scenario:
     free_tokens: int = 0  # max_tokens of the unconstrained calls, set after the warm-up
 
 
-@dataclass
-class Sample:
-    secs: float
-    texts: list[str]
-    per_sequence: list[int]
-    finish: list[str]
-
-    @property
-    def tokens(self) -> int:
-        return sum(self.per_sequence)
-
-    @property
-    def tok_per_sec(self) -> float:
-        return self.tokens / self.secs if self.secs > 0 else math.nan
-
-
-@dataclass
-class Contender:
-    name: str
-    constrained: bool
-    run: Callable[[Scenario], Sample]
-    scenarios: tuple[str, ...]
-    samples: dict[str, list[Sample]] = field(default_factory=dict)
-
-
 def scenario_list() -> list[Scenario]:
+    prompts = [PROMPT_TEMPLATE.format(subject=s) for s in SUBJECTS]
     greedy = {"temperature": 0.0}
     return [
-        Scenario("one_greedy", prompts(1), greedy),
-        Scenario("one_sampled", prompts(1), {**SAMPLED, "seed": SEED}),
-        Scenario("eight_greedy", prompts(8), greedy),
+        Scenario("one_greedy", prompts[:1], greedy),
+        Scenario("one_sampled", prompts[:1], {**SAMPLED, "seed": SEED}),
+        Scenario("eight_greedy", prompts[:8], greedy),
     ]
 
 
 # -- the contenders ------------------------------------------------------------------------
 
 
-def make_ox(engine: Any, constrained: bool) -> Callable[[Scenario], Sample]:
-    def run(scenario: Scenario) -> Sample:
+def make_ox(engine: Any, constrained: bool) -> Callable[[Scenario], h.Sample]:
+    def run(scenario: Scenario) -> h.Sample:
         options: dict[str, Any] = dict(scenario.sampling)
         max_tokens = CAP if constrained else scenario.free_tokens
         if constrained:
@@ -180,18 +101,14 @@ def make_ox(engine: Any, constrained: bool) -> Callable[[Scenario], Sample]:
         else:
             results = engine.complete_batch(scenario.prompts, max_tokens, **options)
         secs = time.perf_counter() - start
-        return Sample(
-            secs,
-            [r.text for r in results],
-            [r.completion_tokens for r in results],
-            [str(r.finish_reason) for r in results],
-        )
+        finish = [str(r.finish_reason) for r in results]
+        return h.Sample(secs, [r.completion_tokens for r in results], [r.text for r in results], {"finish": finish})
 
     return run
 
 
-def make_raw(llm: Any, grammar: Any) -> Callable[[Scenario], Sample]:
-    def run(scenario: Scenario) -> Sample:
+def make_raw(llm: Any, grammar: Any) -> Callable[[Scenario], h.Sample]:
+    def run(scenario: Scenario) -> h.Sample:
         max_tokens = CAP if grammar is not None else scenario.free_tokens
         texts, counts, finish = [], [], []
         start = time.perf_counter()
@@ -202,7 +119,7 @@ def make_raw(llm: Any, grammar: Any) -> Callable[[Scenario], Sample]:
             counts.append(int(out["usage"]["completion_tokens"]))
             finish.append(str(out["choices"][0]["finish_reason"]))
         secs = time.perf_counter() - start
-        return Sample(secs, texts, counts, finish)
+        return h.Sample(secs, counts, texts, {"finish": finish})
 
     return run
 
@@ -212,11 +129,12 @@ def make_raw(llm: Any, grammar: Any) -> Callable[[Scenario], Sample]:
 
 @contextmanager
 def sampler_profile(stats: dict[str, Any]) -> Iterator[None]:
-    """Wrap the constrained path of ``Sampler``: count refusals, time each part of a step."""
+    """Wrap the constrained path of ``oxillama_py.llama.sampling.Sampler``: count refusals, time each part of a step."""
     from oxillama_py.llama import sampling
 
     cls = sampling.Sampler
-    originals = {name: getattr(cls, name) for name in ("sample", "_choose", "_allowed", "_choose_constrained")}
+    names = ("sample", "_choose", "_allowed", "_choose_constrained", "__init__")
+    originals = {name: getattr(cls, name) for name in names}
     clock = time.perf_counter
 
     def timed(key: str, fn: Callable[[], Any]) -> Any:
@@ -251,54 +169,34 @@ def sampler_profile(stats: dict[str, Any]) -> Iterator[None]:
         timed("sampler_init_secs", lambda: originals["__init__"](self, *args, **kwargs))
         stats["sampler_inits"] = stats.get("sampler_inits", 0) + 1
 
-    # Once per request, outside the decode loop: the schema made a grammar, the grammar parsed.
-    from oxillama_py import engine as engine_module
-    from oxillama_py import options as options_module
-
-    resolve, check = options_module.resolve_grammar, engine_module.check_grammar
-    originals["__init__"] = cls.__init__
-
-    def resolve_grammar(*args: Any) -> Any:
-        return timed("resolve_grammar_secs", lambda: resolve(*args))
-
-    def check_grammar(*args: Any) -> Any:
-        return timed("check_grammar_secs", lambda: check(*args))
-
-    patched = {
-        "sample": sample,
-        "_choose": choose,
-        "_allowed": allowed,
-        "_choose_constrained": choose_constrained,
-        "__init__": init,
-    }
-    for name, fn in patched.items():
+    for name, fn in zip(names, (sample, choose, allowed, choose_constrained, init)):
         setattr(cls, name, fn)
-    options_module.resolve_grammar = resolve_grammar
-    engine_module.check_grammar = check_grammar
     try:
         yield
     finally:
         for name, fn in originals.items():
             setattr(cls, name, fn)
-        options_module.resolve_grammar = resolve
-        engine_module.check_grammar = check
 
 
 def profile_constrained(engine: Any, scenarios: list[Scenario], free_rates: dict[str, float]) -> dict[str, Any]:
     """One untimed ``ox_json`` run per scenario under the wrapped sampler; per-step costs in ms."""
+    from oxillama_py import Grammar
+
     out: dict[str, Any] = {}
     run = make_ox(engine, constrained=True)
     for scenario in scenarios:
         stats: dict[str, Any] = {}
+        start = time.perf_counter()  # what the call does once: the schema made a grammar (public API, timed apart)
+        Grammar.from_json_schema(SCHEMA)
+        schema_ms = (time.perf_counter() - start) * 1000.0
         with sampler_profile(stats):
             sample = run(scenario)
         steps = stats.get("steps", 0) or 1
-        calls, requests = 1, len(scenario.prompts)  # one call converts and checks the schema once
         ms = {k: stats.get(k, 0.0) * 1000.0 / steps for k in ("sample_secs", "first_choice_secs", "check_secs")}
         constrained_ms = stats.get("constrained_secs", 0.0) * 1000.0
         whole_ms = stats.get("whole_vocab_secs", 0.0) * 1000.0
         refused = stats.get("refused", 0)
-        step_ms = sample.secs * 1000.0 / max(1, max(sample.per_sequence))  # one decode step, all sequences
+        free = free_rates.get(scenario.name)
         out[scenario.name] = {
             "steps": stats.get("steps", 0),
             "refused": refused,
@@ -315,16 +213,14 @@ def profile_constrained(engine: Any, scenarios: list[Scenario], free_rates: dict
                 - constrained_ms / steps,
             },
             "setup_ms": {
-                "schema_to_grammar": stats.get("resolve_grammar_secs", 0.0) * 1000.0 / calls,
-                "grammar_check": stats.get("check_grammar_secs", 0.0) * 1000.0 / calls,
-                "sampler_init": stats.get("sampler_init_secs", 0.0) * 1000.0 / requests,
+                "schema_to_grammar": schema_ms,
+                "sampler_init": stats.get("sampler_init_secs", 0.0) * 1000.0 / len(scenario.prompts),
             },
             "ms_per_refused_retry": constrained_ms / refused if refused else 0.0,
             "ms_per_whole_vocabulary_fallback": whole_ms / stats["whole_vocab"] if stats.get("whole_vocab") else 0.0,
-            "wall_ms_per_decode_step": step_ms,
-            "unconstrained_wall_ms_per_decode_step": 1000.0 / free_rates[scenario.name] * len(scenario.prompts)
-            if free_rates.get(scenario.name)
-            else math.nan,
+            # one decode step, all sequences
+            "wall_ms_per_decode_step": sample.secs * 1000.0 / max(1, max(sample.per_sequence)),
+            "unconstrained_wall_ms_per_decode_step": 1000.0 / free * len(scenario.prompts) if free else math.nan,
             "n_vocab": stats.get("n_vocab"),
         }
     return out
@@ -351,74 +247,65 @@ def numpy_ms(n_vocab: int) -> dict[str, float]:
 # -- the run -------------------------------------------------------------------------------
 
 
-def main() -> int:
-    parser = common.base_parser(__doc__)
-    parser.add_argument(
-        "--rounds", type=int, default=None, help="rounds of the one-request scenarios (default 5, quick 1)"
-    )
-    parser.add_argument(
-        "--batch-rounds", type=int, default=None, help="rounds of the 8-request scenario (default 2, quick 1)"
-    )
-    args = parser.parse_args()
-    rounds = args.rounds or (1 if args.quick else 5)
-    batch_rounds = min(rounds, args.batch_rounds or (1 if args.quick else 2))
-    model = common.resolve_model(args.model)
-    common.quiet_llama_cpp()
-    started = time.perf_counter()
-    info = common.machine_info(args.threads, model)
+def arguments(parser: argparse.ArgumentParser) -> None:
+    help = "rounds of the 8-request scenario (default 2, quick 1)"
+    parser.add_argument("--batch-rounds", type=int, default=None, help=help)
 
+
+def main() -> int:
+    run = h.start("structured", __doc__, rounds=(5, 1), arguments=arguments, rounds_help="rounds of one request")
+    rounds = run.rounds
+    batch_rounds = min(rounds, run.args.batch_rounds or (1 if run.args.quick else 2))
+    threads = run.args.threads
     from llama_cpp import Llama, LlamaGrammar
 
     from oxillama_py import Engine, EngineConfig, Grammar
 
     gbnf = Grammar.from_json_schema(SCHEMA).gbnf
     scenarios = scenario_list()
-    by_name = {s.name: s for s in scenarios}
-    print(f"model {model.name}, {args.threads} threads, {rounds} rounds ({batch_rounds} with 8 requests)", flush=True)
-    llm = Llama(str(model), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
-    with Engine(EngineConfig(model, n_threads=args.threads)) as engine:
+    h.say(f"model {run.model.name}, {threads} threads, {rounds} rounds ({batch_rounds} with 8 requests)")
+    llm = Llama(str(run.model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    with Engine(EngineConfig(run.model, n_threads=threads)) as engine:
         engine.load_model()
         contenders = [
-            Contender("ox_free", False, make_ox(engine, False), SCENARIOS),
-            Contender("ox_json", True, make_ox(engine, True), SCENARIOS),
-            Contender("raw_json", True, make_raw(llm, LlamaGrammar.from_string(gbnf, verbose=False)), SCENARIOS),
-            Contender("raw_free", False, make_raw(llm, None), SINGLE),
+            h.Contender("ox_free", make_ox(engine, False)),
+            h.Contender("ox_json", make_ox(engine, True)),
+            h.Contender("raw_json", make_raw(llm, LlamaGrammar.from_string(gbnf, verbose=False))),
+            h.Contender("raw_free", make_raw(llm, None)),
         ]
         ox_json = contenders[1]
+
+        def takes(contender: h.Contender, scenario: Scenario) -> bool:
+            return contender.name != "raw_free" or scenario.name in SINGLE
+
         for scenario in scenarios:  # warm-up; ox_json's lengths size the unconstrained calls
             warm = ox_json.run(scenario)
-            scenario.free_tokens = max(1, int(common.median(warm.per_sequence)))
-            print(f"warm-up {scenario.name}: ox_json {warm.per_sequence} tokens, {warm.finish}", flush=True)
+            scenario.free_tokens = max(1, int(h.median(warm.per_sequence)))
+            h.say(f"warm-up {scenario.name}: ox_json {warm.per_sequence} tokens, {warm.extra['finish']}")
             for contender in contenders:
                 # llama-cpp-python decodes 8 prompts one by one: the one-request warm-up did it
                 raw_batch = contender.name.startswith("raw") and len(scenario.prompts) > 1
-                if contender is not ox_json and scenario.name in contender.scenarios and not raw_batch:
+                if contender is not ox_json and takes(contender, scenario) and not raw_batch:
                     contender.run(scenario)
-        for round_no in range(rounds):
-            for scenario in scenarios:
-                if scenario.name == "eight_greedy" and round_no >= batch_rounds:
-                    continue
-                line = []
-                for contender in common.rotated(contenders, round_no):
-                    if scenario.name not in contender.scenarios:
-                        continue
-                    sample = contender.run(scenario)
-                    contender.samples.setdefault(scenario.name, []).append(sample)
-                    line.append(f"{contender.name} {sample.tok_per_sec:5.1f}")
-                print(f"round {round_no + 1}/{rounds} {scenario.name}: " + ", ".join(line), flush=True)
-        free_rates = {s.name: common.median([x.tok_per_sec for x in contenders[0].samples[s.name]]) for s in scenarios}
+        for round_no, scenario, order in h.schedule(rounds, scenarios, contenders):
+            if scenario.name == "eight_greedy" and round_no >= batch_rounds:
+                continue
+            line = [
+                f"{c.name} {c.record(scenario.name, c.run(scenario)).tok_per_sec:5.1f}"
+                for c in order
+                if takes(c, scenario)
+            ]
+            h.say(f"round {round_no + 1}/{rounds} {scenario.name}: " + ", ".join(line))
+        free_rates = {s.name: h.median(contenders[0].rates(s.name)) for s in scenarios}
         profile = profile_constrained(engine, scenarios, free_rates)
     n_vocab = next((p["n_vocab"] for p in profile.values() if p.get("n_vocab")), None)
     if n_vocab:
         profile["numpy_ms"] = numpy_ms(n_vocab)
-
-    common.finish_info(info, started)
-    data = analyse(contenders, by_name, profile, info, gbnf, rounds, batch_rounds, args.quick)
-    print_table(data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    common.write_json(args.out / "structured.json", data)
-    plot(data, args.out / "structured.png")
-    print(f"wrote {args.out / 'structured.json'} and {args.out / 'structured.png'}")
+    run.stop()
+    data = analyse(run, contenders, scenarios, profile, gbnf, batch_rounds)
+    notes = [f"valid JSON against the schema: {data['validation']}", f"greedy texts: {data['same_text']}"]
+    notes += [f"profile {name}: {json.dumps(data['profile'][name])}" for name in SCENARIOS]
+    run.report(data, rows=structured_rows, plot=plot, checks=data["checks"], notes=notes)
     return 0 if data["all_targets_met"] and data["all_valid"] else 1
 
 
@@ -436,15 +323,13 @@ def validate(text: str) -> str | None:
 
 
 def analyse(
-    contenders: list[Contender],
-    scenarios: dict[str, Scenario],
+    run: h.Run,
+    contenders: list[h.Contender],
+    scenarios: list[Scenario],
     profile: dict[str, Any],
-    info: dict[str, Any],
     gbnf: str,
-    rounds: int,
     batch_rounds: int,
-    quick: bool,
-) -> dict:
+) -> dict[str, Any]:
     by = {c.name: c for c in contenders}
     results: dict[str, Any] = {}
     validation: dict[str, Any] = {}
@@ -456,14 +341,14 @@ def analyse(
             if not samples:
                 continue
             entry: dict[str, Any] = {
-                "tok_per_sec": common.summary([s.tok_per_sec for s in samples]),
-                "secs": common.summary([s.secs for s in samples]),
+                "tok_per_sec": h.summary([s.tok_per_sec for s in samples]),
+                "secs": h.summary([s.secs for s in samples]),
                 "tokens": [s.tokens for s in samples],
                 "tokens_per_sequence": [s.per_sequence for s in samples],
-                "finish_reasons": sorted({f for s in samples for f in s.finish}),
-                "text": samples[0].texts[0],
+                "finish_reasons": sorted({f for s in samples for f in s.extra["finish"]}),
+                "text": samples[0].text,
             }
-            if contender.constrained:
+            if contender.name in CONSTRAINED:
                 errors = [e for s in samples for t in s.texts if (e := validate(t)) is not None]
                 total = sum(len(s.texts) for s in samples)
                 entry["valid"] = f"{total - len(errors)}/{total}"
@@ -474,60 +359,39 @@ def analyse(
             per[contender.name] = entry
         results[name] = per
 
-    def rates(contender: str, scenario: str) -> list[float]:
-        return [s.tok_per_sec for s in by[contender].samples.get(scenario, [])]
-
     def ratio(a: str, b: str, scenario: str) -> dict[str, Any]:
-        ra, rb = rates(a, scenario), rates(b, scenario)
+        ra, rb = by[a].rates(scenario), by[b].rates(scenario)
         if not ra or not rb:
             return {"median": math.nan, "paired_median": math.nan}
         return {
-            "median": common.median(ra) / common.median(rb),
-            "paired_median": common.median([x / y for x, y in zip(ra, rb, strict=True)]),
+            "median": h.median(ra) / h.median(rb),
+            "paired_median": h.median([x / y for x, y in zip(ra, rb, strict=True)]),
         }
 
-    ratios: dict[str, Any] = {}
-    for name in SCENARIOS:
-        ratios[name] = {
-            "ox_json_vs_ox_free": ratio("ox_json", "ox_free", name),
-            "ox_json_vs_raw_json": ratio("ox_json", "raw_json", name),
-            "raw_json_vs_raw_free": ratio("raw_json", "raw_free", name),
-            "ox_free_vs_raw_free": ratio("ox_free", "raw_free", name),
-        }
+    pairs = (("ox_json", "ox_free"), ("ox_json", "raw_json"), ("raw_json", "raw_free"), ("ox_free", "raw_free"))
+    ratios = {name: {f"{a}_vs_{b}": ratio(a, b, name) for a, b in pairs} for name in SCENARIOS}
     checks: dict[str, Any] = {}
     for name in SINGLE:
-        checks[f"{name}_constrained_vs_unconstrained"] = {
-            "value": ratios[name]["ox_json_vs_ox_free"]["median"],
-            "target": TARGET_VS_FREE,
-        }
-        checks[f"{name}_constrained_vs_llama_cpp"] = {
-            "value": ratios[name]["ox_json_vs_raw_json"]["median"],
-            "target": TARGET_VS_RAW,
-        }
-    for check in checks.values():
-        check["verdict"] = common.verdict(check["value"], check["target"])
+        r = ratios[name]
+        checks[f"{name}_constrained_vs_unconstrained"] = h.check(r["ox_json_vs_ox_free"]["median"], TARGET_VS_FREE)
+        checks[f"{name}_constrained_vs_llama_cpp"] = h.check(r["ox_json_vs_raw_json"]["median"], TARGET_VS_RAW)
+    greedy = results["one_greedy"]
     same_text = {
-        name: {
-            "ox_json_equals_raw_json": results[name]["ox_json"]["text"] == results[name]["raw_json"]["text"],
-            "ox_free_equals_raw_free": results[name].get("ox_free", {}).get("text")
-            == results[name].get("raw_free", {}).get("text"),
+        "one_greedy": {
+            "ox_json_equals_raw_json": greedy["ox_json"]["text"] == greedy["raw_json"]["text"],
+            "ox_free_equals_raw_free": greedy.get("ox_free", {}).get("text") == greedy.get("raw_free", {}).get("text"),
         }
-        for name in ("one_greedy",)
     }
-    all_valid = all(v["valid"] == v["total"] for v in validation.values())
     return {
-        "benchmark": "structured",
-        "mode": "quick" if quick else "default",
-        "rounds": rounds,
+        **run.header(),
         "batch_rounds": batch_rounds,
         "schema": SCHEMA,
         "gbnf": gbnf,
         "prompt_template": PROMPT_TEMPLATE,
         "subjects": list(SUBJECTS),
         "constrained_max_tokens": CAP,
-        "unconstrained_max_tokens": {name: s.free_tokens for name, s in scenarios.items()},
-        "sampling": {name: s.sampling for name, s in scenarios.items()},
-        "machine": info,
+        "unconstrained_max_tokens": {s.name: s.free_tokens for s in scenarios},
+        "sampling": {s.name: s.sampling for s in scenarios},
         "contenders": {
             "ox_free": "Engine(EngineConfig(model, n_threads=T)).complete(prompt, N, **sampling) "
             "(complete_batch(prompts, ...) for 8)",
@@ -541,75 +405,18 @@ def analyse(
         "results": results,
         "ratios": ratios,
         "checks": checks,
-        "all_targets_met": all(c["verdict"] == "PASS" for c in checks.values()),
+        "all_targets_met": h.all_pass(checks),
         "validation": validation,
-        "all_valid": all_valid,
+        "all_valid": all(v["valid"] == v["total"] for v in validation.values()),
         "same_text": same_text,
         "profile": profile,
         "problems": problems,
-        "warning": common.load_warning(info),
+        "warning": h.load_warning(run.info),
     }
 
 
-def print_table(data: dict) -> None:
-    results = data["results"]
-    print()
-    print("tok/s, median over rounds (8 requests: aggregate; llama-cpp-python: one after another)")
-    print(f"{'scenario':<14}" + "".join(f"{n:>11}" for n in CONTENDERS) + f"{'tokens (json)':>16}")
-    for name in SCENARIOS:
-        cells = []
-        for contender in CONTENDERS:
-            entry = results[name].get(contender)
-            cells.append(f"{entry['tok_per_sec']['median']:11.1f}" if entry else f"{'-':>11}")
-        tokens = results[name]["ox_json"]["tokens_per_sequence"][0]
-        print(f"{name:<14}" + "".join(cells) + f"{str(tokens)[:30]:>16}")
-    print()
-    print("ratios (median / paired median)")
-    for name in SCENARIOS:
-        parts = [
-            f"{key} {r['median']:.2f}/{r['paired_median']:.2f}"
-            for key, r in data["ratios"][name].items()
-            if not math.isnan(r["median"])
-        ]
-        print(f"  {name:<13} " + ", ".join(parts))
-    print()
-    for key, check in data["checks"].items():
-        print(f"{key:<45} {check['value']:7.3f}  (target >= {check['target']})  {check['verdict']}")
-    valid = ", ".join(f"{k} {v['valid']}/{v['total']}" for k, v in data["validation"].items())
-    print(f"valid JSON against the schema: {valid}")
-    print(f"greedy texts: {data['same_text']}")
-    print()
-    print("constrained sampler profile (ox_json, one untimed run each; ms per sampled token)")
-    for name in SCENARIOS:
-        p = data["profile"][name]
-        ms = p["ms_per_step"]
-        print(
-            f"  {name:<13} steps {p['steps']:4d}, refused {p['refused']:3d} ({p['refused_share']:.0%}), "
-            f"whole-vocabulary {p['whole_vocabulary_fallbacks']}; sample {ms['sample_total']:.2f} = first choice "
-            f"{ms['first_choice_without_grammar']:.2f} + check {ms['check_one_token']:.2f} + retries "
-            f"{ms['refused_retry_averaged_over_all_steps']:.2f} + other {ms['other_accept_etc']:.2f}; "
-            f"retry {p['ms_per_refused_retry']:.1f} ms each; decode step {p['wall_ms_per_decode_step']:.1f} ms "
-            f"(unconstrained {p['unconstrained_wall_ms_per_decode_step']:.1f})"
-        )
-        setup = p["setup_ms"]
-        print(
-            f"  {'':<13} once per call: schema to GBNF {setup['schema_to_grammar']:.2f} ms, grammar check "
-            f"{setup['grammar_check']:.2f} ms; per request: sampler set-up {setup['sampler_init']:.2f} ms"
-        )
-    if "numpy_ms" in data["profile"]:
-        numpy = data["profile"]["numpy_ms"]
-        print(
-            f"  (numpy over the logits: argmax, the unconstrained greedy path, {numpy['argmax']:.3f} ms; "
-            f"argpartition for the shortlist {numpy['argpartition_shortlist']:.3f} ms)"
-        )
-    for problem in data["problems"]:
-        print(f"PROBLEM: {problem}")
-    if data["warning"]:
-        print(f"NOTE: {data['warning']}")
-
-
-def plot(data: dict, path: Path) -> None:
-    plt = common.pyplot()
+def plot(data: dict[str, Any], path: Path) -> None:
+    plt = h.pyplot()
     results = data["results"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
     colors = {"ox_free": "#9cc3ea", "ox_json": "#3a7dc9", "raw_json": "#c0392b", "raw_free": "#bbbbbb"}
@@ -664,13 +471,8 @@ def plot(data: dict, path: Path) -> None:
     right.set_ylabel("ratio of tok/s (log; dashed: target)")
     right.set_title("ratios")
     right.legend(fontsize=8)
-    info = data["machine"]
-    fig.suptitle(
-        f"structured output: oxillama_py {info['oxillama_py']} vs llama-cpp-python {info['llama_cpp_python']}, "
-        f"{info['threads']} threads, {data['rounds']} rounds ({data['mode']})",
-        fontsize=10,
-    )
-    common.save_figure(fig, path, dpi=110)
+    fig.suptitle(h.versus(data, "structured output: "), fontsize=10)
+    h.save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":
