@@ -30,8 +30,8 @@ def price_rows_as_free(engine: Engine | AsyncEngine, monkeypatch: pytest.MonkeyP
     """Give a loaded, speculating engine's worker the flat curve (until ``monkeypatch`` undoes it, if given)."""
     target = engine.async_engine() if isinstance(engine, Engine) else engine
     worker = target._life.worker
-    assert worker is not None and worker.cost is not None, "load a speculating engine first"
+    assert worker is not None and worker.speculator is not None, "load a speculating engine first"
     if monkeypatch is None:
-        worker.cost = FreeRows()
+        worker.speculator.cost = FreeRows()
     else:
-        monkeypatch.setattr(worker, "cost", FreeRows())
+        monkeypatch.setattr(worker.speculator, "cost", FreeRows())

@@ -189,7 +189,7 @@ def test_draft_settings_that_are_used_are_accepted() -> None:
 
 
 def test_draft_context_has_the_draft_n_ctx(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import oxillama_py.decode.speculation as worker_module
+    import oxillama_py.decode.draft_model as worker_module
 
     sizes: list[int] = []
 
@@ -207,7 +207,7 @@ def test_draft_context_has_the_draft_n_ctx(model_path: Path, monkeypatch: pytest
 
 
 # -- pure data -------------------------------------------------------------------------------
-PURE = {"chat", "config", "errors", "results"}
+PURE = {"chat", "checks", "compat", "config", "errors", "results"}
 
 
 @pytest.mark.parametrize("name", sorted(PURE))

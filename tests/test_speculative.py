@@ -69,13 +69,13 @@ def draft_engine(model_path: Path) -> Iterator[SpeculativeEngine]:
     the draft model's mechanics are exercised on any CPU. The pricing is
     tested on its own.
     """
-    from oxillama_py.decode.speculation import Drafting
+    from oxillama_py.decode.speculation import Speculator
 
     config = SpeculativeConfig(
         EngineConfig(model_path, n_ctx=4096), EngineConfig(model_path, n_ctx=4096), num_speculative=4, trace=True
     )
     with pytest.MonkeyPatch.context() as patch, SpeculativeEngine(config) as engine:
-        patch.setattr(Drafting, "observe_drafters", lambda self, drafters: None)
+        patch.setattr(Speculator, "observe_drafters", lambda self, drafters: None)
         engine.load_model()
         price_rows_as_free(engine)
         yield engine
@@ -253,14 +253,14 @@ def test_speculative_sampling_matches_plain_sampling(model_path: Path, engine: E
 
         # A wrong rule (accept the draft with probability p, else draw again from all of p) is caught.
         from oxillama_py.decode.distribution import sample_at
-        from oxillama_py.decode.speculation import Speculation
+        from oxillama_py.decode.speculation import SequenceSpeculation
 
         def wrong(p, proposal, u):  # type: ignore[no-untyped-def]
             if proposal is not None and u < p[proposal]:
                 return proposal
             return sample_at(p, (u * 7919) % 1.0)
 
-        monkeypatch.setattr(Speculation, "choose", staticmethod(wrong))
+        monkeypatch.setattr(SequenceSpeculation, "choose", staticmethod(wrong))
         biased = _first_tokens(lambda s: spec.complete(RGB, 2, seed=1000 + s, **sampling), n)
         assert _same_distribution(biased, plain) < 0.001, (biased, plain)
 

@@ -96,7 +96,7 @@ def _check_cells(worker: DecodeWorker) -> list[int]:
     """On the decode thread: each sequence holds exactly its own cells; the slots of the others none."""
     assert worker.context is not None
     memory = worker.context.memory
-    active = {seq.slot: seq for seq in worker._active}
+    active = {seq.slot: seq for seq in worker.scheduler.running}
     for slot in range(worker.n_slots):
         low = llama_cpp.llama_memory_seq_pos_min(memory, slot)
         high = llama_cpp.llama_memory_seq_pos_max(memory, slot)
@@ -174,12 +174,12 @@ def test_a_draft_model_drafts_for_each_sequence_of_a_batch(
     model_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each slot has its own sequence in the draft context; greedy copying output stays the target's."""
-    from oxillama_py.decode.speculation import Drafting
+    from oxillama_py.decode.speculation import Speculator
 
     # The draft is the target's own file (the only model here with its vocabulary): as dear as the
     # target, so the cost model would rightly never draft. Drafts and rows are priced as free here,
     # to exercise the mechanics.
-    monkeypatch.setattr(Drafting, "observe_drafters", lambda self, drafters: None)
+    monkeypatch.setattr(Speculator, "observe_drafters", lambda self, drafters: None)
     draft = EngineConfig(model_path, n_ctx=4096)
     config = EngineConfig(model_path, n_ctx=4096, max_concurrency=2, speculative=draft, speculative_tokens=4)
     prompts = [COPYING[0], COPYING[2]]

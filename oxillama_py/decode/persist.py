@@ -1,20 +1,22 @@
-"""The prefix cache's cells, saved and put back (snapshots); run on the decode thread between steps."""
+"""The prefix cache's cells, saved and put back (snapshots); run on the decode thread between steps.
+
+What a snapshot file holds of the cache is :class:`SavedPrefix`; writing and
+reading the file is :mod:`oxillama_py.snapshot`'s.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import GenerateError, OxiLlamaError, SnapshotError
-from .prefix_cache import ALIGN, MIN_REUSE, common_prefix
-
-if TYPE_CHECKING:
-    from .worker import DecodeWorker
+from ..llama import Context
+from .ids import SeqIdPool
+from .prefix_cache import ALIGN, MIN_REUSE, PrefixCache, common_prefix
 
 __all__ = ["SavedPrefix", "restore_prefixes", "save_prefixes"]
 
@@ -28,7 +30,7 @@ class SavedPrefix:
     state: bytes
 
 
-def save_prefixes(worker: DecodeWorker) -> list[SavedPrefix]:
+def save_prefixes(context: Context, cache: PrefixCache, ids: SeqIdPool) -> list[SavedPrefix]:
     """The cached prefixes worth restoring, cut to a multiple of :data:`ALIGN` tokens (so a restore keeps the grid).
 
     Left out: entries decoded beside other sequences (off the grid: a lone
@@ -37,8 +39,6 @@ def save_prefixes(worker: DecodeWorker) -> list[SavedPrefix]:
     their cells, so both might not fit). The cut is copied to a spare sequence
     id first (the cells are shared, not copied): the running cache is not changed.
     """
-    context, cache = worker.context, worker.cache
-    assert context is not None and cache is not None
     kept = [
         (index, seq_id, tokens[: len(tokens) - len(tokens) % ALIGN], pinned)
         for index, (seq_id, tokens, pinned, on_grid) in enumerate(cache.kept())
@@ -54,9 +54,12 @@ def save_prefixes(worker: DecodeWorker) -> list[SavedPrefix]:
     chosen.sort(key=lambda item: item[0])  # the order their cells were placed in
     if not chosen:
         return []
-    if not worker.embed_ids:
-        raise GenerateError("no sequence id is free to save the cache from (8 embedding texts are decoding): try again")
-    spare = worker.embed_ids.pop()
+    lease = ids.spare()
+    if lease is None:
+        raise GenerateError(
+            f"no sequence id is free to save the cache from ({ids.n_spare} embedding texts are decoding): try again"
+        )
+    spare = lease.seq_id
     saved = []
     try:
         for _, seq_id, tokens, pinned in chosen:
@@ -65,14 +68,12 @@ def save_prefixes(worker: DecodeWorker) -> list[SavedPrefix]:
             saved.append(SavedPrefix(np.array(tokens, dtype=np.int32), pinned, context.sequence_state(spare)))
     finally:
         context.remove(spare)
-        worker.embed_ids.append(spare)
+        lease.release()
     return saved
 
 
-def restore_prefixes(worker: DecodeWorker, prefixes: list[SavedPrefix]) -> int:
+def restore_prefixes(context: Context, cache: PrefixCache, prefixes: list[SavedPrefix]) -> int:
     """Put saved prefixes back into the cache (a fresh, idle engine); how many fitted."""
-    context, cache = worker.context, worker.cache
-    assert context is not None and cache is not None
     restored = 0
     for prefix in prefixes:
         load = partial(context.load_sequence_state, state=prefix.state)

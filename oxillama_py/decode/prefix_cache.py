@@ -50,15 +50,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import llama_cpp
-import numpy as np
-import numpy.typing as npt
 
 from ..stats import PrefixCacheStats
-from .sequence import Run
+from .cells import Holder, Reuse, Run, Tokens, common_prefix, truncate
+from .ids import LLAMA_MAX_SEQ, Lease, SeqIdPool
 
-__all__ = ["ALIGN", "MIN_SUFFIX", "ROWS", "Holder", "PrefixCache", "Reuse", "common_prefix", "MIN_REUSE"]
-
-Tokens = npt.NDArray[np.int32]
+__all__ = ["ALIGN", "MIN_REUSE", "MIN_SUFFIX", "ROWS", "Holder", "PrefixCache", "Reuse", "common_prefix"]
 
 ALIGN = 64
 """Cells are kept and lent in multiples of this (the grid of llama.cpp's SIMD sums)."""
@@ -70,41 +67,11 @@ MIN_REUSE = ALIGN
 """Shorter shared prefixes are prefilled again: they save little and would add an entry."""
 MAX_ENTRIES = 64
 """Cache ``seq_id`` values beyond the slots (llama.cpp allows 256 sequences in all)."""
-LLAMA_MAX_SEQ = 256
-
-
-def common_prefix(a: Tokens, b: Tokens) -> int:
-    """How many leading tokens ``a`` and ``b`` share."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    differ = np.flatnonzero(a[:n] != b[:n])
-    return int(differ[0]) if differ.size else n
-
-
-@dataclass(frozen=True, slots=True)
-class Holder:
-    """A ``seq_id`` whose cells a new sequence may share: its tokens with KV, and their lineage."""
-
-    seq_id: int
-    tokens: Tokens
-    runs: tuple[Run, ...]
-    on_grid: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Reuse:
-    """What a new sequence takes: the first ``n_tokens`` cells of ``source``."""
-
-    source: int
-    n_tokens: int
-    runs: tuple[Run, ...]
-    on_grid: bool
 
 
 @dataclass(slots=True, eq=False)
 class _Entry:
-    seq_id: int
+    lease: Lease
     tokens: Tokens
     runs: tuple[Run, ...]
     pinned: bool
@@ -113,10 +80,9 @@ class _Entry:
     reused: int = 0  # the most tokens a hit took from this entry
     prev: _Entry | None = None  # the tail this entry's own cells were placed after
 
-
-def truncate(runs: Iterable[Run], n: int) -> tuple[Run, ...]:
-    """The lineage of the first ``n`` cells."""
-    return tuple(Run(r.block, r.start, min(r.end, n)) for r in runs if r.start < n)
+    @property
+    def seq_id(self) -> int:
+        return self.lease.seq_id
 
 
 def _cells(runs: Iterable[Run]) -> int:
@@ -136,11 +102,11 @@ def _covers(big: tuple[Run, ...], small: tuple[Run, ...]) -> bool:
 class PrefixCache:
     """LRU entries of KV cells, at most ``capacity`` distinct cells, each under its own ``seq_id``."""
 
-    def __init__(self, memory: object, n_swa: int, capacity: int, first_seq_id: int, n_ids: int) -> None:
+    def __init__(self, memory: object, n_swa: int, capacity: int, ids: SeqIdPool) -> None:
         self._memory = memory
         self.n_swa = n_swa
-        self.capacity = capacity if n_ids > 0 else 0
-        self._free_ids = list(range(first_seq_id, first_seq_id + n_ids))
+        self.capacity = capacity if ids.n_cache > 0 else 0
+        self._ids = ids
         self._entries: list[_Entry] = []
         self._tick = itertools.count(1)
         self._blocks = itertools.count(1)
@@ -299,11 +265,13 @@ class PrefixCache:
             if common_prefix(entry.tokens, tokens) == len(entry.tokens) and not _covers(runs, entry.runs):
                 pinned |= entry.pinned
                 self._drop(entry)
-        if not self._free_ids:
+        lease = self._ids.cache_id()
+        if lease is None:
             self._evict(pinned_too=True)
-        entry_id = self._free_ids.pop()
-        llama_cpp.llama_memory_seq_cp(self._memory, seq_id, entry_id, 0, n)
-        entry = _Entry(entry_id, tokens.copy(), runs, pinned, next(self._tick), on_grid, prev=after)
+            lease = self._ids.cache_id()
+            assert lease is not None
+        llama_cpp.llama_memory_seq_cp(self._memory, seq_id, lease.seq_id, 0, n)
+        entry = _Entry(lease, tokens.copy(), runs, pinned, next(self._tick), on_grid, prev=after)
         self._entries.append(entry)
         if on_grid:
             self._tail = entry
@@ -328,11 +296,13 @@ class PrefixCache:
         them in turn, so hits on them stay on the grid.
         """
         n = len(tokens)
-        if not self.enabled or not self._free_ids or n % ALIGN or n < MIN_REUSE:
+        if not self.enabled or not self._ids.free_cache_ids() or n % ALIGN or n < MIN_REUSE:
             return False
         if _cells(r for e in self._entries for r in e.runs) + n > self.capacity:
             return False
-        entry_id = self._free_ids.pop()
+        lease = self._ids.cache_id()
+        assert lease is not None
+        entry_id = lease.seq_id
         try:
             load(entry_id)
             low = llama_cpp.llama_memory_seq_pos_min(self._memory, entry_id)
@@ -341,10 +311,10 @@ class PrefixCache:
                 raise ValueError(f"the restored cells hold positions {low}..{high}, not 0..{n - 1}")
         except BaseException:
             llama_cpp.llama_memory_seq_rm(self._memory, entry_id, -1, -1)
-            self._free_ids.append(entry_id)
+            lease.release(unused=True)
             raise
         runs = (Run(self.new_block(), 0, n),)
-        entry = _Entry(entry_id, tokens.copy(), runs, pinned, next(self._tick), True, prev=self._tail)
+        entry = _Entry(lease, tokens.copy(), runs, pinned, next(self._tick), True, prev=self._tail)
         self._entries.append(entry)
         self._tail = entry
         self._publish()
@@ -395,6 +365,10 @@ class PrefixCache:
         self._evictions += 1
         return True
 
+    def free_cells(self, seq_id: int) -> None:
+        """Free every cell of ``seq_id`` (a slot or a spare id whose work ended): what the cache keeps has its own."""
+        llama_cpp.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+
     def forget(self, *, on_grid: bool) -> None:
         """A sequence ended without being stored (it failed): its cells are freed, the tail stands again."""
         after, self._after_tail = self._after_tail, None
@@ -410,7 +384,7 @@ class PrefixCache:
             self._after_tail = entry.prev if entry.prev in self._entries else None
         llama_cpp.llama_memory_seq_rm(self._memory, entry.seq_id, -1, -1)
         self._entries.remove(entry)
-        self._free_ids.append(entry.seq_id)
+        entry.lease.release()
 
     def _publish(self) -> None:
         self.snapshot = PrefixCacheStats(

@@ -1,36 +1,28 @@
-"""One request while it occupies a slot: prompt progress, sampler, text released so far."""
+"""One request while it holds a slot: prompt progress, sampler, the text released so far.
+
+Also the text's release rule (:class:`StopMatcher`). The scheduler admits and
+retires these; the runner places their tokens and picks the next ones.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from ..bus import Finished, FinishReason, Request, TokenEvent
-from ..llama import Context, Detokenizer, Model, Sampler
+from ..llama.detokenizer import Detokenizer
+from .cells import Run
 
 if TYPE_CHECKING:
+    from ..llama import Context, Model, Sampler
     from .drafters import Draft
-    from .speculation import Laid, Speculation
+    from .ids import Lease
+    from .speculation import SequenceSpeculation
 
-__all__ = ["Run", "Sequence", "StopMatcher"]
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    """Cells ``[start, end)`` of a sequence that were computed as one ``block``.
-
-    A sequence that shares another's cells inherits its runs; cells of one block
-    are the same cells in every sequence that holds them, so counting blocks
-    counts the cells the KV cache really holds.
-    """
-
-    block: int
-    start: int
-    end: int
+__all__ = ["ActiveSequence", "StopMatcher"]
 
 
 class StopMatcher:
@@ -69,12 +61,13 @@ class StopMatcher:
         return pending
 
 
-class Sequence:
+class ActiveSequence:
     """A request bound to a KV slot (``seq_id``) for as long as it decodes."""
 
-    def __init__(self, request: Request, slot: int, model: Model, submitted: float, sampler: Sampler | None) -> None:
+    def __init__(self, request: Request, lease: Lease, model: Model, submitted: float, sampler: Sampler | None) -> None:
         self.request = request
-        self.slot = slot
+        self.lease = lease
+        self.slot = lease.seq_id
         self.model = model
         self.prompt = request.prompt_tokens
         self.n_prefilled = 0
@@ -82,9 +75,9 @@ class Sequence:
         self.cached_tokens = 0  # prompt tokens whose cells came from the prefix cache
         self.inherited: tuple[Run, ...] = ()
         self.block = 0  # the lineage id of the cells this sequence computes itself
-        self.solo = True  # on the prefix cache's cell grid: alone, on cells that were too
+        self.on_grid = True  # on the prefix cache's cell grid: decoded alone, on cells that were too
         self.sampler = sampler  # None where tokens are chosen elsewhere (speculative verification)
-        self.spec: Speculation | None = None
+        self.spec: SequenceSpeculation | None = None
         cfg = request.sampler
         self._argmax = (
             cfg.is_greedy and (cfg.repeat_penalty == 1.0 or cfg.repeat_last_n == 0) and request.grammar is None
@@ -103,7 +96,7 @@ class Sequence:
         """Start with the first ``n_tokens`` prompt cells already in the KV cache."""
         self.n_prefilled = self.pos = self.cached_tokens = n_tokens
         self.inherited = runs
-        self.solo = self.solo and on_grid
+        self.on_grid = self.on_grid and on_grid
 
     def kv_tokens(self) -> npt.NDArray[np.int32]:
         """The tokens whose cells this sequence holds, in position order."""
@@ -134,12 +127,6 @@ class Sequence:
             return int(np.argmax(context.logits_array(index)))
         assert self.sampler is not None, "a sampled sequence needs its sampler chain"
         return self.sampler.sample(context.ptr, index)
-
-    def choose(self, context: Context, laid: Laid) -> list[int]:
-        """This step's tokens: one sampled, or (speculating) the accepted drafts and the target's next."""
-        if self.spec is None:
-            return [self.pick(context, laid.index)]
-        return self.spec.step(context, laid, self.generated, len(self.prompt) + len(self.generated))
 
     def draft(self, k: int) -> Draft:
         """Up to ``k`` drafted tokens after the text so far (prompt, then generated)."""

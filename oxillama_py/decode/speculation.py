@@ -1,4 +1,9 @@
-"""One sequence's speculation inside the continuous batch: its drafter, and the verification of its drafts.
+"""Speculation inside the continuous batch: the engine's drafting setup and plan, and each sequence's verification.
+
+:class:`Speculator` is the engine's (one per worker, set up on first use): the
+draft cap, the acceptance seen over every sequence, the measured cost of a
+step, and :meth:`Speculator.plan_drafts`, which gives each step's drafts to the
+sequences where they pay. :class:`SequenceSpeculation` is one sequence's.
 
 A speculating sequence adds its drafted tokens after its last token in the
 step's ``llama_decode``, every row with logits. The rows are walked in order
@@ -12,7 +17,9 @@ emits a token from the residual ``max(0, p - q)`` normalised (``p`` without the
 draft). So the text is distributed as the target's, and, one uniform per
 token, the same seed gives the same text however many tokens were drafted.
 The accepted tokens plus one token of the target are published as one step;
-the worker removes the cells of the rejected rows from this sequence alone.
+the runner removes the cells of the rejected rows from this sequence alone.
+
+No llama.cpp here: the scheduler plans drafts with it, and tests do without a model.
 """
 
 from __future__ import annotations
@@ -20,65 +27,73 @@ from __future__ import annotations
 from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
-from ..bus import SpeculativeStats, VerifyStep
-from ..bus.request import Request
-from ..config import EngineConfig, PromptLookup
-from ..errors import LoadError
-from ..llama import Context, Model
-from ..llama.model import resolve_model_path
-from .cost import Acceptance
+from ..bus import Request, SpeculativeStats, VerifyStep
+from ..config import PromptLookup
+from .cost import Acceptance, StepCost, plan
 from .distribution import Distribution, Floats, sample_at
-from .drafters import Draft, Drafter, ModelDrafter, PromptLookupDrafter
+from .drafters import Draft, Drafter, PromptLookupDrafter
 
-__all__ = ["Drafting", "Laid", "Speculation", "check_same_vocabulary"]
+if TYPE_CHECKING:
+    from ..llama import Context, Model
+    from .draft_model import DraftModel
 
-NO_DRAFT = Draft([])
+__all__ = ["Candidate", "Placement", "SequenceSpeculation", "Speculator"]
+
 PRIOR_CAP = 0.9
 
 
 @dataclass(slots=True)
-class Laid:
-    """Where one sequence's tokens of a step went: its sampled row, its draft, and what it decoded."""
+class Placement:
+    """Where one sequence's tokens of a step went: its sampled row, its draft, what it decoded; then its result."""
 
     index: int
     draft: Draft
     start: int
     batch: list[int]
+    chosen: list[int] | None = None
+    """The tokens this step gives the sequence (set by the runner once the batch is decoded)."""
+    error: Exception | None = None
+    """Why choosing them failed, if it did."""
 
 
-class Drafting:
-    """An engine's speculation: the drafter of each sequence, the draft cap, and the draft model if any."""
+class Candidate(Protocol):
+    """A sequence that may draft this step, as the plan sees it."""
 
-    def __init__(self, config: EngineConfig, model: Model, n_slots: int) -> None:
-        self.max_draft = config.max_draft
+    @property
+    def spec(self) -> SequenceSpeculation | None: ...
+
+    @property
+    def remaining(self) -> int: ...
+
+    def draft(self, k: int) -> Draft: ...
+
+
+C = TypeVar("C", bound=Candidate)
+
+
+class Speculator:
+    """An engine's speculation: how sequences draft, the draft cap, the cost of a step, and each step's drafts."""
+
+    def __init__(
+        self,
+        max_draft: int,
+        cost: StepCost,
+        *,
+        lookup: PromptLookup | None = None,
+        draft_model: DraftModel | None = None,
+    ) -> None:
+        self.max_draft = max_draft
+        self.cost = cost
+        """Seconds of a decode of ``n`` rows: measured at set-up, then moved by every step that samples all rows."""
         self.shared = Acceptance(0.5)
         """Acceptance over every sequence: a new sequence starts from it."""
         self.draft_cost = 0.0
-        self.lookup: PromptLookup | None = None
-        self.draft_model: Model | None = None
-        self.draft_context: Context | None = None
-        spec = config.speculative
-        if isinstance(spec, EngineConfig):
-            draft_model = Model(resolve_model_path(spec.model_path))
-            try:
-                check_same_vocabulary(model, draft_model)
-                self.draft_context = Context(
-                    draft_model,
-                    n_ctx=spec.n_ctx,
-                    n_batch=spec.n_batch,
-                    n_threads=spec.n_threads,
-                    n_seq_max=n_slots,
-                    flash_attn=spec.flash_attn,
-                )
-            except BaseException:
-                draft_model.close()
-                raise
-            self.draft_model = draft_model
-        else:
-            self.lookup = spec if spec is not None else PromptLookup()
+        self.draft_model = draft_model
+        self.lookup = None if draft_model is not None else lookup or PromptLookup()
 
     @property
     def model_drafts(self) -> bool:
@@ -87,25 +102,54 @@ class Drafting:
     def drafter(self, request: Request, slot: int) -> Drafter:
         if self.lookup is not None:
             return PromptLookupDrafter(self.lookup)
-        assert self.draft_model is not None and self.draft_context is not None
-        drafter = ModelDrafter(self.draft_model, self.draft_context, request.sampler, seq_id=slot)
-        drafter.reset()
-        return drafter
+        assert self.draft_model is not None
+        return self.draft_model.drafter(request, slot)
+
+    def plan_drafts(self, candidates: list[C], running: Iterable[Candidate], fixed: int, room: int) -> dict[C, Draft]:
+        """The drafts of this step: as many per sequence as :func:`~.cost.plan` finds worth their rows.
+
+        ``fixed`` rows are decoded anyway, ``room`` are left; ``running`` is every sequence of the batch.
+        """
+        if room <= 0:
+            return {}
+        cost = self.cost
+        offers = [(seq.spec.acceptance.rate, min(self.max_draft, seq.remaining - 1)) for seq in candidates if seq.spec]
+        # A batch lasts as long as its longest sequence: tokens of one that is ahead are worth less.
+        horizon = max(seq.remaining for seq in running)
+        weights = [seq.remaining / horizon for seq in candidates]
+        counts = plan(cost, fixed, offers, self.draft_cost, limit=room, weights=weights)
+        if not any(counts):  # not even full drafts would pay: plain batching, no drafting at all
+            return {}
+        drafts: dict[C, Draft] = {}
+        if self.model_drafts:  # a draft model's drafts cost decodes: draft exactly what was planned
+            for seq, count in zip(candidates, counts, strict=True):
+                if count:
+                    drafts[seq] = seq.draft(count)
+            self.observe_drafters(seq.spec.drafter for seq in candidates if seq.spec is not None)
+            return drafts
+        offered = {seq: seq.draft(most) for seq, (_, most) in zip(candidates, offers, strict=True) if most > 0}
+        offers = [
+            (rate, len(offered[seq]) if seq in offered else 0)
+            for seq, (rate, _) in zip(candidates, offers, strict=True)
+        ]
+        counts = plan(cost, fixed, offers, 0.0, limit=room, weights=weights)
+        for seq, count in zip(candidates, counts, strict=True):
+            if count:
+                drafts[seq] = Draft(offered[seq].tokens[:count])
+        return drafts
 
     def observe_drafters(self, drafters: Iterable[Drafter]) -> None:
         """Keep the price of a drafted token current (a draft model's single-token decodes)."""
-        times = [d.seconds_per_token for d in drafters if isinstance(d, ModelDrafter) and d.seconds_per_token]
+        times = [d.seconds_per_token for d in drafters if d.seconds_per_token]
         if times:
             self.draft_cost = max(times) if not self.draft_cost else 0.8 * self.draft_cost + 0.2 * max(times)
 
     def close(self) -> None:
-        if self.draft_context is not None:
-            self.draft_context.close()
         if self.draft_model is not None:
             self.draft_model.close()
 
 
-class Speculation:
+class SequenceSpeculation:
     """What a speculating sequence keeps: how it drafts, how often drafts pass, and its counters."""
 
     def __init__(self, request: Request, model: Model, drafter: Drafter, shared: Acceptance, *, trace: bool) -> None:
@@ -147,18 +191,18 @@ class Speculation:
             self.shared.update(len(draft.tokens), accepted)
         return emitted, choices
 
-    def step(self, context: Context, laid: Laid, history: Seq[int], n_real: int) -> list[int]:
+    def step(self, context: Context, placed: Placement, history: Seq[int], n_real: int) -> list[int]:
         """Verify this step's rows: the tokens to publish. ``n_real`` tokens of text were real before it."""
-        emitted, choices = self.verify(context, laid.index, laid.draft, history)
+        emitted, choices = self.verify(context, placed.index, placed.draft, history)
         self.target_calls += 1
-        self.record(laid.start, laid.batch, laid.draft.tokens, choices, emitted)
+        self.record(placed.start, placed.batch, placed.draft.tokens, choices, emitted)
         self.drafter.accepted(n_real + len(emitted) - 1)
         return emitted
 
-    def prefilled(self, laid: Laid, prompt: Seq[int], n_prefilled: int) -> None:
+    def prefilled(self, placed: Placement, prompt: Seq[int], n_prefilled: int) -> None:
         """A prompt chunk that samples nothing (not the last): counted, traced, and fed to a draft model."""
         self.target_calls += 1
-        self.record(laid.start, laid.batch, [], [], [])
+        self.record(placed.start, placed.batch, [], [], [])
         self.drafter.prefill(prompt, n_prefilled)
 
     @staticmethod
@@ -187,19 +231,3 @@ class Speculation:
             emitted=emitted,
             steps=tuple(self.trace) if self.trace is not None else (),
         )
-
-
-def check_same_vocabulary(target: Model, draft: Model) -> None:
-    """Drafts are token ids: they only mean the same thing if both models share a vocabulary."""
-    if target.n_vocab != draft.n_vocab:
-        raise LoadError(
-            f"the draft model's vocabulary ({draft.n_vocab} tokens, {draft.path}) differs from the "
-            f"target's ({target.n_vocab} tokens, {target.path}); speculative decoding needs the same vocabulary"
-        )
-    probe = list(range(0, target.n_vocab, max(1, target.n_vocab // 512)))[:512]
-    for token in probe:
-        if target.piece(token) != draft.piece(token):
-            raise LoadError(
-                f"the draft model's vocabulary differs from the target's at token {token} "
-                f"({draft.path} vs {target.path}); speculative decoding needs the same vocabulary"
-            )

@@ -1,10 +1,11 @@
-"""Embeddings and logits: texts decoded for what the model outputs, between the generation steps of the worker.
+"""Embeddings and logits: texts decoded for what the model outputs, between the generation steps.
 
-An :class:`EmbedJob` is advanced by :meth:`DecodeWorker.run`, one
-``llama_decode`` of at most ``n_batch`` tokens per call, so the generations
-the worker is decoding wait at most one step for it. Each text holds one of
-the worker's embedding ``seq_id`` values while it is decoded (a causal model
-attends to the text's earlier tokens, so its cells stay until it is done).
+A :class:`ReadJob` is work the scheduler admits beside the generations: each
+turn of the decode loop advances it by one ``llama_decode`` of at most
+``n_batch`` tokens, so the generations wait at most one step for it. Each
+text leases a spare ``seq_id`` from the pool while it is decoded (a causal
+model attends to the text's earlier tokens, so its cells stay until it is
+done); a job withdrawn through its future gives them back at the next turn.
 
 Pooling: a model that declares one (``llama_pooling_type``) is pooled by
 llama.cpp; otherwise (a causal language model such as Gemma) the text's
@@ -18,6 +19,7 @@ again, so all its rows come from the same weights.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,9 +30,11 @@ from ..errors import GenerateError
 from ..llama.context import BatchEntry
 
 if TYPE_CHECKING:
-    from .worker import DecodeWorker
+    from .ids import Lease
+    from .prefix_cache import PrefixCache
+    from .runner import Runner
 
-__all__ = ["EmbedJob", "POOLING_NONE"]
+__all__ = ["POOLING_NONE", "ReadJob"]
 
 POOLING_NONE = 0
 
@@ -38,23 +42,25 @@ POOLING_NONE = 0
 @dataclass(eq=False)
 class _Text:
     tokens: list[int]
-    seq_id: int | None = None
+    lease: Lease | None = None
     done: int = 0  # tokens decoded so far
     total: npt.NDArray[np.float64] | None = None
     vector: npt.NDArray[np.float32] | None = None
 
 
 @dataclass(eq=False)
-class EmbedJob:
-    """The texts of one embedding call and how far each has been decoded (decode thread only)."""
+class ReadJob:
+    """The texts of one embedding or logits call, how far each has been decoded, and the caller's future."""
 
-    texts: list[_Text] = field(default_factory=list)
+    texts: list[_Text]
     logits: bool = False
     """Keep the logits after each text's last token rather than its pooled hidden states."""
     weights_version: int | None = None
+    future: Future[npt.NDArray[np.float32]] = field(default_factory=Future)
+    """Its rows, shape ``(len(texts), n_embd or n_vocab)``; cancel it to withdraw the job."""
 
     @classmethod
-    def of(cls, token_lists: list[list[int]], *, logits: bool = False) -> EmbedJob:
+    def of(cls, token_lists: list[list[int]], *, logits: bool = False) -> ReadJob:
         return cls([_Text(list(tokens)) for tokens in token_lists], logits)
 
     @property
@@ -66,29 +72,40 @@ class EmbedJob:
         assert all(row is not None for row in rows), "the job has not finished"
         return np.stack(rows)  # type: ignore[arg-type]
 
-    def step(self, worker: DecodeWorker) -> bool:
-        """Decode the next batch of this job's tokens; ``True`` once every text has its vector."""
-        context = worker.context
-        assert context is not None
-        if self.weights_version != worker.weights_version:
+    def advance(self, runner: Runner) -> None:
+        """One decode of this job's next tokens; the future is answered once every text has its row, or on error."""
+        try:
+            finished = self._step(runner)
+        except Exception as exc:
+            self.fail(exc, runner.cache)
+            return
+        if finished and not self.future.done() and self.future.set_running_or_notify_cancel():
+            self.future.set_result(self.vectors())
+
+    def _step(self, runner: Runner) -> bool:
+        context = runner.context
+        version = runner.adapters.version
+        if self.weights_version != version:
             if self.weights_version is not None:
-                self.release(worker)
+                self.release(runner.cache)
                 self.texts = [_Text(text.tokens) for text in self.texts]
-            self.weights_version = worker.weights_version
+            self.weights_version = version
+        if runner.ids.n_spare == 0:
+            raise GenerateError("no sequence id is left for embeddings or logits: lower max_concurrency below 256")
         logits = self.logits
         pooled = context.pooling != POOLING_NONE and not logits
         for text in self.texts:  # texts waiting for a sequence id get the free ones, in order
-            if text.vector is None and text.seq_id is None and worker.embed_ids:
+            if text.vector is None and text.lease is None and runner.ids.free_spares():
                 if pooled and len(text.tokens) > context.n_batch:
                     raise GenerateError(
                         f"a text of {len(text.tokens)} tokens does not fit one batch (n_batch={context.n_batch}), "
                         "which llama.cpp's pooling needs"
                     )
-                text.seq_id = worker.embed_ids.pop()
+                text.lease = runner.ids.spare()
         entries: list[BatchEntry] = []
         spans: list[tuple[_Text, int, int]] = []  # (text, first entry, count)
         for text in self.texts:
-            if text.seq_id is None or text.vector is not None:
+            if text.lease is None or text.vector is not None:
                 continue
             room = context.n_batch - len(entries)
             if room <= 0 or (pooled and len(text.tokens) > room):
@@ -96,25 +113,28 @@ class EmbedJob:
             chunk = text.tokens[text.done : text.done + room]
             spans.append((text, len(entries), len(chunk)))
             last = len(text.tokens) - 1
+            seq_id = text.lease.seq_id
             entries.extend(
-                BatchEntry(token, text.done + i, text.seq_id, not logits or text.done + i == last)
+                BatchEntry(token, text.done + i, seq_id, not logits or text.done + i == last)
                 for i, token in enumerate(chunk)
             )
         if not entries:
             return self.finished
-        held = sum(t.done for t in self.texts if t.seq_id is not None and t.vector is None)
+        held = sum(t.done for t in self.texts if t.lease is not None and t.vector is None)
         context.set_embeddings(not logits)
         try:
-            worker.decode_extra(entries, held)
+            runner.decode(entries, held)
             for text, first, count in spans:
+                assert text.lease is not None
                 if logits:
                     text.done += count
                     if text.done == len(text.tokens):
                         text.vector = context.logits_array(first + count - 1).copy()
                 elif pooled:
-                    text.vector = _unit(np.array(context.sequence_embedding(text.seq_id), dtype=np.float64))  # type: ignore[arg-type]
+                    pooled_row = context.sequence_embedding(text.lease.seq_id)
+                    text.vector = _unit(np.array(pooled_row, dtype=np.float64))
                 else:
-                    part = np.zeros(worker.model.n_embd, dtype=np.float64)
+                    part = np.zeros(runner.model.n_embd, dtype=np.float64)
                     for index in range(first, first + count):
                         part += context.embedding_array(index)
                     text.total = part if text.total is None else text.total + part
@@ -122,23 +142,29 @@ class EmbedJob:
                     if text.done == len(text.tokens):
                         text.vector = _unit(text.total / len(text.tokens))
                 if text.vector is not None:
-                    self._free(worker, text)
+                    _free(runner.cache, text)
         finally:
             context.set_embeddings(False)
         return self.finished
 
-    def release(self, worker: DecodeWorker) -> None:
-        """Free the cells and ids of texts still being decoded (the caller gave up)."""
+    def release(self, cache: PrefixCache) -> None:
+        """Free the cells and ids of texts still being decoded (the caller gave up, or the weights changed)."""
         for text in self.texts:
-            if text.seq_id is not None:
-                self._free(worker, text)
+            if text.lease is not None:
+                _free(cache, text)
 
-    @staticmethod
-    def _free(worker: DecodeWorker, text: _Text) -> None:
-        assert worker.context is not None and text.seq_id is not None
-        worker.context.remove(text.seq_id)
-        worker.embed_ids.append(text.seq_id)
-        text.seq_id = None
+    def fail(self, error: BaseException, cache: PrefixCache) -> None:
+        """Give everything back and answer with ``error``."""
+        self.release(cache)
+        if not self.future.done() and self.future.set_running_or_notify_cancel():
+            self.future.set_exception(error)
+
+
+def _free(cache: PrefixCache, text: _Text) -> None:
+    assert text.lease is not None
+    cache.free_cells(text.lease.seq_id)
+    text.lease.release()
+    text.lease = None
 
 
 def _unit(vector: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
