@@ -19,9 +19,10 @@ again, so all its rows come from the same weights.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -30,13 +31,35 @@ from ..errors import GenerateError
 from ..llama.context import BatchEntry
 
 if TYPE_CHECKING:
-    from .ids import Lease
+    from ..llama import Context, Model
+    from .adapters import AdapterSet
+    from .ids import Lease, SeqIdPool
     from .prefix_cache import PrefixCache
-    from .runner import Runner
 
-__all__ = ["POOLING_NONE", "ReadJob"]
+__all__ = ["POOLING_NONE", "Decoder", "ReadJob"]
 
 POOLING_NONE = 0
+
+
+class Decoder(Protocol):
+    """What a read decodes with (the runner): its context, ids, cache and weights, and a decode that makes room."""
+
+    @property
+    def context(self) -> Context: ...
+
+    @property
+    def model(self) -> Model: ...
+
+    @property
+    def ids(self) -> SeqIdPool: ...
+
+    @property
+    def cache(self) -> PrefixCache: ...
+
+    @property
+    def adapters(self) -> AdapterSet: ...
+
+    def decode(self, entries: Sequence[BatchEntry], held: int = 0) -> None: ...
 
 
 @dataclass(eq=False)
@@ -72,7 +95,7 @@ class ReadJob:
         assert all(row is not None for row in rows), "the job has not finished"
         return np.stack(rows)  # type: ignore[arg-type]
 
-    def advance(self, runner: Runner) -> None:
+    def advance(self, runner: Decoder) -> None:
         """One decode of this job's next tokens; the future is answered once every text has its row, or on error."""
         try:
             finished = self._step(runner)
@@ -82,7 +105,7 @@ class ReadJob:
         if finished and not self.future.done() and self.future.set_running_or_notify_cancel():
             self.future.set_result(self.vectors())
 
-    def _step(self, runner: Runner) -> bool:
+    def _step(self, runner: Decoder) -> bool:
         context = runner.context
         version = runner.adapters.version
         if self.weights_version != version:
