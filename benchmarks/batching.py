@@ -1,11 +1,6 @@
-"""Aggregate throughput of concurrent requests through ``AsyncEngine`` against raw llama.cpp.
+"""Aggregate throughput of concurrent requests through ``AsyncEngine`` against raw llama.cpp, and the loop's lag.
 
-Aggregate tok/s of 1, 4, 8 and 16 concurrent greedy requests with distinct prompts through ``engine8_batch``
-(``complete_batch``, default 8 slots), ``engine8_tasks`` (one ``complete`` task per prompt), ``engine16_batch``
-(16 slots), ``raw_sequential`` (``Llama.create_completion`` one prompt after another) and ``raw_batched`` (a minimal
-batched loop over llama.cpp's low-level API: the machine's ceiling), with the event loop's lag probed during every
-run. Targets at 8 requests: engine / sequential >= 1.8, engine / batched >= 0.9, p99 loop lag < 10 ms. See
-``benchmarks/README.md``. Writes ``results/batching.json`` and ``batching.png``.
+Contenders, targets, how to read the numbers: ``benchmarks/README.md``. Writes ``results/batching.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -65,15 +60,11 @@ class RawBatched:
             raise RuntimeError(f"cannot load {model}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx
-        cparams.n_batch = n_batch
-        cparams.n_ubatch = min(n_batch, 512)
-        cparams.n_seq_max = n_seq_max
-        cparams.n_threads = threads
-        cparams.n_threads_batch = threads
-        cparams.flash_attn_type = 0  # as Llama and the engine: flash attention off
-        cparams.kv_unified = True
-        cparams.no_perf = True
+        settings = dict(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512), n_seq_max=n_seq_max, no_perf=True)
+        settings |= dict(n_threads=threads, n_threads_batch=threads, kv_unified=True)
+        settings["flash_attn_type"] = 0  # as Llama and the engine: flash attention off
+        for key, value in settings.items():
+            setattr(cparams, key, value)
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise RuntimeError("cannot create a llama.cpp context")
@@ -158,9 +149,7 @@ def make_raw_batched(model: Path, threads: int, n_ctx: int, argmax: str) -> Runn
 
 
 def make_raw_sequential(model: Path, threads: int) -> Runner:
-    from llama_cpp import Llama
-
-    llm = Llama(str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = h.llama(model, threads, 2048)
 
     def one_by_one(texts: list[str], max_tokens: int) -> list[int]:
         counts = []
@@ -289,8 +278,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 def main() -> int:
     run = h.start("batching", __doc__, rounds=(3, 1), max_tokens=(64, 24), arguments=arguments)
     args = run.args
-    run.info["backend"] = args.backend
-    run.info["raw_argmax"] = args.raw_argmax
+    run.info |= {"backend": args.backend, "raw_argmax": args.raw_argmax}
     backend, options = ("asyncio", {"use_uvloop": True}) if args.backend == "uvloop" else (args.backend, {})
     h.say(
         f"model {run.model.name}, {args.threads} threads, {run.max_tokens} tokens, {run.rounds} rounds, {args.backend}"
@@ -298,92 +286,56 @@ def main() -> int:
     contenders, idle = anyio.run(measure, run, backend=backend, backend_options=options)
     run.stop()
     data = analyse(run, contenders, idle)
-    notes = [
-        f"{c}: ceiling raw batched / raw sequential {v:.2f}"
-        for c, v in data["ratios"]["ceiling_raw_batched_vs_sequential"].items()
-    ]
-    if data["stopped_early"]:
-        notes.append(
-            f"note: {len(data['stopped_early'])} runs had a sequence end before max_tokens (counted as produced)"
-        )
-    run.report(data, rows=batching_rows, plot=plot, checks=data["checks"], notes=notes)
+    ceiling = data["ratios"]["ceiling_raw_batched_vs_sequential"]
+    notes = [f"ceiling, raw batched / raw sequential: {ceiling}", f"stopped early: {len(data['stopped_early'])} runs"]
+    run.report(data, batching_rows, plot, data["checks"], notes)
     return 0 if data["all_targets_met"] else 1
 
 
 def analyse(run: h.Run, contenders: list[h.Contender], idle: list[float]) -> dict[str, Any]:
-    table: dict[str, Any] = {}
+    table: dict[str, Any] = {c.name: {} for c in contenders}
     for contender in contenders:
-        per_level: dict[str, Any] = {}
         for level, samples in sorted(contender.samples.items()):
-            entry: dict[str, Any] = {
-                "tok_per_sec": h.summary([s.tok_per_sec for s in samples]),
-                "secs": h.summary([s.secs for s in samples]),
-                "tokens": [s.tokens for s in samples],
-                "tokens_per_sequence": [s.per_sequence for s in samples],
-            }
             lags = [lag for s in samples for lag in s.extra["lag_ms"]]
-            if lags:
-                entry["loop_lag_ms"] = {
-                    "p50": h.percentile(lags, 50),
-                    "p99": h.percentile(lags, 99),
-                    "max": max(lags),
-                    "probes": len(lags),
-                }
-            per_level[str(level)] = entry
-        table[contender.name] = per_level
+            table[contender.name][str(level)] = h.entry(samples) | {
+                "loop_lag_ms": {**h.spread(lags), "probes": len(lags)}
+            }
 
     def med(name: str, level: int) -> float:
-        entry = table.get(name, {}).get(str(level))
-        return entry["tok_per_sec"]["median"] if entry else math.nan
+        return table[name][str(level)]["tok_per_sec"]["median"] if str(level) in table[name] else math.nan
 
     ratios: dict[str, Any] = {
         name: {
-            str(level): {
-                "vs_raw_sequential": med(name, level) / med("raw_sequential", level),
-                "vs_raw_batched": med(name, level) / med("raw_batched", level),
+            str(n): {
+                "vs_raw_sequential": med(name, n) / med("raw_sequential", n),
+                "vs_raw_batched": med(name, n) / med("raw_batched", n),
             }
-            for level in LEVELS
-            if str(level) in table[name]
+            for n in LEVELS
+            if str(n) in table[name]
         }
         for name in ENGINES
     }
     ratios["ceiling_raw_batched_vs_sequential"] = {
-        str(level): med("raw_batched", level) / med("raw_sequential", level) for level in LEVELS
+        str(n): med("raw_batched", n) / med("raw_sequential", n) for n in LEVELS
     }
-    primary = ratios[PRIMARY].get("8", {})
-    lag8 = table[PRIMARY].get("8", {}).get("loop_lag_ms", {})
+    at8 = ratios[PRIMARY].get("8", {})
     checks = {
-        "engine8_vs_raw_sequential_8": h.check(primary.get("vs_raw_sequential", math.nan), TARGET_VS_SEQUENTIAL),
-        "engine8_vs_raw_batched_8": h.check(primary.get("vs_raw_batched", math.nan), TARGET_VS_BATCHED),
-        "p99_loop_lag_ms_8": h.check(lag8.get("p99", math.nan), TARGET_P99_LAG_MS, below=True),
+        "engine8_vs_raw_sequential_8": h.check(at8.get("vs_raw_sequential", math.nan), TARGET_VS_SEQUENTIAL),
+        "engine8_vs_raw_batched_8": h.check(at8.get("vs_raw_batched", math.nan), TARGET_VS_BATCHED),
+        "p99_loop_lag_ms_8": h.check(
+            table[PRIMARY].get("8", {}).get("loop_lag_ms", {}).get("p99", math.nan), TARGET_P99_LAG_MS, below=True
+        ),
     }
-    short = [
-        f"{c.name} at {level}: {s.per_sequence}"
-        for c in contenders
-        for level, samples in c.samples.items()
-        for s in samples
-        if min(s.per_sequence) < run.max_tokens
-    ]
-    argmax = "numpy argmax over llama_get_logits_ith" if run.info["raw_argmax"] == "numpy" else "llama_sampler"
     return {
         **run.header(),
         "levels": list(LEVELS),
         "prompt_template": "List of one hundred interesting facts about {topic}:\n1.",
-        "contenders": {
-            "engine8_batch": "AsyncEngine(EngineConfig(n_threads=T, sampler=greedy)) [max_concurrency=8, n_ctx=16384]"
-            ".complete_batch(prompts)",
-            "engine8_tasks": "same engine, one complete(prompt) task per prompt in a task group",
-            "engine16_batch": "AsyncEngine(EngineConfig(..., max_concurrency=16)).complete_batch(prompts)",
-            "raw_sequential": "llama_cpp.Llama(n_ctx=2048, n_threads=T).create_completion per prompt, one by one",
-            "raw_batched": "minimal llama_batch/llama_decode loop, n_ctx=16384, n_seq_max=16, kv_unified, greedy by "
-            + argmax,
-        },
         "results": table,
         "ratios": ratios,
         "idle_loop_lag_ms": {"p50": h.percentile(idle, 50), "p99": h.percentile(idle, 99)},
         "checks": checks,
         "all_targets_met": h.all_pass(checks),
-        "stopped_early": short,
+        "stopped_early": h.stopped_early(contenders, run.max_tokens),
         "warning": h.load_warning(run.info),
     }
 
@@ -401,15 +353,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     }
     for name in CONTENDERS:
         levels = [int(k) for k in results[name]]
-        med = [results[name][str(n)]["tok_per_sec"]["median"] for n in levels]
-        low = [results[name][str(n)]["tok_per_sec"]["min"] for n in levels]
-        high = [results[name][str(n)]["tok_per_sec"]["max"] for n in levels]
-        color, style = styles[name]
-        left.plot(levels, med, style, color=color, label=name)
-        left.fill_between(levels, low, high, color=color, alpha=0.12)
-    left.set_xscale("log", base=2)
-    left.set_xticks(data["levels"], [str(n) for n in data["levels"]])
-    left.set_xlabel("concurrent requests")
+        h.band(left, levels, [results[name][str(n)]["tok_per_sec"] for n in levels], *styles[name], name)
     left.set_ylabel("aggregate tokens / s (median, min-max band)")
     left.set_title(f"greedy, {data['max_tokens']} tokens per request")
     left.legend(fontsize=8)
@@ -420,9 +364,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
         right.plot(levels, [per[str(n)]["vs_raw_batched"] for n in levels], style, color=color, label=name)
     right.axhline(TARGET_VS_BATCHED, color="#c0392b", linestyle="--", linewidth=0.9, label="target at 8")
     right.axhline(1.0, color="#777777", linewidth=0.8)
-    right.set_xscale("log", base=2)
-    right.set_xticks(data["levels"], [str(n) for n in data["levels"]])
-    right.set_xlabel("concurrent requests")
+    h.level_axes((left, right), data["levels"], "concurrent requests")
     right.set_ylabel("engine / raw batched loop")
     lag = data["checks"]["p99_loop_lag_ms_8"]["value"]
     vs_seq = data["checks"]["engine8_vs_raw_sequential_8"]["value"]

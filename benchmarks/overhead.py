@@ -1,16 +1,12 @@
 """Single-request overhead of ``Engine.complete`` and its progress adapters against raw llama-cpp-python.
 
-One greedy generation of the same prompt through ``Llama.create_completion`` (``raw``, after ``reset()``) and
-through ``Engine.complete`` with ``progress=`` each kind of adapter (``none``, a ``tqdm`` bar, an ``ipywidgets``
-bar, a callable); ratio = median(engine tok/s) / median(raw tok/s). Targets: tqdm >= 1.0, every adapter >= 0.98.
-See ``benchmarks/README.md``. Writes ``results/overhead.json`` and ``overhead.png``.
+Contenders, targets, how to read the numbers: ``benchmarks/README.md``. Writes ``results/overhead.json`` and ``.png``.
 """
 
 from __future__ import annotations
 
 import io
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,21 +18,6 @@ PROMPT = "List of one hundred interesting facts about the ocean:\n1."
 ADAPTERS = ("none", "tqdm", "widget", "callable")
 CONTENDERS = ("raw", *ADAPTERS)
 TARGETS = {"none": 0.98, "tqdm": 1.0, "widget": 0.98, "callable": 0.98}
-
-
-def make_raw(model: Path, threads: int, max_tokens: int) -> Callable[[], h.Sample]:
-    from llama_cpp import Llama
-
-    llm = Llama(str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
-
-    def run() -> h.Sample:
-        llm.reset()
-        start = time.perf_counter()
-        out: Any = llm.create_completion(PROMPT, max_tokens=max_tokens, temperature=0)
-        secs = time.perf_counter() - start
-        return h.Sample(secs, [int(out["usage"]["completion_tokens"])], [str(out["choices"][0]["text"])])
-
-    return run
 
 
 def make_progress(kind: str, seen: list[int]) -> object:
@@ -64,24 +45,22 @@ def make_engine_runner(engine: Any, kind: str, max_tokens: int) -> Callable[[], 
     def run() -> h.Sample:
         seen: list[int] = []
         progress = make_progress(kind, seen)
-        start = time.perf_counter()
-        result = engine.complete(PROMPT, max_tokens, temperature=0, progress=progress)
-        secs = time.perf_counter() - start
-        fired = len(seen) if kind == "callable" else None
-        extra = {"engine_secs": result.timings.total_secs, "fired": fired}  # the engine's submit-to-finish time
-        return h.Sample(secs, [result.completion_tokens], [result.text], extra)
+        sample = h.timed_complete(engine, PROMPT, max_tokens, temperature=0, progress=progress)
+        sample.extra["fired"] = len(seen) if kind == "callable" else None
+        return sample
 
     return run
 
 
 def main() -> int:
-    run = h.start("overhead", __doc__, rounds=(9, 3), max_tokens=(128, 48), tokens_help="tokens per run")
+    run = h.start("overhead", __doc__, rounds=(9, 3), max_tokens=(128, 48))
     from oxillama_py import Engine, EngineConfig, SamplerConfig
 
     threads = run.args.threads
     config = EngineConfig(run.model, n_threads=threads, sampler=SamplerConfig.greedy())
     h.say(f"model {run.model.name}, {threads} threads, {run.max_tokens} tokens, {run.rounds} rounds")
-    contenders = [h.Contender("raw", make_raw(run.model, threads, run.max_tokens))]
+    llm = h.llama(run.model, threads, 2048)
+    contenders = [h.Contender("raw", lambda: h.timed_completion(llm, PROMPT, max_tokens=run.max_tokens, temperature=0))]
     with Engine(config) as engine:
         engine.load_model()
         contenders += [h.Contender(kind, make_engine_runner(engine, kind, run.max_tokens)) for kind in ADAPTERS]
@@ -93,7 +72,7 @@ def main() -> int:
     run.stop()
     data = analyse(run, contenders)
     checks = {name: h.check(data["results"][name]["ratio_vs_raw"], TARGETS[name]) for name in ADAPTERS}
-    run.report(data, rows=overhead_rows, plot=plot, checks=checks)
+    run.report(data, overhead_rows, plot, checks)
     return 0 if data["all_targets_met"] else 1
 
 
@@ -115,13 +94,13 @@ def analyse(run: h.Run, contenders: list[h.Contender]) -> dict[str, Any]:
             paired = [e / r for e, r in zip(rates, raw_rates, strict=True)]
             # Wall time of the call not spent between submit and the worker's last token:
             # tokenizing, the portal hop, task-group set-up, delivering the end, building results.
-            outside = [s.secs - s.extra["engine_secs"] for s in samples]
+            outside = [s.secs - s.extra["result"].timings.total_secs for s in samples]
             entry |= {
                 "ratio_vs_raw": ratio,
                 "paired_ratio_median": h.median(paired),
                 "paired_ratios": paired,
                 "target": TARGETS[contender.name],
-                "verdict": h.verdict(ratio, TARGETS[contender.name]),
+                "verdict": h.check(ratio, TARGETS[contender.name])["verdict"],
                 "outside_worker_ms_median": h.median(outside) * 1000.0,
                 "text_equals_raw": all(s.text == raw[0].text for s in samples),
             }
@@ -135,8 +114,6 @@ def analyse(run: h.Run, contenders: list[h.Contender]) -> dict[str, Any]:
     return {
         **run.header(),
         "prompt": PROMPT,
-        "raw": "llama_cpp.Llama(n_ctx=2048, n_threads=T, n_threads_batch=T).create_completion(temperature=0)",
-        "engine": "oxillama_py.Engine(EngineConfig(n_threads=T, sampler=greedy)).complete(progress=...)",
         "results": results,
         "targets": TARGETS,
         "all_targets_met": all(results[k]["verdict"] == "PASS" for k in ADAPTERS),

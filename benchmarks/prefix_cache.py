@@ -1,19 +1,13 @@
 """Prefix cache: time to first token and total time with a shared prefix, cache off and on.
 
-Two workloads, run by every contender in one process, interleaved: ``system`` (a ~1,000-token system prompt,
-then a different question each time) and ``chat`` (turns 2-10 of a chat whose answers are fixed first). Contenders:
-``ox_cold`` (``prefix_cache_tokens=0``), ``ox_cached`` (the default prefix cache), ``raw_cold`` (``Llama``,
-``reset()`` before each request), ``raw_reuse`` (``Llama`` reusing its last prompt's prefix) and ``raw_ramcache``
-(``LlamaRAMCache``). Targets on ``system``: ttft ox_cold / ox_cached >= 10, raw_reuse / ox_cached >= 1.0. See
-``benchmarks/README.md``. Writes ``results/prefix_cache.json`` and ``prefix_cache.png``.
+Contenders, targets, how to read the numbers: ``benchmarks/README.md``. Writes ``results/prefix_cache.json``/``.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +23,7 @@ LABELS = {
     "raw_ramcache": "llama-cpp-python, LlamaRAMCache",
 }
 MAX_TOKENS = 32
+TARGETS = {"ttft_cold_over_cached": 10.0, "ttft_raw_reuse_over_cached": 1.0}  # on the system prompt
 # LlamaRAMCache counts the llama.cpp state only, not the logits of every prompt token it keeps beside each state
 # (1 MB a token with Gemma's vocabulary): at 1 GB a run was killed for want of memory. 192 MB holds several states.
 RAMCACHE_BYTES = 192 << 20
@@ -62,16 +57,9 @@ def system_prompt(lines: int) -> str:
 def ox_runner(engine: Any) -> Callable[[str], h.Sample]:
     def run(prompt: str) -> h.Sample:
         before = engine.stats.prefix_cache.hit_tokens
-        start = time.perf_counter()
-        first = None
-        pieces = []
-        for piece in engine.stream(prompt, MAX_TOKENS, temperature=0):
-            if first is None and piece:
-                first = time.perf_counter()
-            pieces.append(piece)
-        end = time.perf_counter()
-        cached = engine.stats.prefix_cache.hit_tokens - before  # prompt tokens the engine reused
-        return h.Sample(end - start, texts=["".join(pieces)], extra={"ttft": (first or end) - start, "cached": cached})
+        sample = h.timed_stream(lambda: engine.stream(prompt, MAX_TOKENS, temperature=0))
+        sample.extra["cached"] = engine.stats.prefix_cache.hit_tokens - before  # prompt tokens the engine reused
+        return sample
 
     return run
 
@@ -80,16 +68,14 @@ def raw_runner(llm: Any, *, reset: bool) -> Callable[[str], h.Sample]:
     def run(prompt: str) -> h.Sample:
         if reset:
             llm.reset()
-        start = time.perf_counter()
-        first = None
-        pieces = []
-        for chunk in llm.create_completion(prompt, max_tokens=MAX_TOKENS, temperature=0, stream=True):
-            text = chunk["choices"][0]["text"]
-            if first is None and text:
-                first = time.perf_counter()
-            pieces.append(text)
-        end = time.perf_counter()
-        return h.Sample(end - start, texts=["".join(pieces)], extra={"ttft": (first or end) - start})
+
+        def pieces() -> Iterator[str]:
+            return (
+                c["choices"][0]["text"]
+                for c in llm.create_completion(prompt, max_tokens=MAX_TOKENS, temperature=0, stream=True)
+            )
+
+        return h.timed_stream(pieces)
 
     return run
 
@@ -109,24 +95,19 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main() -> int:
-    run = h.start(
-        "prefix_cache", __doc__, rounds=(3, 1), arguments=arguments, rounds_help="counted rounds per workload"
-    )
+    run = h.start("prefix_cache", __doc__, rounds=(3, 1), arguments=arguments)
     rounds, model, threads = run.rounds, run.model, run.args.threads
     per_round = run.args.questions + 1  # the first one is the block's warm-up (a miss for everyone)
-    from llama_cpp import Llama, LlamaRAMCache
+    from llama_cpp import LlamaRAMCache
 
     from oxillama_py import Engine, EngineConfig
 
     system = system_prompt(76)
     chat_system = system_prompt(22).strip()
 
-    def llama() -> Any:
-        return Llama(str(model), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
-
-    ram_llm = llama()
+    ram_llm = h.llama(model, threads, 4096)
     ram_llm.set_cache(LlamaRAMCache(capacity_bytes=RAMCACHE_BYTES))
-    cold_llm, reuse_llm = llama(), llama()
+    cold_llm, reuse_llm = h.llama(model, threads, 4096), h.llama(model, threads, 4096)
     with (
         Engine(EngineConfig(model, n_threads=threads, prefix_cache_tokens=0)) as cold,
         Engine(EngineConfig(model, n_threads=threads)) as cached,
@@ -203,10 +184,8 @@ def main() -> int:
         entry["ratios"] = ratios
         results[workload] = entry
     ratios = results["system"]["ratios"]
-    targets = {
-        "ttft_cold_over_cached": {"target": 10.0, "verdict": h.verdict(ratios["ttft_cold_over_cached"], 10.0)},
-        "ttft_raw_reuse_over_cached": {"target": 1.0, "verdict": h.verdict(ratios["ttft_raw_reuse_over_cached"], 1.0)},
-    }
+    checks = {key: h.check(ratios[key], target) for key, target in TARGETS.items()}
+    targets = {key: {"target": c["target"], "verdict": c["verdict"]} for key, c in checks.items()}
     data = {
         "benchmark": "prefix_cache",
         "machine": run.info,
@@ -229,9 +208,8 @@ def main() -> int:
         },
         "load_warning": h.load_warning(run.info),
     }
-    checks = {key: h.check(ratios[key], value["target"]) for key, value in targets.items()}
     notes = [f"text mismatches (ox_cached vs ox_cold vs raw_cold): {len(mismatches)}"]
-    run.report(data, rows=prefix_cache_rows, plot=plot, checks=checks, notes=notes)
+    run.report(data, prefix_cache_rows, plot, checks, notes)
     return 0
 
 

@@ -1,27 +1,20 @@
 """One server process against two Ray Serve replicas, on this machine, under 16 streaming clients.
 
-Aggregate tok/s and time to first token of 16 concurrent streaming clients (``server.py``'s) against ``process``
-(``python -m oxillama_py serve --threads 2``, 8 slots), ``ray`` (``serve --ray --replicas 2 --num-cpus 1 --threads
-1``) and ``process16`` (16 slots, for reference). Target: ray / process >= 0.85. See ``benchmarks/README.md``.
-Writes ``results/scale.json`` and ``scale.png``.
+Set-ups, target and how to read the numbers: ``benchmarks/README.md``. Writes ``results/scale.json`` and ``.png``.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
-import os
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import harness as h
-from server import free_port, requests_of, session, wait_ready
+from server import requests_of, running, session
 
 CONTENDERS = ("process", "ray", "process16")
 LABELS = {
@@ -34,38 +27,24 @@ TARGET = 0.85
 SLOT_CTX = 512
 
 
-def command(name: str, model: Path, port: int) -> list[str]:
+def command(name: str, model: Path, port: int) -> tuple[list[str], str]:
+    """The command line of set-up ``name`` on ``port``, and the path that says it is ready."""
     argv = [sys.executable, "-m", "oxillama_py", "serve", "--model", str(model), "--port", str(port)]
     if name == "ray":
-        return [*argv, "--ray", "--replicas", "2", "--num-cpus", "1", "--threads", "1", "--n-ctx", str(8 * SLOT_CTX)]
+        return [
+            *argv,
+            "--ray",
+            "--replicas",
+            "2",
+            "--num-cpus",
+            "1",
+            "--threads",
+            "1",
+            "--n-ctx",
+            str(8 * SLOT_CTX),
+        ], "/health"
     slots = 16 if name == "process16" else 8
-    return [*argv, "--threads", "2", "--max-concurrency", str(slots), "--n-ctx", str(slots * SLOT_CTX)]
-
-
-@contextmanager
-def running(name: str, model: Path, logs: Path) -> Iterator[tuple[str, float]]:
-    port = free_port()
-    log = logs / f"{name}-{port}.log"
-    started = time.perf_counter()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command(name, model, port),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(process, base + "/health", log)
-        yield base, time.perf_counter() - started
-    finally:
-        process.terminate()  # the Ray set-up takes its app and its Ray instance down on SIGTERM
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    return [*argv, "--threads", "2", "--max-concurrency", str(slots), "--n-ctx", str(slots * SLOT_CTX)], "/health"
 
 
 def main() -> int:
@@ -76,7 +55,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="oxillama-scale-") as tmp:
         for round_no, _, order in h.schedule(run.rounds, [None], contenders):
             for contender in order:
-                with running(contender.name, run.model, Path(tmp)) as (base, secs):
+                argv_at = functools.partial(command, contender.name, run.model)
+                with running(contender.name, argv_at, Path(tmp), stop_secs=60) as (base, _, secs):
                     result = anyio.run(session, base, (CLIENTS,), run.max_tokens, numbers)[CLIENTS]
                 contender.record(None, result)
                 startup[contender.name].append(secs)
@@ -100,7 +80,7 @@ def main() -> int:
             "clients": CLIENTS,
             "max_tokens": run.max_tokens,
             "rounds": run.rounds,
-            "commands": {name: command(name, run.model, 0)[3:] for name in CONTENDERS},
+            "commands": {name: command(name, run.model, 0)[0][3:] for name in CONTENDERS},
         },
         "results": {
             name: {
@@ -112,7 +92,7 @@ def main() -> int:
         },
         "ratio_ray_over_process": ratio,
         "ratio_ray_over_process16": ratio16,
-        "target": {"ratio": TARGET, "verdict": h.verdict(ratio, TARGET)},
+        "target": {"ratio": TARGET, "verdict": h.check(ratio, TARGET)["verdict"]},
         "projection": {
             "per_replica_tok_per_sec": tps["ray"] / 2,
             "per_machine_tok_per_sec": tps["ray"],
@@ -127,7 +107,7 @@ def main() -> int:
     }
     rows = [["set-up", "aggregate tok/s", "ttft p50 ms"]]
     rows += [[LABELS[n], f"{tps[n]:.1f}", f"{ttft[n] * 1000:.0f}"] for n in CONTENDERS]
-    run.report(data, rows=lambda _: rows, plot=plot, checks={"ray_over_process": h.check(ratio, TARGET)})
+    run.report(data, lambda _: rows, plot, {"ray_over_process": h.check(ratio, TARGET)})
     h.say(f"ray / process16: {ratio16:.2f}")
     return 0
 

@@ -1,11 +1,6 @@
 """Concurrent streaming clients against three OpenAI-compatible servers on the same model.
 
-For 1, 4, 8 and 16 concurrent clients, each streaming one greedy ``POST /v1/completions`` with a distinct prompt,
-the aggregate tok/s and every request's time to first token, from ``oxillama`` (``python -m oxillama_py serve``),
-``llama_cpp_server`` (``python -m llama_cpp.server``: one slot by design) and ``llama_server`` (llama.cpp's C++
-server, built by ``build_llama_server.sh``). One server process at a time, rounds rotating the order. Targets at 8
-clients: oxillama / llama_cpp_server >= 2.5, oxillama / llama_server >= 0.9. See ``benchmarks/README.md``. Writes
-``results/server.json`` and ``server.png``.
+Contenders, targets and how to read the numbers: ``benchmarks/README.md``. Writes ``results/server.json`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +30,7 @@ from figures import server_rows
 LEVELS = (1, 4, 8, 16)
 CONTENDERS = ("oxillama", "llama_cpp_server", "llama_server")
 PRIMARY = "oxillama"
-LABELS = {
-    "oxillama": "oxillama_py server",
-    "llama_cpp_server": "llama-cpp-python server",
-    "llama_server": "llama.cpp llama-server",
-}
+LABELS = dict(zip(CONTENDERS, ("oxillama_py server", "llama-cpp-python server", "llama.cpp llama-server")))
 TARGETS = {"llama_cpp_server": 2.5, "llama_server": 0.9}  # oxillama / contender, aggregate tok/s at 8 clients
 TARGET_LEVEL = 8
 PROMPT = "Request {number}. List of one hundred interesting facts about {topic}:\n1."
@@ -77,7 +68,7 @@ def llama_server_binary(path: Path | None) -> Path:
         if not path.is_file():
             sys.exit(f"llama-server not found: {path}")
         return path
-    print(f"llama-server: bash {BUILD_SCRIPT.relative_to(h.HERE.parent)} (builds it once, ~10 min)", flush=True)
+    h.say(f"llama-server: bash {BUILD_SCRIPT.relative_to(h.HERE.parent)} (builds it once, ~10 min)")
     out = subprocess.run(["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"building llama-server failed (exit {out.returncode}); see the output above")
@@ -91,26 +82,13 @@ def command(name: str, args: Any, model: Path, port: int) -> tuple[list[str], st
     if name == "oxillama":
         argv = [sys.executable, "-m", "oxillama_py", "serve", "--model", str(model), *host]
         argv += ["--max-concurrency", str(slots), "--threads", threads, "--n-ctx", str(slots * slot_ctx)]
-        if args.backend:
-            argv += ["--backend", args.backend]
-        return argv, "/health"
+        return argv + (["--backend", args.backend] if args.backend else []), "/health"
     if name == "llama_cpp_server":
         argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), *host]
         argv += ["--n_threads", threads, "--n_threads_batch", threads, "--n_ctx", str(slot_ctx)]
-        argv += ["--interrupt_requests", "false"]
-        return argv, "/v1/models"
-    if name == "llama_server":
-        argv = [str(args.llama_server_binary), "-m", str(model), *host, "-t", threads, "-tb", threads]
-        argv += ["-np", str(slots), "-c", str(slots * slot_ctx), "-fa", "off"]
-        return argv, "/health"
-    raise ValueError(name)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+        return [*argv, "--interrupt_requests", "false"], "/v1/models"
+    argv = [str(args.llama_server_binary), "-m", str(model), *host, "-t", threads, "-tb", threads]
+    return [*argv, "-np", str(slots), "-c", str(slots * slot_ctx), "-fa", "off"], "/health"
 
 
 def wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
@@ -135,11 +113,17 @@ def wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
     raise RuntimeError(f"server not ready after {READY_TIMEOUT:.0f} s:\n{_tail(log)}")
 
 
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]) if path.is_file() else ""
+
+
 @contextmanager
-def running(name: str, args: Any, model: Path, logs: Path) -> Iterator[tuple[str, list[str], float]]:
-    """Start contender ``name``, wait until it is ready; yield its base URL, command and start-up seconds."""
+def running(
+    name: str, command_at: Callable[[int], tuple[list[str], str]], logs: Path, stop_secs: float = 20
+) -> Iterator[tuple[str, list[str], float]]:
+    """Start ``command_at(port)``, wait until it is ready; yield its base URL, command and start-up seconds."""
     port = free_port()
-    argv, ready_path = command(name, args, model, port)
+    argv, ready_path = command_at(port)
     log = logs / f"{name}-{port}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     started = time.perf_counter()
@@ -151,9 +135,9 @@ def running(name: str, args: Any, model: Path, logs: Path) -> Iterator[tuple[str
         yield base, argv, time.perf_counter() - started
     finally:
         if process.poll() is None:
-            process.terminate()
+            process.terminate()  # the Ray set-up takes its app and its Ray instance down on SIGTERM
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=stop_secs)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
@@ -242,25 +226,28 @@ async def session(base: str, levels: tuple[int, ...], max_tokens: int, numbers: 
 
 
 def measure(run: h.Run, names: list[str]) -> tuple[list[h.Contender], dict[str, Any]]:
-    contenders = [h.Contender(name, lambda: None) for name in names]
+    numbers = itertools.count(1)
     startup: dict[str, list[float]] = {name: [] for name in names}
     commands: dict[str, list[str]] = {}
-    numbers = itertools.count(1)
     with tempfile.TemporaryDirectory(prefix="oxillama-server-bench-") as tmp:
+
+        def serve(name: str) -> dict[int, h.Sample]:
+            """Start the server, warm it up, run every client count once, stop it."""
+            with running(name, lambda port: command(name, run.args, run.model, port), Path(tmp)) as (base, argv, secs):
+                commands[name] = argv
+                startup[name].append(secs)
+                return anyio.run(session, base, LEVELS, run.max_tokens, numbers)
+
+        contenders = [h.Contender(name, serve) for name in names]
         for round_no, _, order in h.schedule(run.rounds, [None], contenders):
             for contender in order:
-                with running(contender.name, run.args, run.model, Path(tmp)) as (base, argv, secs):
-                    commands[contender.name] = argv
-                    startup[contender.name].append(secs)
-                    samples = anyio.run(session, base, LEVELS, run.max_tokens, numbers)
                 line = []
-                for level, sample in samples.items():
+                for level, sample in contender.run(contender.name).items():
                     contender.record(level, sample)
                     ttft = h.median([r.ttft for r in requests_of(sample)]) * 1000.0
                     line.append(f"{level} clients {sample.tok_per_sec:6.1f} tok/s (ttft p50 {ttft:6.0f} ms)")
-                h.say(
-                    f"round {round_no + 1}/{run.rounds} {contender.name:<16} (up in {secs:4.1f} s): " + ", ".join(line)
-                )
+                up = startup[contender.name][-1]
+                h.say(f"round {round_no + 1}/{run.rounds} {contender.name:<16} (up in {up:4.1f} s): " + ", ".join(line))
     return contenders, {
         "contenders": {name: {"label": LABELS[name], "command": commands[name]} for name in names},
         "startup_secs": {name: h.summary(startup[name]) for name in names},
@@ -268,27 +255,14 @@ def measure(run: h.Run, names: list[str]) -> tuple[list[h.Contender], dict[str, 
 
 
 def analyse(run: h.Run, contenders: list[h.Contender], servers: dict[str, Any]) -> dict[str, Any]:
-    table: dict[str, Any] = {}
+    table: dict[str, Any] = {c.name: {} for c in contenders}
     for contender in contenders:
-        per_level: dict[str, Any] = {}
         for level, samples in sorted(contender.samples.items()):
             requests = [r for s in samples for r in requests_of(s)]
             ttfts = [r.ttft * 1000.0 for r in requests if not math.isnan(r.ttft)]
-            per_level[str(level)] = {
-                "tok_per_sec": h.summary([s.tok_per_sec for s in samples]),
-                "wall_secs": h.summary([s.secs for s in samples]),
-                "tokens": [s.tokens for s in samples],
-                "tokens_per_request": [s.per_sequence for s in samples],
-                "ttft_ms": {
-                    "p50": h.percentile(ttfts, 50),
-                    "p99": h.percentile(ttfts, 99),
-                    "max": max(ttfts) if ttfts else math.nan,
-                    "requests": len(ttfts),
-                    "without_text": len(requests) - len(ttfts),
-                },
-                "counted_by": sorted({r.counted_by for r in requests}),
-            }
-        table[contender.name] = per_level
+            ttft = {**h.spread(ttfts), "requests": len(ttfts), "without_text": len(requests) - len(ttfts)}
+            counted_by = sorted({r.counted_by for r in requests})
+            table[contender.name][str(level)] = h.entry(samples) | {"ttft_ms": ttft, "counted_by": counted_by}
 
     def ratio(other: str, level: int, key: str) -> float:
         mine, theirs = table.get(PRIMARY, {}).get(str(level)), table.get(other, {}).get(str(level))
@@ -298,28 +272,12 @@ def analyse(run: h.Run, contenders: list[h.Contender], servers: dict[str, Any]) 
             return float(mine["tok_per_sec"]["median"] / theirs["tok_per_sec"]["median"])
         return float(mine["ttft_ms"][key] / theirs["ttft_ms"][key])
 
-    ratios = {
-        f"vs_{other}": {
-            str(level): {
-                "tok_per_sec": ratio(other, level, "tok_per_sec"),
-                "ttft_p50": ratio(other, level, "p50"),
-                "ttft_p99": ratio(other, level, "p99"),
-            }
-            for level in LEVELS
-        }
-        for other in TARGETS
-    }
+    keys = {"tok_per_sec": "tok_per_sec", "ttft_p50": "p50", "ttft_p99": "p99"}
+    ratios = {f"vs_{o}": {str(n): {k: ratio(o, n, v) for k, v in keys.items()} for n in LEVELS} for o in TARGETS}
     checks = {
         f"{PRIMARY}_vs_{other}_{TARGET_LEVEL}": h.check(ratios[f"vs_{other}"][str(TARGET_LEVEL)]["tok_per_sec"], target)
         for other, target in TARGETS.items()
     }
-    short = [
-        f"{c.name} at {level}: {s.per_sequence}"
-        for c in contenders
-        for level, samples in c.samples.items()
-        for s in samples
-        if min(s.per_sequence) < run.max_tokens
-    ]
     return {
         **run.header(),
         "levels": list(LEVELS),
@@ -332,7 +290,7 @@ def analyse(run: h.Run, contenders: list[h.Contender], servers: dict[str, Any]) 
         "ratios": ratios,
         "checks": checks,
         "all_targets_met": h.all_pass(checks),
-        "stopped_early": short,
+        "stopped_early": h.stopped_early(contenders, run.max_tokens),
         "warning": h.load_warning(run.info),
     }
 
@@ -347,16 +305,11 @@ def plot(data: dict[str, Any], path: Path) -> None:
             continue
         color, marker = styles[name]
         have = [n for n in levels if str(n) in results[name]]
-        tps = [results[name][str(n)]["tok_per_sec"] for n in have]
-        left.plot(have, [t["median"] for t in tps], marker + "-", color=color, label=LABELS[name])
-        left.fill_between(have, [t["min"] for t in tps], [t["max"] for t in tps], color=color, alpha=0.12)
+        h.band(left, have, [results[name][str(n)]["tok_per_sec"] for n in have], color, marker + "-", LABELS[name])
         ttft = [results[name][str(n)]["ttft_ms"] for n in have]
         middle.plot(have, [t["p50"] for t in ttft], marker + "-", color=color, label=f"{LABELS[name]} p50")
         middle.plot(have, [t["p99"] for t in ttft], marker + "--", color=color, alpha=0.7, label=f"{LABELS[name]} p99")
-    for axis in (left, middle, right):
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(levels, [str(n) for n in levels])
-        axis.set_xlabel("concurrent streaming clients")
+    h.level_axes((left, middle, right), levels, "concurrent streaming clients")
     left.set_ylabel("aggregate tokens / s (median, min-max band)")
     left.set_title(f"greedy, {data['max_tokens']} tokens per request")
     left.legend(fontsize=8)
@@ -396,17 +349,13 @@ def contender_list(text: str) -> list[str]:
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
-    only = "comma-separated contenders to run: " + ", ".join(CONTENDERS)
-    parser.add_argument("--only", type=contender_list, default=",".join(CONTENDERS), help=only)
-    parser.add_argument("--slots", type=int, default=8, help="slots of oxillama's server and of llama-server")
-    parser.add_argument("--slot-ctx", type=int, default=2048, help="KV cells per slot (n_ctx = slots * this)")
-    parser.add_argument(
-        "--backend",
-        choices=("asyncio", "uvloop", "trio"),
-        default=None,
-        help="event loop of oxillama_py's server (default: the server's own default)",
-    )
-    parser.add_argument("--llama-server", type=Path, default=None, help="llama-server binary (default: build it)")
+    add = parser.add_argument
+    add("--only", type=contender_list, default=",".join(CONTENDERS), help="comma-separated contenders to run")
+    add("--slots", type=int, default=8, help="slots of oxillama's server and of llama-server")
+    add("--slot-ctx", type=int, default=2048, help="KV cells per slot (n_ctx = slots * this)")
+    backends = ("asyncio", "uvloop", "trio")
+    add("--backend", choices=backends, default=None, help="event loop of oxillama_py's server (default: its own)")
+    add("--llama-server", type=Path, default=None, help="llama-server binary (default: build it)")
 
 
 def main() -> int:
@@ -416,12 +365,9 @@ def main() -> int:
     run.info["backend"] = args.backend
     args.llama_server_binary = None
     if "llama_server" in names:
-        args.llama_server_binary = llama_server_binary(args.llama_server)
-        version = subprocess.run(
-            [str(args.llama_server_binary), "--version"], capture_output=True, text=True, timeout=60, check=False
-        )
-        run.info["llama_server"] = str(args.llama_server_binary)
-        run.info["llama_server_version"] = (version.stdout + version.stderr).strip()
+        binary = args.llama_server_binary = llama_server_binary(args.llama_server)
+        version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60, check=False)
+        run.info |= {"llama_server": str(binary), "llama_server_version": (version.stdout + version.stderr).strip()}
     h.say(
         f"model {run.model.name}, {args.threads} threads, {args.slots} slots of {args.slot_ctx} cells, "
         f"{run.max_tokens} tokens per request, {run.rounds} rounds, contenders {', '.join(names)}"
@@ -429,12 +375,7 @@ def main() -> int:
     contenders, servers = measure(run, names)
     run.stop()
     data = analyse(run, contenders, servers)
-    notes = (
-        [f"note: {len(data['stopped_early'])} runs had a request end before max_tokens"]
-        if data["stopped_early"]
-        else []
-    )
-    run.report(data, rows=server_rows, plot=plot, checks=data["checks"], notes=notes)
+    run.report(data, server_rows, plot, data["checks"], [f"stopped early: {len(data['stopped_early'])} runs"])
     return 0 if data["all_targets_met"] else 1
 
 

@@ -1,16 +1,11 @@
 """Speculative decoding against plain decoding and llama-cpp-python's prompt lookup, in one run.
 
-Greedy tok/s on a ``copying`` task (drafts often right) and on ``free`` text, for ``plain`` (``Engine``),
-``lookup`` (``SpeculativeEngine``, default settings), ``raw_lookup`` (``Llama`` with
-``LlamaPromptLookupDecoding``) and ``raw_plain``, interleaved round by round. Targets: lookup / plain >= 1.8 on
-copying, lookup / raw_lookup >= 1.0 on copying, lookup / plain >= 0.9 on free text. See ``benchmarks/README.md``.
-Writes ``results/speculative.json`` and ``speculative.png``.
+Contenders, targets and how to read the numbers: ``benchmarks/README.md``. Writes ``results/speculative.json``/``.png``.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,12 +26,12 @@ TASKS = {
 CONTENDERS = ["plain", "lookup", "raw_lookup", "raw_plain"]
 
 
-def make_runners(model: Path, threads: int, max_tokens: int) -> dict[str, Callable[[str], h.Sample]]:
-    from llama_cpp import Llama
+def make_runners(run: h.Run) -> dict[str, Callable[[str], h.Sample]]:
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
     from oxillama_py import Engine, EngineConfig, SpeculativeConfig, SpeculativeEngine
 
+    model, threads, max_tokens = run.model, run.args.threads, run.max_tokens
     target = EngineConfig(model, n_ctx=4096, n_threads=threads)
     plain = Engine(target)
     plain.load_model()
@@ -44,48 +39,18 @@ def make_runners(model: Path, threads: int, max_tokens: int) -> dict[str, Callab
     spec.load_model()
     h.quiet_llama_cpp()
     lookup = LlamaPromptLookupDecoding(max_ngram_size=3, num_pred_tokens=10)
-    raw_lookup = Llama(
-        str(model), n_ctx=4096, n_threads=threads, n_threads_batch=threads, draft_model=lookup, verbose=False
-    )
-    raw_plain = Llama(str(model), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
-
-    def engine_runner(engine: Any) -> Callable[[str], h.Sample]:
-        def run(prompt: str) -> h.Sample:
-            start = time.perf_counter()
-            result = engine.complete(prompt, max_tokens, temperature=0)
-            secs = time.perf_counter() - start
-            return h.Sample(secs, [result.completion_tokens], [result.text], {"stats": result.speculative})
-
-        return run
-
-    def raw_runner(llm: Any) -> Callable[[str], h.Sample]:
-        def run(prompt: str) -> h.Sample:
-            llm.reset()
-            start = time.perf_counter()
-            out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0)
-            secs = time.perf_counter() - start
-            return h.Sample(secs, [int(out["usage"]["completion_tokens"])], [str(out["choices"][0]["text"])])
-
-        return run
-
+    raw_lookup, raw_plain = h.llama(model, threads, 4096, draft_model=lookup), h.llama(model, threads, 4096)
     return {
-        "plain": engine_runner(plain),
-        "lookup": engine_runner(spec),
-        "raw_lookup": raw_runner(raw_lookup),
-        "raw_plain": raw_runner(raw_plain),
+        "plain": lambda prompt: h.timed_complete(plain, prompt, max_tokens, temperature=0),
+        "lookup": lambda prompt: h.timed_complete(spec, prompt, max_tokens, temperature=0),
+        "raw_lookup": lambda prompt: h.timed_completion(raw_lookup, prompt, max_tokens=max_tokens, temperature=0),
+        "raw_plain": lambda prompt: h.timed_completion(raw_plain, prompt, max_tokens=max_tokens, temperature=0),
     }
 
 
 def main() -> int:
-    run = h.start(
-        "speculative",
-        __doc__,
-        rounds=(5, 2),
-        max_tokens=(160, 64),
-        rounds_help="interleaved rounds",
-        tokens_help="tokens per generation",
-    )
-    runners = make_runners(run.model, run.args.threads, run.max_tokens)
+    run = h.start("speculative", __doc__, rounds=(5, 2), max_tokens=(160, 64))
+    runners = make_runners(run)
     contenders = [h.Contender(name, runners[name]) for name in CONTENDERS]
     for contender in contenders:  # warm up every contender once
         contender.run(TASKS["copying"])
@@ -95,8 +60,8 @@ def main() -> int:
         for contender in order:
             sample = contender.record(task, contender.run(TASKS[task]))
             texts[task][contender.name] = sample.text
-            if sample.extra.get("stats") is not None:
-                acceptance[task].append(sample.extra["stats"].acceptance_rate)
+            if "result" in sample.extra and sample.extra["result"].speculative is not None:
+                acceptance[task].append(sample.extra["result"].speculative.acceptance_rate)
             h.say(f"round {r + 1}/{run.rounds} {task:8s} {contender.name:11s} {sample.tok_per_sec:7.1f} tok/s")
     run.stop()
     samples = {t: {c.name: c.rates(t) for c in contenders} for t in TASKS}
@@ -123,7 +88,7 @@ def main() -> int:
     }
     notes = [f"same text as plain: {data['same_text_as_plain']}"]
     notes.append(f"lookup acceptance rate: { {t: round(v, 2) for t, v in data['lookup_acceptance_rate'].items()} }")
-    run.report(data, rows=speculative_rows, plot=plot, checks=data["targets"], notes=notes)
+    run.report(data, speculative_rows, plot, data["targets"], notes)
     return 0
 
 

@@ -1,11 +1,6 @@
-"""Speculation inside continuous batching against plain batching, for 1, 2, 4 and 8 concurrent requests, in one run.
+"""Speculation inside continuous batching against plain batching, for 1, 2, 4 and 8 concurrent requests.
 
-Aggregate greedy tok/s of N concurrent requests (``complete_batch``) on one ``Engine`` with
-``EngineConfig(speculative=PromptLookup())``, 8 slots and the prefix cache off, on ``copying`` and ``free`` text,
-for ``plain`` (``speculative=False`` on every request) and ``speculative`` (the engine's default), interleaved on
-the same engine; llama-cpp-python's ``create_completion``, plain and with ``LlamaPromptLookupDecoding``, is timed
-for one request as a reference. Targets: speculative / plain >= 2.0 for one copying request, >= 0.97 for 8 free
-requests. See ``benchmarks/README.md``. Writes ``results/speculative_batch.json`` and ``speculative_batch.png``.
+Contenders, targets and how to read the numbers: ``benchmarks/README.md``. Writes ``results/speculative_batch.*``.
 """
 
 from __future__ import annotations
@@ -150,7 +145,7 @@ def main() -> int:
         "drafted_tokens": {t: {str(n): d for n, (d, _) in per.items()} for t, per in drafts.items()},
     }
     notes = [f"llama-cpp-python, one request: {raw_med}", f"same text as plain: {data['same_text_as_plain']}"]
-    run.report(data, rows=speculative_batch_rows, plot=plot, checks=targets, notes=notes)
+    run.report(data, speculative_batch_rows, plot, targets, notes)
     return 0
 
 

@@ -1,12 +1,6 @@
 """Structured output: constrained against unconstrained decoding, and against llama-cpp-python's ``LlamaGrammar``.
 
-Tok/s (prefill included) of JSON constrained by ``SCHEMA`` and of the same prompt unconstrained, for one greedy
-request, one sampled request and 8 greedy requests at once, through ``ox_free``/``ox_json`` (``Engine.complete``
-without and with ``json_schema=``) and ``raw_json``/``raw_free`` (``Llama.create_completion`` with and without
-``LlamaGrammar.from_string`` of the same GBNF). Targets for one request: ox_json / ox_free >= 0.8, ox_json /
-raw_json >= 1.0; every constrained output must validate against the schema. An untimed pass wraps
-``oxillama_py.llama.sampling.Sampler`` to count refusals (``profile``). See ``benchmarks/README.md``. Writes
-``results/structured.json`` and ``structured.png``.
+Contenders, targets and how to read the numbers: ``benchmarks/README.md``. Writes ``results/structured.json``/``.png``.
 """
 
 from __future__ import annotations
@@ -128,120 +122,67 @@ def make_raw(llm: Any, grammar: Any) -> Callable[[Scenario], h.Sample]:
 
 
 @contextmanager
-def sampler_profile(stats: dict[str, Any]) -> Iterator[None]:
-    """Wrap the constrained path of ``oxillama_py.llama.sampling.Sampler``: count refusals, time each part of a step."""
+def sampler_profile(stats: dict[str, float]) -> Iterator[None]:
+    """Wrap ``oxillama_py.llama.sampling.Sampler``'s constrained steps: count them and their refusals, time them."""
     from oxillama_py.llama import sampling
 
     cls = sampling.Sampler
-    names = ("sample", "_choose", "_allowed", "_choose_constrained", "__init__")
-    originals = {name: getattr(cls, name) for name in names}
-    clock = time.perf_counter
+    sample, allowed, choose = cls.sample, cls._allowed, cls._choose
 
-    def timed(key: str, fn: Callable[[], Any]) -> Any:
-        start = clock()
-        result = fn()
-        stats[key] = stats.get(key, 0.0) + clock() - start
-        return result
+    def counted(key: str, start: float) -> None:
+        stats[key] = stats.get(key, 0) + 1
+        stats[key + "_secs"] = stats.get(key + "_secs", 0.0) + time.perf_counter() - start
 
-    def sample(self: Any, ctx_ptr: object, index: int) -> int:
-        if self.grammar_ptr is None:
-            return originals["sample"](self, ctx_ptr, index)
-        stats["steps"] = stats.get("steps", 0) + 1
-        stats["n_vocab"] = self.n_vocab
-        return timed("sample_secs", lambda: originals["sample"](self, ctx_ptr, index))
+    def wrapped_sample(self: Any, ctx_ptr: object, index: int) -> int:
+        start = time.perf_counter()
+        token = sample(self, ctx_ptr, index)
+        if self.grammar_ptr is not None:
+            stats["n_vocab"] = self.n_vocab
+            counted("steps", start)
+        return token
 
-    def choose(self: Any, logits: Any, *, constrained: bool) -> int:
+    def wrapped_allowed(self: Any, token: int, logit: float) -> bool:
+        ok = bool(allowed(self, token, logit))
+        stats["refused"] = stats.get("refused", 0) + (not ok)
+        return ok
+
+    def wrapped_choose(self: Any, logits: Any, *, constrained: bool) -> int:
+        start = time.perf_counter()
+        token = choose(self, logits, constrained=constrained)
         if constrained:
-            stats["whole_vocab"] = stats.get("whole_vocab", 0) + 1
-            return timed("whole_vocab_secs", lambda: originals["_choose"](self, logits, constrained=True))
-        return timed("first_choice_secs", lambda: originals["_choose"](self, logits, constrained=False))
+            counted("whole_vocab", start)
+        return token
 
-    def allowed(self: Any, token: int, logit: float) -> bool:
-        ok = timed("check_secs", lambda: originals["_allowed"](self, token, logit))
-        if not ok:
-            stats["refused"] = stats.get("refused", 0) + 1
-        return bool(ok)
-
-    def choose_constrained(self: Any, logits: Any) -> int:
-        return timed("constrained_secs", lambda: originals["_choose_constrained"](self, logits))
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        timed("sampler_init_secs", lambda: originals["__init__"](self, *args, **kwargs))
-        stats["sampler_inits"] = stats.get("sampler_inits", 0) + 1
-
-    for name, fn in zip(names, (sample, choose, allowed, choose_constrained, init)):
-        setattr(cls, name, fn)
+    cls.sample, cls._allowed, cls._choose = wrapped_sample, wrapped_allowed, wrapped_choose  # type: ignore[method-assign]
     try:
         yield
     finally:
-        for name, fn in originals.items():
-            setattr(cls, name, fn)
+        cls.sample, cls._allowed, cls._choose = sample, allowed, choose  # type: ignore[method-assign]
 
 
 def profile_constrained(engine: Any, scenarios: list[Scenario], free_rates: dict[str, float]) -> dict[str, Any]:
-    """One untimed ``ox_json`` run per scenario under the wrapped sampler; per-step costs in ms."""
-    from oxillama_py import Grammar
-
+    """One untimed ``ox_json`` run per scenario under the wrapped sampler: refusals, and the sampler's ms a step."""
     out: dict[str, Any] = {}
     run = make_ox(engine, constrained=True)
     for scenario in scenarios:
-        stats: dict[str, Any] = {}
-        start = time.perf_counter()  # what the call does once: the schema made a grammar (public API, timed apart)
-        Grammar.from_json_schema(SCHEMA)
-        schema_ms = (time.perf_counter() - start) * 1000.0
+        stats: dict[str, float] = {}
         with sampler_profile(stats):
             sample = run(scenario)
-        steps = stats.get("steps", 0) or 1
-        ms = {k: stats.get(k, 0.0) * 1000.0 / steps for k in ("sample_secs", "first_choice_secs", "check_secs")}
-        constrained_ms = stats.get("constrained_secs", 0.0) * 1000.0
-        whole_ms = stats.get("whole_vocab_secs", 0.0) * 1000.0
-        refused = stats.get("refused", 0)
+        steps, refused, fallbacks = stats.get("steps", 0), stats.get("refused", 0), stats.get("whole_vocab", 0)
         free = free_rates.get(scenario.name)
         out[scenario.name] = {
-            "steps": stats.get("steps", 0),
+            "steps": steps,
             "refused": refused,
-            "refused_share": refused / steps,
-            "whole_vocabulary_fallbacks": stats.get("whole_vocab", 0),
-            "ms_per_step": {
-                "sample_total": ms["sample_secs"],
-                "first_choice_without_grammar": ms["first_choice_secs"],
-                "check_one_token": ms["check_secs"],
-                "refused_retry_averaged_over_all_steps": constrained_ms / steps,
-                "other_accept_etc": ms["sample_secs"]
-                - ms["first_choice_secs"]
-                - ms["check_secs"]
-                - constrained_ms / steps,
-            },
-            "setup_ms": {
-                "schema_to_grammar": schema_ms,
-                "sampler_init": stats.get("sampler_init_secs", 0.0) * 1000.0 / len(scenario.prompts),
-            },
-            "ms_per_refused_retry": constrained_ms / refused if refused else 0.0,
-            "ms_per_whole_vocabulary_fallback": whole_ms / stats["whole_vocab"] if stats.get("whole_vocab") else 0.0,
+            "refused_share": refused / max(1, steps),
+            "whole_vocabulary_fallbacks": fallbacks,
+            "ms_per_step": {"sample_total": stats.get("steps_secs", 0.0) * 1000.0 / max(1, steps)},
+            "ms_per_whole_vocabulary_fallback": stats.get("whole_vocab_secs", 0.0) * 1000.0 / max(1, fallbacks),
             # one decode step, all sequences
             "wall_ms_per_decode_step": sample.secs * 1000.0 / max(1, max(sample.per_sequence)),
             "unconstrained_wall_ms_per_decode_step": 1000.0 / free * len(scenario.prompts) if free else math.nan,
             "n_vocab": stats.get("n_vocab"),
         }
     return out
-
-
-def numpy_ms(n_vocab: int) -> dict[str, float]:
-    """Per-call cost of the numpy parts: the unconstrained greedy path's argmax, the shortlist's argpartition."""
-    from oxillama_py.llama.sampling import SHORTLIST
-
-    logits = np.random.default_rng(0).standard_normal(n_vocab).astype(np.float32)
-
-    def per_call(fn: Callable[[], object], n: int = 100) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return (time.perf_counter() - start) * 1000.0 / n
-
-    return {
-        "argmax": per_call(lambda: np.argmax(logits)),
-        "argpartition_shortlist": per_call(lambda: np.argpartition(logits, -SHORTLIST)[-SHORTLIST:]),
-    }
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -253,7 +194,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main() -> int:
-    run = h.start("structured", __doc__, rounds=(5, 1), arguments=arguments, rounds_help="rounds of one request")
+    run = h.start("structured", __doc__, rounds=(5, 1), arguments=arguments)
     rounds = run.rounds
     batch_rounds = min(rounds, run.args.batch_rounds or (1 if run.args.quick else 2))
     threads = run.args.threads
@@ -298,14 +239,11 @@ def main() -> int:
             h.say(f"round {round_no + 1}/{rounds} {scenario.name}: " + ", ".join(line))
         free_rates = {s.name: h.median(contenders[0].rates(s.name)) for s in scenarios}
         profile = profile_constrained(engine, scenarios, free_rates)
-    n_vocab = next((p["n_vocab"] for p in profile.values() if p.get("n_vocab")), None)
-    if n_vocab:
-        profile["numpy_ms"] = numpy_ms(n_vocab)
     run.stop()
-    data = analyse(run, contenders, scenarios, profile, gbnf, batch_rounds)
+    data = analyse(run, contenders, scenarios, batch_rounds=batch_rounds, gbnf=gbnf, profile=profile)
     notes = [f"valid JSON against the schema: {data['validation']}", f"greedy texts: {data['same_text']}"]
     notes += [f"profile {name}: {json.dumps(data['profile'][name])}" for name in SCENARIOS]
-    run.report(data, rows=structured_rows, plot=plot, checks=data["checks"], notes=notes)
+    run.report(data, structured_rows, plot, data["checks"], notes)
     return 0 if data["all_targets_met"] and data["all_valid"] else 1
 
 
@@ -322,14 +260,7 @@ def validate(text: str) -> str | None:
     return None
 
 
-def analyse(
-    run: h.Run,
-    contenders: list[h.Contender],
-    scenarios: list[Scenario],
-    profile: dict[str, Any],
-    gbnf: str,
-    batch_rounds: int,
-) -> dict[str, Any]:
+def analyse(run: h.Run, contenders: list[h.Contender], scenarios: list[Scenario], **more: Any) -> dict[str, Any]:
     by = {c.name: c for c in contenders}
     results: dict[str, Any] = {}
     validation: dict[str, Any] = {}
@@ -340,14 +271,9 @@ def analyse(
             samples = contender.samples.get(name)
             if not samples:
                 continue
-            entry: dict[str, Any] = {
-                "tok_per_sec": h.summary([s.tok_per_sec for s in samples]),
-                "secs": h.summary([s.secs for s in samples]),
-                "tokens": [s.tokens for s in samples],
-                "tokens_per_sequence": [s.per_sequence for s in samples],
-                "finish_reasons": sorted({f for s in samples for f in s.extra["finish"]}),
-                "text": samples[0].text,
-            }
+            entry = h.entry(samples)
+            entry["finish_reasons"] = sorted({f for s in samples for f in s.extra["finish"]})
+            entry["text"] = samples[0].text
             if contender.name in CONSTRAINED:
                 errors = [e for s in samples for t in s.texts if (e := validate(t)) is not None]
                 total = sum(len(s.texts) for s in samples)
@@ -384,23 +310,14 @@ def analyse(
     }
     return {
         **run.header(),
-        "batch_rounds": batch_rounds,
+        "batch_rounds": more["batch_rounds"],
         "schema": SCHEMA,
-        "gbnf": gbnf,
+        "gbnf": more["gbnf"],
         "prompt_template": PROMPT_TEMPLATE,
         "subjects": list(SUBJECTS),
         "constrained_max_tokens": CAP,
         "unconstrained_max_tokens": {s.name: s.free_tokens for s in scenarios},
         "sampling": {s.name: s.sampling for s in scenarios},
-        "contenders": {
-            "ox_free": "Engine(EngineConfig(model, n_threads=T)).complete(prompt, N, **sampling) "
-            "(complete_batch(prompts, ...) for 8)",
-            "ox_json": f"the same with max_tokens={CAP}, json_schema=SCHEMA",
-            "raw_json": "Llama(model, n_ctx=2048, n_threads=T, n_threads_batch=T, verbose=False)"
-            f".create_completion(prompt, max_tokens={CAP}, grammar=LlamaGrammar.from_string(gbnf), **sampling) "
-            "after reset(); 8 prompts one after another",
-            "raw_free": "the same Llama, no grammar, max_tokens=N",
-        },
         "labels": LABELS,
         "results": results,
         "ratios": ratios,
@@ -409,7 +326,7 @@ def analyse(
         "validation": validation,
         "all_valid": all(v["valid"] == v["total"] for v in validation.values()),
         "same_text": same_text,
-        "profile": profile,
+        "profile": more["profile"],
         "problems": problems,
         "warning": h.load_warning(run.info),
     }
