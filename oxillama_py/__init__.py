@@ -9,12 +9,13 @@ blocking facade, :class:`SpeculativeEngine` adds speculative decoding.
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 from .cancel import CancellationToken
+from .compat import deprecated_name
 from .config import EngineConfig, PromptLookup, SamplerConfig, SpeculativeConfig
 from .engine import AsyncEngine, AsyncSpeculativeEngine, Engine, SpeculativeEngine, TextStream
+from .engine.snapshot_file import HubOrigin, SnapshotInfo
 from .errors import (
     GenerateError,
     GenerationCancelled,
@@ -30,7 +31,6 @@ from .lora import Lora
 from .options import BatchKwargs, GenerateKwargs
 from .progress import ProgressEvent, make_progress_adapter
 from .results import CompletionResult, FinishReason, SpeculativeStats, Timings, VerifyStep
-from .engine.snapshot_file import HubOrigin, SnapshotInfo
 from .stats import EngineStats, PrefixCacheStats
 from .tokenizer import Tokenizer
 
@@ -78,18 +78,10 @@ __all__ = [
     "__version__",
 ]
 
-_DEPRECATED = {"TqdmProgress", "CollectTokens"}
-
 
 def __getattr__(name: str) -> Any:
-    if name in _DEPRECATED:
-        warnings.warn(
-            f"oxillama_py.{name} is deprecated: pass the bar or a callable as progress= "
-            "to generate() instead (see docs/progress.rst)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from . import tqdm_helper
-
-        return getattr(tqdm_helper, name)
-    raise AttributeError(f"module 'oxillama_py' has no attribute {name!r}")
+    """The deprecated top-level names (upstream's v0.1.1 helpers), with a warning: see :mod:`.compat`."""
+    try:
+        return deprecated_name(name)
+    except KeyError:
+        raise AttributeError(f"module 'oxillama_py' has no attribute {name!r}") from None

@@ -3,7 +3,9 @@
 Two shapes are accepted: ``callback(piece)``, called with every non-empty text
 piece in order, and ``callback(piece, token_id, is_final)``, called once per
 generated token (``is_final`` is ``True`` on the last one). Either may be a
-coroutine function; its result is awaited.
+coroutine function; its result is awaited. Upstream oxillama-py's names of the
+second shape (``StreamingCallback``, ``TokenCallback``) live in
+:mod:`oxillama_py.compat` and are importable from here, upstream's path.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import Protocol, TypeAlias, runtime_checkable
+from typing import TypeAlias
 
 from .bus.events import Finished, Step, TokenEvent
 from .bus.subscriber import Outcome, Subscriber
+from .checks import check_callable
+from .compat import StreamingCallback, TokenCallback
 
 __all__ = [
     "StreamingCallback",
@@ -26,20 +30,6 @@ __all__ = [
     "check_callback",
 ]
 
-
-@runtime_checkable
-class StreamingCallback(Protocol):
-    """A per-token callback, ``callback(token, token_id, is_final)`` (upstream oxillama-py's protocol).
-
-    ``isinstance(obj, StreamingCallback)`` is true for any callable, as
-    upstream's; the engines read the signature to choose the shape.
-    """
-
-    def __call__(self, token: str, token_id: int, is_final: bool) -> object: ...
-
-
-TokenCallback: TypeAlias = Callable[[str, int, bool], None]
-"""The per-token shape as a plain ``Callable`` alias (upstream's name)."""
 
 PieceCallback: TypeAlias = Callable[[str], "Awaitable[object] | object"]
 """The per-piece shape: called with each non-empty text piece."""
@@ -63,8 +53,8 @@ def takes_token_details(callback: Callable[..., object]) -> bool:
 
 
 def check_callback(callback: object) -> None:
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    if callback is not None:
+        check_callable("callback", callback)
 
 
 class CallbackSubscriber(Subscriber):

