@@ -40,9 +40,6 @@ def prompts(n: int) -> list[str]:
     return [f"List of one hundred interesting facts about {topic}:\n1." for topic in TOPICS[:n]]
 
 
-# -- the raw baselines ---------------------------------------------------------------------
-
-
 class RawBatched:
     """The shortest honest batched greedy loop over llama-cpp-python's low-level API."""
 
@@ -138,37 +135,6 @@ class RawBatched:
         return out
 
 
-def make_raw_batched(model: Path, threads: int, n_ctx: int, argmax: str) -> Runner:
-    raw = RawBatched(model, threads, n_ctx, n_seq_max=max(LEVELS), argmax=argmax)
-
-    async def run(texts: list[str], max_tokens: int) -> h.Sample:
-        out, secs, lags = await with_lag(lambda: anyio.to_thread.run_sync(raw.generate, texts, max_tokens))
-        return h.Sample(secs, [len(t) for t in out], extra={"lag_ms": lags})
-
-    return run
-
-
-def make_raw_sequential(model: Path, threads: int) -> Runner:
-    llm = h.llama(model, threads, 2048)
-
-    def one_by_one(texts: list[str], max_tokens: int) -> list[int]:
-        counts = []
-        for text in texts:
-            llm.reset()
-            out: Any = llm.create_completion(text, max_tokens=max_tokens, temperature=0)
-            counts.append(int(out["usage"]["completion_tokens"]))
-        return counts
-
-    async def run(texts: list[str], max_tokens: int) -> h.Sample:
-        counts, secs, lags = await with_lag(lambda: anyio.to_thread.run_sync(one_by_one, texts, max_tokens))
-        return h.Sample(secs, counts, extra={"lag_ms": lags})
-
-    return run
-
-
-# -- the engine ----------------------------------------------------------------------------
-
-
 async def lag_probe(lags: list[float]) -> None:
     """Sleep 1 ms over and over; record how late each wake-up is (seconds)."""
     clock = time.perf_counter
@@ -181,7 +147,6 @@ async def lag_probe(lags: list[float]) -> None:
 async def with_lag(work: Callable[[], Awaitable[Any]]) -> tuple[Any, float, list[float]]:
     """Run ``work`` while the lag probe runs; return its result, wall seconds, lags in ms."""
     lags: list[float] = []
-    result: Any = None
     async with anyio.create_task_group() as group:
         group.start_soon(lag_probe, lags)
         await anyio.lowlevel.checkpoint()
@@ -192,33 +157,6 @@ async def with_lag(work: Callable[[], Awaitable[Any]]) -> tuple[Any, float, list
     return result, secs, [lag * 1000.0 for lag in lags]
 
 
-def make_engine_batch(engine: Any) -> Runner:
-    async def run(texts: list[str], max_tokens: int) -> h.Sample:
-        results, secs, lags = await with_lag(lambda: engine.complete_batch(texts, max_tokens, temperature=0))
-        counts = [r.completion_tokens for r in results]
-        return h.Sample(secs, counts, extra={"lag_ms": lags})
-
-    return run
-
-
-def make_engine_tasks(engine: Any) -> Runner:
-    async def run(texts: list[str], max_tokens: int) -> h.Sample:
-        counts = [0] * len(texts)
-
-        async def one(index: int) -> None:
-            counts[index] = (await engine.complete(texts[index], max_tokens, temperature=0)).completion_tokens
-
-        async def all_of_them() -> None:
-            async with anyio.create_task_group() as group:
-                for index in range(len(texts)):
-                    group.start_soon(one, index)
-
-        _, secs, lags = await with_lag(all_of_them)
-        return h.Sample(secs, counts, extra={"lag_ms": lags})
-
-    return run
-
-
 async def idle_lag(seconds: float) -> list[float]:
     """The loop's lag with nothing else running: the noise floor of the probe."""
     lags: list[float] = []
@@ -227,26 +165,60 @@ async def idle_lag(seconds: float) -> list[float]:
     return [lag * 1000.0 for lag in lags]
 
 
-# -- the run -------------------------------------------------------------------------------
+def lagged(work: Callable[[list[str], int], Awaitable[Any]], count: Callable[[Any], list[int]]) -> Runner:
+    """A contender: ``work(prompts, max_tokens)`` timed with the lag probe beside it; ``count`` its tokens after."""
+
+    async def run(texts: list[str], max_tokens: int) -> h.Sample:
+        out, secs, lags = await with_lag(lambda: work(texts, max_tokens))
+        return h.Sample(secs, count(out), extra={"lag_ms": lags})
+
+    return run
+
+
+def contenders_of(engine8: Any, engine16: Any, run: h.Run, n_ctx: int) -> list[h.Contender]:
+    """The five contenders; the raw ones run in a worker thread so the same lag probe runs beside them."""
+    llm = h.llama(run.model, run.args.threads, 2048)
+    raw = RawBatched(run.model, run.args.threads, n_ctx, n_seq_max=max(LEVELS), argmax=run.args.raw_argmax)
+
+    def one_by_one(texts: list[str], max_tokens: int) -> list[int]:
+        return [h.timed_completion(llm, text, max_tokens=max_tokens, temperature=0).tokens for text in texts]
+
+    async def tasks(texts: list[str], max_tokens: int) -> list[int]:
+        counts = [0] * len(texts)
+
+        async def one(index: int) -> None:
+            counts[index] = (await engine8.complete(texts[index], max_tokens, temperature=0)).completion_tokens
+
+        async with anyio.create_task_group() as group:
+            for index in range(len(texts)):
+                group.start_soon(one, index)
+        return counts
+
+    def batch(engine: Any) -> Runner:
+        work = lambda texts, max_tokens: engine.complete_batch(texts, max_tokens, temperature=0)  # noqa: E731
+        return lagged(work, lambda results: [r.completion_tokens for r in results])
+
+    def counts(out: list[list[int]]) -> list[int]:
+        return [len(tokens) for tokens in out]
+
+    return [
+        h.Contender("engine8_batch", batch(engine8)),
+        h.Contender("engine8_tasks", lagged(tasks, list)),
+        h.Contender("engine16_batch", batch(engine16)),
+        h.Contender("raw_sequential", lagged(lambda t, n: anyio.to_thread.run_sync(one_by_one, t, n), list)),
+        h.Contender("raw_batched", lagged(lambda t, n: anyio.to_thread.run_sync(raw.generate, t, n), counts)),
+    ]
 
 
 async def measure(run: h.Run) -> tuple[list[h.Contender], list[float]]:
     from oxillama_py import AsyncEngine, EngineConfig, SamplerConfig
 
-    model, threads, levels = run.model, run.args.threads, LEVELS
-    greedy = SamplerConfig.greedy()
-    config8 = EngineConfig(model, n_threads=threads, sampler=greedy)
-    config16 = EngineConfig(model, n_threads=threads, sampler=greedy, max_concurrency=16)
+    levels = LEVELS
+    config8 = EngineConfig(run.model, n_threads=run.args.threads, sampler=SamplerConfig.greedy())
+    config16 = EngineConfig(run.model, n_threads=run.args.threads, sampler=SamplerConfig.greedy(), max_concurrency=16)
     idle: list[float] = []
     async with AsyncEngine(config8) as engine8, AsyncEngine(config16) as engine16:
-        runners = {
-            "engine8_batch": make_engine_batch(engine8),
-            "engine8_tasks": make_engine_tasks(engine8),
-            "engine16_batch": make_engine_batch(engine16),
-            "raw_sequential": make_raw_sequential(model, threads),
-            "raw_batched": make_raw_batched(model, threads, config8.n_ctx, run.args.raw_argmax),
-        }
-        contenders = [h.Contender(name, runners[name]) for name in CONTENDERS]
+        contenders = contenders_of(engine8, engine16, run, config8.n_ctx)
         warm = prompts(max(levels))
         for contender in contenders:  # warm-up: page in weights, build graphs for every batch size
             await contender.run(warm[:1], 4)
@@ -354,8 +326,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
     for name in CONTENDERS:
         levels = [int(k) for k in results[name]]
         h.band(left, levels, [results[name][str(n)]["tok_per_sec"] for n in levels], *styles[name], name)
-    left.set_ylabel("aggregate tokens / s (median, min-max band)")
-    left.set_title(f"greedy, {data['max_tokens']} tokens per request")
+    left.set(
+        ylabel="aggregate tokens / s (median, min-max band)", title=f"greedy, {data['max_tokens']} tokens per request"
+    )
     left.legend(fontsize=8)
     for name in ENGINES:
         per = data["ratios"][name]

@@ -1,10 +1,10 @@
 """The benchmark harness: options, machine facts, contenders in interleaved rounds, statistics, JSON, table, plot.
 
 A script fills it in: ``start`` parses the common options and records the machine; the script builds its
-``Contender``s (a name and a callable that runs and times one call into a ``Sample``; ``timed_completion``,
-``timed_complete`` and ``timed_stream`` are the timed calls most of them make), lets ``schedule`` interleave them
-round after round, calls ``Run.stop`` and turns the samples into its JSON with ``summary``, ``median`` and
-``check``; ``Run.report`` prints the table (the rows ``figures.py`` puts in the README) and the checks, and writes
+``Contender``s (a name and a callable that times one call into a ``Sample``; ``timed_completion``,
+``timed_complete`` and ``timed_stream`` are the timed calls most make), lets ``schedule`` interleave them round
+after round, calls ``Run.stop``, turns the samples into its JSON (``entry``, ``summary``, ``check``...), and
+``Run.report`` prints the table (the rows ``figures.py`` puts in the README) and the checks and writes
 ``results/<name>.json`` and ``<name>.png``. The scripts import it as ``harness`` (this folder is on ``sys.path``).
 """
 
@@ -99,10 +99,7 @@ def timed_completion(llm: Any, prompt: str, **options: Any) -> Sample:
     start = time.perf_counter()
     out: Any = llm.create_completion(prompt, **options)
     secs = time.perf_counter() - start
-    choice = out["choices"][0]
-    return Sample(
-        secs, [int(out["usage"]["completion_tokens"])], [str(choice["text"])], {"finish": choice["finish_reason"]}
-    )
+    return Sample(secs, [int(out["usage"]["completion_tokens"])], [str(out["choices"][0]["text"])])
 
 
 def timed_complete(engine: Any, prompt: str, max_tokens: int, **options: Any) -> Sample:
@@ -115,9 +112,7 @@ def timed_complete(engine: Any, prompt: str, max_tokens: int, **options: Any) ->
 
 def timed_stream(pieces: Callable[[], Iterable[str]]) -> Sample:
     """Time a stream of text pieces: ``extra["ttft"]`` until the first non-empty one, ``secs`` until the end."""
-    start = time.perf_counter()
-    first = None
-    out = []
+    start, first, out = time.perf_counter(), None, []
     for piece in pieces():
         if first is None and piece:
             first = time.perf_counter()
@@ -137,11 +132,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0..100) by linear interpolation; NaN when empty."""
     if not values:
         return math.nan
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100.0
+    ordered, k = sorted(values), (len(values) - 1) * q / 100.0
     low = math.floor(k)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+    return ordered[low] + (ordered[min(low + 1, len(ordered) - 1)] - ordered[low]) * (k - low)
 
 
 def summary(values: Sequence[float]) -> dict[str, Any]:
@@ -150,16 +143,16 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
     return {"median": median(values), "min": low, "max": high, "samples": list(values)}
 
 
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, 99th percentile and maximum (of lags, or of times to first token)."""
+    return {"p50": percentile(values, 50), "p99": percentile(values, 99), "max": max(values) if values else math.nan}
+
+
 def entry(samples: list[Sample]) -> dict[str, Any]:
     """One contender in one scenario: tok/s and seconds (summaries), tokens of each run and of each sequence."""
     rates, secs = [s.tok_per_sec for s in samples], [s.secs for s in samples]
     tokens, per_sequence = [s.tokens for s in samples], [s.per_sequence for s in samples]
     return {"tok_per_sec": summary(rates), "secs": summary(secs), "tokens": tokens, "tokens_per_sequence": per_sequence}
-
-
-def spread(values: Sequence[float]) -> dict[str, float]:
-    """Median, 99th percentile and maximum (of lags, or times to first token)."""
-    return {"p50": percentile(values, 50), "p99": percentile(values, 99), "max": max(values) if values else math.nan}
 
 
 def stopped_early(contenders: Sequence[Contender], max_tokens: int) -> list[str]:
@@ -197,38 +190,32 @@ class Run:
     def stop(self) -> None:
         """Record the wall time and the load at the end (before the analysis reads them)."""
         self.info["wall_secs"] = round(time.perf_counter() - self.started, 1)
-        if hasattr(os, "getloadavg"):
-            self.info["loadavg_end"] = list(os.getloadavg())
+        self.info |= {"loadavg_end": list(os.getloadavg())} if hasattr(os, "getloadavg") else {}
 
     def header(self) -> dict[str, Any]:
-        mode = "quick" if self.args.quick else "default"
-        return {
-            "benchmark": self.name,
-            "mode": mode,
-            "max_tokens": self.max_tokens,
-            "rounds": self.rounds,
-            "machine": self.info,
-        }
+        head = {"benchmark": self.name, "mode": "quick" if self.args.quick else "default"}
+        return head | {"max_tokens": self.max_tokens, "rounds": self.rounds, "machine": self.info}
 
     def report(
         self,
         data: dict[str, Any],
-        rows: Callable[[dict[str, Any]], list[list[str]]],
-        plot: Callable[[dict[str, Any], Path], None],
+        rows: Callable[..., list[list[str]]],
+        plot: Callable[..., None],
         checks: dict[str, Any],
         notes: Sequence[str] = (),
     ) -> None:
         """Print the table, the checks and the notes; write ``<out>/<name>.json`` and ``<name>.png``."""
-        print()
         print_rows(rows(data))
         for key, c in checks.items():
-            sign = "<" if c.get("below") else ">="
-            print(f"{key:<45} {c['value']:7.3f}  (target {sign} {c['target']})  {c['verdict']}")
+            print(
+                f"{key:<45} {c['value']:7.3f}  (target {'<' if c.get('below') else '>='} {c['target']})  {c['verdict']}"
+            )
         warning = load_warning(self.info)
-        for note in [*notes, *(f"PROBLEM: {p}" for p in data.get("problems", []))] + [f"NOTE: {warning}"] * bool(
-            warning
-        ):
-            print(note)
+        print(
+            "\n".join(
+                [*notes, *(f"PROBLEM: {p}" for p in data.get("problems", [])), *[f"NOTE: {warning}"] * bool(warning)]
+            )
+        )
         json_path, png_path = self.args.out / f"{self.name}.json", self.args.out / f"{self.name}.png"
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
@@ -245,22 +232,16 @@ def start(
     info_threads: int | None = None,
 ) -> Run:
     """Parse the common options (defaults: ``(default, quick)``) and the script's own; record the machine."""
-    lines = (doc or "").strip().splitlines()
-    parser = argparse.ArgumentParser(description=lines[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=(doc or " ").strip().splitlines()[0])
     add = parser.add_argument
     add("--quick", action="store_true", help="few repetitions, small token counts (< 2 min)")
     add("--model", type=Path, default=None, help="GGUF file (default: the gemma3-270m package)")
-    threads = "llama.cpp threads for every contender (EngineConfig's default; Llama's own default is half)"
+    threads = "llama.cpp threads for every contender (default: EngineConfig's, os.cpu_count(); Llama's is half)"
     add("--threads", type=int, default=max(1, os.cpu_count() or 1), help=threads)
-    add("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG results")
+    add("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG results (default: results/)")
     add("--rounds", type=int, default=None, help=f"interleaved rounds (default {rounds[0]}, quick {rounds[1]})")
     if max_tokens is not None:
-        add(
-            "--max-tokens",
-            type=int,
-            default=None,
-            help=f"tokens per request (default {max_tokens[0]}, quick {max_tokens[1]})",
-        )
+        add("--max-tokens", type=int, help=f"tokens per request (default {max_tokens[0]}, quick {max_tokens[1]})")
     if arguments is not None:
         arguments(parser)
     args = parser.parse_args()
@@ -283,8 +264,7 @@ def quiet_llama_cpp() -> None:
 
     import llama_cpp
 
-    if _QUIET is None:
-        _QUIET = llama_cpp.llama_log_callback(lambda level, text, user: None)
+    _QUIET = _QUIET or llama_cpp.llama_log_callback(lambda level, text, user: None)
     llama_cpp.llama_log_set(_QUIET, ctypes.c_void_p(0))
 
 
@@ -305,8 +285,7 @@ def machine_info(threads: int, model: Path) -> dict[str, Any]:
 
     import oxillama_py
 
-    git = ["git", "rev-parse", "--short", "HEAD"]
-    commit = subprocess.run(git, cwd=HERE, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False)
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -315,7 +294,7 @@ def machine_info(threads: int, model: Path) -> dict[str, Any]:
         "llama_cpp_python": llama_cpp.__version__,
         "oxillama_py": oxillama_py.__version__,
         "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
-        "git_commit": commit or None,
+        "git_commit": git.stdout.strip() or None,
         "model": str(model),
         "model_bytes": model.stat().st_size,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -328,12 +307,12 @@ def load_warning(info: dict[str, Any]) -> str | None:
     cpus = info.get("cpu_count") or 1
     busiest = max(info.get("loadavg_start", [0])[0], info.get("loadavg_end", [0])[0])
     # The benchmark's own llama.cpp threads count too: more than one extra runnable task is noise.
-    if busiest > (info.get("threads") or cpus) + 1.0:
-        return (
-            f"machine was busy (1-min load average up to {busiest:.1f} on {cpus} CPUs): "
-            "absolute tok/s are noisy; compare the ratios (contenders were interleaved)"
-        )
-    return None
+    if busiest <= (info.get("threads") or cpus) + 1.0:
+        return None
+    return (
+        f"machine was busy (1-min load average up to {busiest:.1f} on {cpus} CPUs): "
+        "absolute tok/s are noisy; compare the ratios (contenders were interleaved)"
+    )
 
 
 # -- output --------------------------------------------------------------------------------
@@ -342,7 +321,7 @@ def load_warning(info: dict[str, Any]) -> str | None:
 def print_rows(rows: list[list[str]]) -> None:
     """A table (header first) as aligned plain text."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
+    for row in ([], *rows):
         print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))))
 
 
@@ -381,6 +360,11 @@ def band(ax: Any, levels: list[int], rates: list[dict[str, float]], color: str, 
     """Median tok/s against concurrency, in a band from the slowest round to the fastest."""
     ax.plot(levels, [r["median"] for r in rates], style, color=color, label=label)
     ax.fill_between(levels, [r["min"] for r in rates], [r["max"] for r in rates], color=color, alpha=0.12)
+
+
+def label_bar(ax: Any, x: float, top: float, text: str, **options: Any) -> None:
+    """``text`` just above the top of a bar."""
+    ax.annotate(text, (x, top), ha="center", va="bottom", xytext=(0, 2), textcoords="offset points", **options)
 
 
 def save_figure(fig: Any, path: Path, dpi: int) -> None:

@@ -132,21 +132,15 @@ def plot(data: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = ["#777777"] + ["#3a7dc9"] * len(ADAPTERS)
     left.bar(names, medians, yerr=[low, high], color=colors, capsize=4)
-    left.set_ylabel("tokens / s (median, min-max)")
-    left.set_title(f"one greedy generation, {data['max_tokens']} tokens")
+    left.set(ylabel="tokens / s (median, min-max)", title=f"one greedy generation, {data['max_tokens']} tokens")
     ratios = [results[n]["ratio_vs_raw"] for n in ADAPTERS]
     bars = right.bar(ADAPTERS, ratios, color="#3a7dc9")
     for bar, name in zip(bars, ADAPTERS, strict=True):
         right.hlines(TARGETS[name], bar.get_x(), bar.get_x() + bar.get_width(), colors="#c0392b", linestyles="--")
-        x = bar.get_x() + bar.get_width() / 2
-        label = f"{results[name]['ratio_vs_raw']:.3f}"
-        right.annotate(
-            label, (x, bar.get_height()), ha="center", va="bottom", xytext=(0, 2), textcoords="offset points"
-        )
+        h.label_bar(right, bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{results[name]['ratio_vs_raw']:.3f}")
     right.axhline(1.0, color="#777777", linewidth=0.8)
     right.set_ylim(min([*ratios, 0.9]) - 0.05, max([*ratios, 1.05]) + 0.05)
-    right.set_ylabel("engine / raw tok/s (dashed: target)")
-    right.set_title("ratio to raw llama-cpp-python")
+    right.set(ylabel="engine / raw tok/s (dashed: target)", title="ratio to raw llama-cpp-python")
     fig.suptitle(h.versus(data), fontsize=10)
     h.save_figure(fig, path, dpi=110)
 

@@ -235,8 +235,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xticks(list(x))
         ax.set_xticklabels([LABELS[n].replace(", ", ",\n") for n in CONTENDERS], fontsize=7)
-        ax.set_ylabel("ms (median, log scale)")
-        ax.set_title(title)
+        ax.set(ylabel="ms (median, log scale)", title=title)
         ax.legend(fontsize=7, loc="upper right")
     m = data["machine"]
     fig.suptitle(f"Prefix cache, Gemma 3 270M Q4_K_M, {m['threads']} threads: solid = first token, light = total")

@@ -67,7 +67,7 @@ def main() -> int:
     by = {c.name: c for c in contenders}
     tps = {name: h.median(by[name].rates()) for name in CONTENDERS}
     ttft = {
-        name: h.median([h.median([r.ttft for r in requests_of(s)]) for s in by[name].samples[None]])
+        name: h.median([h.median([r.extra["ttft"] for r in requests_of(s)]) for s in by[name].samples[None]])
         for name in CONTENDERS
     }
     ratio = tps["ray"] / tps["process"]
@@ -120,8 +120,10 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax.tick_params(axis="x", labelsize=7)
     for i, value in enumerate(values):
         ax.text(i, value, f"{value:.1f}", ha="center", va="bottom")
-    ax.set_ylabel("aggregate tok/s (median)")
-    ax.set_title(f"{CLIENTS} streaming clients, 2 cores: ray / process = {data['ratio_ray_over_process']:.2f}")
+    ax.set(
+        ylabel="aggregate tok/s (median)",
+        title=f"{CLIENTS} streaming clients, 2 cores: ray / process = {data['ratio_ray_over_process']:.2f}",
+    )
     h.save_figure(fig, path, 110)
 
 

@@ -17,7 +17,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +38,9 @@ REQUEST_TIMEOUT = 900.0
 BUILD_SCRIPT = h.HERE / "build_llama_server.sh"
 
 
-@dataclass
-class Request:
-    tokens: int
-    counted_by: str  # "usage", "length" or "chunks"
-    ttft: float  # seconds, NaN when no text came
-    secs: float
-    finish: str | None
-
-
-def requests_of(sample: h.Sample) -> list[Request]:
-    requests: list[Request] = sample.extra["requests"]
+def requests_of(sample: h.Sample) -> list[h.Sample]:
+    """The requests of one client count's run: each a ``Sample`` with ``ttft``, ``counted_by`` and ``finish``."""
+    requests: list[h.Sample] = sample.extra["requests"]
     return requests
 
 
@@ -146,19 +137,11 @@ def running(
 # -- the clients ---------------------------------------------------------------------------
 
 
-async def stream_one(client: httpx.AsyncClient, base: str, model: str, prompt: str, max_tokens: int) -> Request:
-    body = {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    first = math.nan
-    chunks = 0
-    usage: int | None = None
-    finish: str | None = None
+async def stream_one(client: httpx.AsyncClient, base: str, model: str, prompt: str, max_tokens: int) -> h.Sample:
+    """One streamed request; tokens as the server's ``usage`` counts them, else as ``max_tokens`` or the chunks."""
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    first, chunks, usage, finish = math.nan, 0, None, None
     start = time.perf_counter()
     async with client.stream("POST", base + "/v1/completions", json=body) as response:
         if response.status_code != 200:
@@ -183,20 +166,17 @@ async def stream_one(client: httpx.AsyncClient, base: str, model: str, prompt: s
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
     end = time.perf_counter()
-    if usage is not None:
-        tokens, how = int(usage), "usage"
-    elif finish == "length":
-        tokens, how = max_tokens, "length"
-    else:
-        tokens, how = chunks, "chunks"
-    return Request(tokens, how, first - start, end - start, finish)
+    tokens, how = (
+        (usage, "usage") if usage is not None else (max_tokens, "length") if finish == "length" else (chunks, "chunks")
+    )
+    return h.Sample(end - start, [int(tokens)], extra={"counted_by": how, "ttft": first - start, "finish": finish})
 
 
 async def run_level(
     client: httpx.AsyncClient, base: str, model: str, level: int, max_tokens: int, numbers: Iterator[int]
 ) -> h.Sample:
     texts = [PROMPT.format(number=next(numbers), topic=TOPICS[i % len(TOPICS)]) for i in range(level)]
-    results: list[Request | None] = [None] * level
+    results: list[h.Sample | None] = [None] * level
 
     async def client_task(index: int) -> None:
         results[index] = await stream_one(client, base, model, texts[index], max_tokens)
@@ -244,7 +224,7 @@ def measure(run: h.Run, names: list[str]) -> tuple[list[h.Contender], dict[str, 
                 line = []
                 for level, sample in contender.run(contender.name).items():
                     contender.record(level, sample)
-                    ttft = h.median([r.ttft for r in requests_of(sample)]) * 1000.0
+                    ttft = h.median([r.extra["ttft"] for r in requests_of(sample)]) * 1000.0
                     line.append(f"{level} clients {sample.tok_per_sec:6.1f} tok/s (ttft p50 {ttft:6.0f} ms)")
                 up = startup[contender.name][-1]
                 h.say(f"round {round_no + 1}/{run.rounds} {contender.name:<16} (up in {up:4.1f} s): " + ", ".join(line))
@@ -259,9 +239,9 @@ def analyse(run: h.Run, contenders: list[h.Contender], servers: dict[str, Any]) 
     for contender in contenders:
         for level, samples in sorted(contender.samples.items()):
             requests = [r for s in samples for r in requests_of(s)]
-            ttfts = [r.ttft * 1000.0 for r in requests if not math.isnan(r.ttft)]
+            ttfts = [r.extra["ttft"] * 1000.0 for r in requests if not math.isnan(r.extra["ttft"])]
             ttft = {**h.spread(ttfts), "requests": len(ttfts), "without_text": len(requests) - len(ttfts)}
-            counted_by = sorted({r.counted_by for r in requests})
+            counted_by = sorted({r.extra["counted_by"] for r in requests})
             table[contender.name][str(level)] = h.entry(samples) | {"ttft_ms": ttft, "counted_by": counted_by}
 
     def ratio(other: str, level: int, key: str) -> float:
@@ -310,12 +290,13 @@ def plot(data: dict[str, Any], path: Path) -> None:
         middle.plot(have, [t["p50"] for t in ttft], marker + "-", color=color, label=f"{LABELS[name]} p50")
         middle.plot(have, [t["p99"] for t in ttft], marker + "--", color=color, alpha=0.7, label=f"{LABELS[name]} p99")
     h.level_axes((left, middle, right), levels, "concurrent streaming clients")
-    left.set_ylabel("aggregate tokens / s (median, min-max band)")
-    left.set_title(f"greedy, {data['max_tokens']} tokens per request")
+    left.set(
+        ylabel="aggregate tokens / s (median, min-max band)", title=f"greedy, {data['max_tokens']} tokens per request"
+    )
     left.legend(fontsize=8)
-    middle.set_yscale("log")
-    middle.set_ylabel("time to first token (ms)")
-    middle.set_title("time to first token, p50 (solid) and p99 (dashed)")
+    middle.set(
+        yscale="log", ylabel="time to first token (ms)", title="time to first token, p50 (solid) and p99 (dashed)"
+    )
     middle.legend(fontsize=7)
     colors = {"llama_cpp_server": "#555555", "llama_server": "#c0392b"}
     for other, target in TARGETS.items():

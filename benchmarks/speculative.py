@@ -103,8 +103,10 @@ def plot(data: dict[str, Any], path: Path) -> None:
         ax.bar(xs, [med[t][name] for t in tasks], width, label=name)
     ax.set_xticks(range(len(tasks)))
     ax.set_xticklabels(tasks)
-    ax.set_ylabel("tokens per second (greedy)")
-    ax.set_title("Speculative decoding: oxillama_py vs llama-cpp-python (Gemma 3 270M Q4_K_M)")
+    ax.set(
+        ylabel="tokens per second (greedy)",
+        title="Speculative decoding: oxillama_py vs llama-cpp-python (Gemma 3 270M Q4_K_M)",
+    )
     ax.legend()
     h.save_figure(fig, path, dpi=120)
 

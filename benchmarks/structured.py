@@ -253,60 +253,48 @@ def validate(text: str) -> str | None:
 
     try:
         jsonschema.validate(json.loads(text), SCHEMA)
-    except json.JSONDecodeError as exc:
-        return f"not JSON: {exc.msg} at {exc.pos}"
-    except jsonschema.ValidationError as exc:
-        return f"invalid: {exc.message}"
+    except (json.JSONDecodeError, jsonschema.ValidationError) as exc:
+        return f"{type(exc).__name__}: {exc.msg if isinstance(exc, json.JSONDecodeError) else exc.message}"
     return None
 
 
 def analyse(run: h.Run, contenders: list[h.Contender], scenarios: list[Scenario], **more: Any) -> dict[str, Any]:
     by = {c.name: c for c in contenders}
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {name: {} for name in SCENARIOS}
     validation: dict[str, Any] = {}
     problems: list[str] = []
     for name in SCENARIOS:
-        per: dict[str, Any] = {}
-        for contender in contenders:
-            samples = contender.samples.get(name)
-            if not samples:
-                continue
-            entry = h.entry(samples)
-            entry["finish_reasons"] = sorted({f for s in samples for f in s.extra["finish"]})
-            entry["text"] = samples[0].text
-            if contender.name in CONSTRAINED:
+        for contender, samples in ((c.name, c.samples[name]) for c in contenders if name in c.samples):
+            finish = sorted({f for s in samples for f in s.extra["finish"]})
+            entry = results[name][contender] = h.entry(samples) | {"finish_reasons": finish, "text": samples[0].text}
+            if contender in CONSTRAINED:
                 errors = [e for s in samples for t in s.texts if (e := validate(t)) is not None]
                 total = sum(len(s.texts) for s in samples)
                 entry["valid"] = f"{total - len(errors)}/{total}"
-                validation[f"{contender.name}/{name}"] = {"valid": total - len(errors), "total": total}
-                problems += [f"{contender.name} {name}: {e}" for e in sorted(set(errors))]
-                if entry["finish_reasons"] != ["stop"]:
-                    problems.append(f"{contender.name} {name}: finish reasons {entry['finish_reasons']}")
-            per[contender.name] = entry
-        results[name] = per
+                validation[f"{contender}/{name}"] = {"valid": total - len(errors), "total": total}
+                problems += [f"{contender} {name}: {e}" for e in sorted(set(errors))]
+                problems += [f"{contender} {name}: finish reasons {finish}"] if finish != ["stop"] else []
 
     def ratio(a: str, b: str, scenario: str) -> dict[str, Any]:
         ra, rb = by[a].rates(scenario), by[b].rates(scenario)
         if not ra or not rb:
             return {"median": math.nan, "paired_median": math.nan}
-        return {
-            "median": h.median(ra) / h.median(rb),
-            "paired_median": h.median([x / y for x, y in zip(ra, rb, strict=True)]),
-        }
+        return {"median": h.median(ra) / h.median(rb), "paired_median": h.median([x / y for x, y in zip(ra, rb)])}
 
     pairs = (("ox_json", "ox_free"), ("ox_json", "raw_json"), ("raw_json", "raw_free"), ("ox_free", "raw_free"))
     ratios = {name: {f"{a}_vs_{b}": ratio(a, b, name) for a, b in pairs} for name in SCENARIOS}
     checks: dict[str, Any] = {}
     for name in SINGLE:
-        r = ratios[name]
-        checks[f"{name}_constrained_vs_unconstrained"] = h.check(r["ox_json_vs_ox_free"]["median"], TARGET_VS_FREE)
-        checks[f"{name}_constrained_vs_llama_cpp"] = h.check(r["ox_json_vs_raw_json"]["median"], TARGET_VS_RAW)
-    greedy = results["one_greedy"]
-    same_text = {
-        "one_greedy": {
-            "ox_json_equals_raw_json": greedy["ox_json"]["text"] == greedy["raw_json"]["text"],
-            "ox_free_equals_raw_free": greedy.get("ox_free", {}).get("text") == greedy.get("raw_free", {}).get("text"),
-        }
+        checks[f"{name}_constrained_vs_unconstrained"] = h.check(
+            ratios[name]["ox_json_vs_ox_free"]["median"], TARGET_VS_FREE
+        )
+        checks[f"{name}_constrained_vs_llama_cpp"] = h.check(
+            ratios[name]["ox_json_vs_raw_json"]["median"], TARGET_VS_RAW
+        )
+    text = {c: results["one_greedy"].get(c, {}).get("text") for c in CONTENDERS}
+    same = {
+        "ox_json_equals_raw_json": text["ox_json"] == text["raw_json"],
+        "ox_free_equals_raw_free": text["ox_free"] == text["raw_free"],
     }
     return {
         **run.header(),
@@ -318,14 +306,13 @@ def analyse(run: h.Run, contenders: list[h.Contender], scenarios: list[Scenario]
         "constrained_max_tokens": CAP,
         "unconstrained_max_tokens": {s.name: s.free_tokens for s in scenarios},
         "sampling": {s.name: s.sampling for s in scenarios},
-        "labels": LABELS,
         "results": results,
         "ratios": ratios,
         "checks": checks,
         "all_targets_met": h.all_pass(checks),
         "validation": validation,
         "all_valid": all(v["valid"] == v["total"] for v in validation.values()),
-        "same_text": same_text,
+        "same_text": {"one_greedy": same},
         "profile": more["profile"],
         "problems": problems,
         "warning": h.load_warning(run.info),
@@ -340,20 +327,18 @@ def plot(data: dict[str, Any], path: Path) -> None:
     width = 0.2
     xs = np.arange(len(SCENARIOS))
     for i, contender in enumerate(CONTENDERS):
-        med, low, high, at = [], [], [], []
-        for j, name in enumerate(SCENARIOS):
-            entry = results[name].get(contender)
-            if entry is None:
-                continue
-            rate = entry["tok_per_sec"]
-            at.append(xs[j] + (i - 1.5) * width)
-            med.append(rate["median"])
-            low.append(rate["median"] - rate["min"])
-            high.append(rate["max"] - rate["median"])
-        left.bar(at, med, width, yerr=[low, high], color=colors[contender], capsize=3, label=LABELS[contender])
+        have = [
+            (j, results[name][contender]["tok_per_sec"])
+            for j, name in enumerate(SCENARIOS)
+            if contender in results[name]
+        ]
+        at, med = [xs[j] + (i - 1.5) * width for j, _ in have], [r["median"] for _, r in have]
+        errors = [[r["median"] - r["min"] for _, r in have], [r["max"] - r["median"] for _, r in have]]
+        left.bar(at, med, width, yerr=errors, color=colors[contender], capsize=3, label=LABELS[contender])
     left.set_xticks(xs, ["1 request, greedy", "1 request, T=1.0", "8 requests, greedy\n(llama-cpp-python: in turn)"])
-    left.set_ylabel("tokens / s (median, min-max; 8: aggregate)")
-    left.set_title("constrained by the same JSON Schema grammar, or not")
+    left.set(
+        ylabel="tokens / s (median, min-max; 8: aggregate)", title="constrained by the same JSON Schema grammar, or not"
+    )
     left.legend(fontsize=8)
     pairs = (
         ("ox_json_vs_ox_free", "oxillama_py json / free", "#3a7dc9", TARGET_VS_FREE),
@@ -368,15 +353,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
                 continue
             x = xs[j] + (i - 1) * width
             right.bar(x, value, width, color=color, label=label if j == 0 else None)
-            right.annotate(
-                f"{value:.2f}",
-                (x, value),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-                xytext=(0, 2),
-                textcoords="offset points",
-            )
+            h.label_bar(right, x, value, f"{value:.2f}", fontsize=7)
             if target is not None and name in SINGLE:
                 right.hlines(target, x - width / 2, x + width / 2, colors="black", linestyles="--", linewidth=0.9)
     right.axhline(1.0, color="#777777", linewidth=0.8)
@@ -385,8 +362,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     right.set_yticks(ticks, [f"{t:g}" for t in ticks])
     right.minorticks_off()
     right.set_xticks(xs, ["1, greedy", "1, T=1.0", "8, greedy"])
-    right.set_ylabel("ratio of tok/s (log; dashed: target)")
-    right.set_title("ratios")
+    right.set(ylabel="ratio of tok/s (log; dashed: target)", title="ratios")
     right.legend(fontsize=8)
     fig.suptitle(h.versus(data, "structured output: "), fontsize=10)
     h.save_figure(fig, path, dpi=110)
