@@ -224,15 +224,12 @@ async def measure(run: h.Run) -> tuple[list[h.Contender], list[float]]:
             await contender.run(warm[:1], 4)
             if contender.name != "raw_sequential":  # one prompt at a time: nothing more to warm
                 await contender.run(warm, 4)
-        for round_no, level, order in h.schedule(run.rounds, levels, contenders, lambda r, level: r + level):
+        for _, level, order in h.schedule(run.rounds, levels, contenders, lambda r, level: r + level):
             if level == levels[0]:
                 idle += await idle_lag(0.5)
             texts = prompts(level)
-            line = []
             for contender in order:
-                sample = contender.record(level, await contender.run(texts, run.max_tokens))
-                line.append(f"{contender.name} {sample.tok_per_sec:6.1f}")
-            h.say(f"round {round_no + 1}/{run.rounds}, {level:2d} requests: " + ", ".join(line))
+                contender.record(level, await contender.run(texts, run.max_tokens))
     return contenders, idle
 
 
@@ -252,9 +249,6 @@ def main() -> int:
     args = run.args
     run.info |= {"backend": args.backend, "raw_argmax": args.raw_argmax}
     backend, options = ("asyncio", {"use_uvloop": True}) if args.backend == "uvloop" else (args.backend, {})
-    h.say(
-        f"model {run.model.name}, {args.threads} threads, {run.max_tokens} tokens, {run.rounds} rounds, {args.backend}"
-    )
     contenders, idle = anyio.run(measure, run, backend=backend, backend_options=options)
     run.stop()
     data = analyse(run, contenders, idle)

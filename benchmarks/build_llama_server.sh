@@ -1,18 +1,11 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's C++ `llama-server` for benchmarks/server.py, from the
-# llama.cpp sources vendored in the llama-cpp-python sdist pinned in
-# pyproject.toml, so that the C++ server and llama-cpp-python run the same
-# llama.cpp. Nothing of llama.cpp is committed: the sdist comes from PyPI
-# (through pip's cache), is unpacked and built under ~/.cache/oxillama_py.
-#
-# Same build choices as .ci/run uses for llama-cpp-python: no OpenMP (ggml's
-# own threadpool) and, on x86_64, no AMX kernels. Release, no curl, only the
-# llama-server target, -j2. Idempotent: when the binary exists it is only
-# printed. The last line of output is the binary's path.
-#
-#   bash benchmarks/build_llama_server.sh
+# Builds llama.cpp's C++ `llama-server` for benchmarks/server.py from the llama.cpp sources vendored in the
+# llama-cpp-python sdist pinned in pyproject.toml, so that both run the same llama.cpp. Nothing of llama.cpp is
+# committed: the sdist comes from PyPI (through pip's cache) and is built under ~/.cache/oxillama_py. Same build
+# choices as .ci/run uses for llama-cpp-python: no OpenMP and, on x86_64, no AMX kernels; Release, no curl, only
+# the llama-server target, -j2. Idempotent: when the binary exists it is only printed. The last line of output is
+# the binary's path.   bash benchmarks/build_llama_server.sh
 set -euo pipefail
-
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 pin=$(grep -o 'llama-cpp-python==[0-9][0-9.]*' pyproject.toml | head -n 1)
@@ -21,17 +14,13 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/oxillama_py"
 src="$cache/llama-server-src"
 build="$cache/llama-server-build"
 binary="$build/bin/llama-server"
-
 if [ -x "$binary" ]; then
     echo "$binary"
     exit 0
 fi
 
 python=python3
-if [ -x .venv/bin/python ]; then
-    python=.venv/bin/python
-fi
-
+[ -x .venv/bin/python ] && python=.venv/bin/python
 if [ ! -f "$src/vendor/llama.cpp/CMakeLists.txt" ]; then
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
@@ -42,9 +31,7 @@ if [ ! -f "$src/vendor/llama.cpp/CMakeLists.txt" ]; then
 fi
 
 noamx=""
-if [ "$(uname -m)" = x86_64 ]; then
-    noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-fi
+[ "$(uname -m)" = x86_64 ] && noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 CFLAGS="$noamx" CXXFLAGS="$noamx" cmake -S "$src/vendor/llama.cpp" -B "$build" \
     -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_OPENMP=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2

@@ -104,10 +104,10 @@ def main() -> int:
 
     run.info["openmp_build"] = openmp_build(run.info["llama_cpp_system_info"])
     samples: dict[str, list[float]] = {s: [] for s in SCENARIOS}
-    for r, _, order in h.schedule(run.rounds, [None], SCENARIOS):
+    for _, _, order in h.schedule(run.rounds, [None], SCENARIOS):
         for scenario in order:
             samples[scenario].append(h.median(run_child(scenario, run)))
-            h.say(f"round {r + 1}/{run.rounds} {scenario:32s} {samples[scenario][-1]:7.1f} tok/s")
+            h.say(f"  {scenario:32s} {samples[scenario][-1]:7.1f} tok/s")
     run.stop()
     med = {s: h.median(v) for s, v in samples.items()}
     ratios = {name: med[a] / med[b] for name, (a, b, _) in RATIOS.items()}

@@ -74,9 +74,6 @@ def _rst_image(name: str, alt: str) -> list[str]:
     return [f".. image:: ../benchmarks/results/{name}.png", f"   :alt: {alt}"]
 
 
-# -- tables --------------------------------------------------------------------------------
-
-
 def overhead_rows(d: Data) -> Rows:
     res = d["results"]
     raw = _f(res["raw"]["tok_per_sec"]["median"])
@@ -88,98 +85,65 @@ def overhead_rows(d: Data) -> Rows:
 
 
 def batching_rows(d: Data) -> Rows:
-    res, ratios = d["results"], d["ratios"]
-    header = "concurrent requests|raw sequential|raw batched loop|engine (8 slots)|engine (16 slots)"
-    rows = [_cols(header + "|engine(8) / sequential|engine(8) / batched")]
-    for level in d["levels"]:
-        k = str(level)
-        rates = [_f(res[n][k]["tok_per_sec"]["median"]) for n in ("raw_sequential", "raw_batched")]
-        rates += [_f(res[n][k]["tok_per_sec"]["median"]) for n in ("engine8_batch", "engine16_batch")]
-        vs = ratios["engine8_batch"][k]
+    rows = [_cols(f"concurrent requests|raw sequential|raw batched loop|{ENGINE_COLUMNS}")]
+    names = ("raw_sequential", "raw_batched", "engine8_batch", "engine16_batch")
+    for k in map(str, d["levels"]):
+        vs = d["ratios"]["engine8_batch"][k]
+        rates = [_f(d["results"][n][k]["tok_per_sec"]["median"]) for n in names]
         rows.append([k, *rates, _f(vs["vs_raw_sequential"], 2), _f(vs["vs_raw_batched"], 2)])
     return rows
 
 
 def speculative_rows(d: Data) -> Rows:
     tps, accepted = d["median_tok_per_sec"], d["lookup_acceptance_rate"]
-    header = "task|plain Engine|SpeculativeEngine, default settings|its acceptance rate"
-    rows = [_cols(header + "|llama-cpp-python prompt lookup|raw plain")]
-    for task in ("copying", "free"):
-        t = tps[task]
-        rows.append(
-            [task, _f(t["plain"]), _f(t["lookup"]), _f(accepted[task], 2), _f(t["raw_lookup"]), _f(t["raw_plain"])]
-        )
+    rows = [_cols(f"task|plain Engine|SpeculativeEngine, default settings|{LOOKUP_COLUMNS}")]
+    for task, t in ((task, tps[task]) for task in ("copying", "free")):
+        rates = [_f(t["plain"]), _f(t["lookup"]), _f(accepted[task], 2), _f(t["raw_lookup"]), _f(t["raw_plain"])]
+        rows.append([task, *rates])
     return rows
 
 
 def coexistence_rows(d: Data) -> Rows:
     tps = d["median_tok_per_sec"]
     rows = [_cols("the process also holds|first model's tok/s|ratio to alone")]
-    for label, name, alone in (
-        ("nothing (oxillama_py Engine alone)", "engine_alone", "engine_alone"),
-        ("a second Engine", "engine_beside_engine", "engine_alone"),
-        ("a SpeculativeEngine", "engine_beside_speculative", "engine_alone"),
-        ("a second Engine, each computing on its own thread", "engine_beside_engine_unshared", "engine_alone"),
-        ("nothing (raw Llama alone)", "raw_alone", "raw_alone"),
-        ("a second raw Llama", "raw_beside_raw", "raw_alone"),
-    ):
+    for label, name in COEXISTENCE.items():
+        alone = "raw_alone" if name.startswith("raw") else "engine_alone"
         rows.append([label, _f(tps[name]), _f(tps[name] / tps[alone], 2)])
     return rows
 
 
 def server_rows(d: Data) -> Rows:
-    names = ("oxillama", "llama_cpp_server", "llama_server")
-    header = "concurrent clients|oxillama_py server tok/s|llama-cpp-python server tok/s|llama-server (C++) tok/s|"
-    rows = [
-        _cols(
-            header
-            + "TTFT p50 ms (same order)|TTFT p99 ms (same order)|oxillama / llama-cpp-python|oxillama / llama-server"
-        )
-    ]
+    rows = [_cols(SERVER_COLUMNS)]
 
-    def cell(name: str, k: str, pick: Callable[[Data], float], digits: int) -> str:
-        entry = d["results"].get(name, {}).get(k)
-        return "-" if entry is None else _f(pick(entry), digits)
+    def cells(k: str, pick: Callable[[Data], float], digits: int) -> list[str]:
+        per = [d["results"].get(n, {}).get(k) for n in ("oxillama", "llama_cpp_server", "llama_server")]
+        return ["-" if e is None else _f(pick(e), digits) for e in per]
 
-    for level in d["levels"]:
-        k = str(level)
-        rows.append(
-            [
-                k,
-                *(cell(n, k, lambda e: e["tok_per_sec"]["median"], 1) for n in names),
-                " / ".join(cell(n, k, lambda e: e["ttft_ms"]["p50"], 0) for n in names),
-                " / ".join(cell(n, k, lambda e: e["ttft_ms"]["p99"], 0) for n in names),
-                _f(d["ratios"]["vs_llama_cpp_server"][k]["tok_per_sec"], 2),
-                _f(d["ratios"]["vs_llama_server"][k]["tok_per_sec"], 2),
-            ]
-        )
+    for k in map(str, d["levels"]):
+        p50 = " / ".join(cells(k, lambda e: e["ttft_ms"]["p50"], 0))
+        p99 = " / ".join(cells(k, lambda e: e["ttft_ms"]["p99"], 0))
+        ratios = [_f(d["ratios"][f"vs_{o}"][k]["tok_per_sec"], 2) for o in ("llama_cpp_server", "llama_server")]
+        rows.append([k, *cells(k, lambda e: e["tok_per_sec"]["median"], 1), p50, p99, *ratios])
     return rows
 
 
 def structured_rows(d: Data) -> Rows:
-    res, ratios = d["results"], d["ratios"]
-    header = "scenario|oxillama_py unconstrained|oxillama_py `json_schema=`|llama-cpp-python `LlamaGrammar`|"
-    header += "llama-cpp-python unconstrained|oxillama_py json / unconstrained|json: oxillama_py / llama-cpp-python"
-    rows = [_cols(header + "|tokens per JSON output")]
-    labels = {
-        "one_greedy": "1 request, greedy",
-        "one_sampled": "1 request, temperature 1.0",
-        "eight_greedy": "8 requests, greedy (aggregate; llama-cpp-python one after another)",
-    }
-    for name, label in labels.items():
-        per = res[name]
-        counts = [n for sample in per["ox_json"]["tokens_per_sequence"][:1] for n in sample]
+    rows = [_cols(STRUCTURED_COLUMNS)]
+    for name, label in STRUCTURED_SCENARIOS.items():
+        per, ratios = d["results"][name], d["ratios"][name]
         rates = [
             _f(per[c]["tok_per_sec"]["median"]) if c in per else "-"
             for c in ("ox_free", "ox_json", "raw_json", "raw_free")
         ]
+        counts = [n for sample in per["ox_json"]["tokens_per_sequence"][:1] for n in sample]
+        tokens = str(counts[0]) if len(counts) == 1 else f"{min(counts)}-{max(counts)}"
         rows.append(
             [
                 label,
                 *rates,
-                _f(ratios[name]["ox_json_vs_ox_free"]["median"], 2),
-                _f(ratios[name]["ox_json_vs_raw_json"]["median"], 2),
-                str(counts[0]) if len(counts) == 1 else f"{min(counts)}-{max(counts)}",
+                _f(ratios["ox_json_vs_ox_free"]["median"], 2),
+                _f(ratios["ox_json_vs_raw_json"]["median"], 2),
+                tokens,
             ]
         )
     return rows
@@ -188,37 +152,55 @@ def structured_rows(d: Data) -> Rows:
 def prefix_cache_rows(d: Data) -> Rows:
     res = d["results"]
     rows = [_cols("workload|contender|first token (ms)|total (ms)|first token: x faster than it")]
-    names = {
-        "ox_cached": "oxillama_py, prefix cache",
-        "ox_cold": "oxillama_py, cache off",
-        "raw_reuse": "llama-cpp-python, own prefix reuse",
-        "raw_ramcache": "llama-cpp-python, LlamaRAMCache",
-        "raw_cold": "llama-cpp-python, reset",
-    }
     titles = {"system": f"{d['settings']['system_prompt_tokens']}-token system prompt", "chat": "10-turn chat"}
-    for workload in ("system", "chat"):
-        hit = res[workload]["ox_cached"]["ttft_secs"]["median"]
-        for name, label in names.items():
-            ttft = res[workload][name]["ttft_secs"]["median"]
-            total = res[workload][name]["total_secs"]["median"]
-            ratio = "" if name == "ox_cached" else _f(ttft / hit, 2 if ttft / hit < 10 else 1)
-            rows.append([titles[workload], label, _f(ttft * 1000, 0), _f(total * 1000, 0), ratio])
+    for workload, name in ((w, n) for w in ("system", "chat") for n in PREFIX_CONTENDERS):
+        hit, ttft = res[workload]["ox_cached"]["ttft_secs"]["median"], res[workload][name]["ttft_secs"]["median"]
+        ratio = "" if name == "ox_cached" else _f(ttft / hit, 2 if ttft / hit < 10 else 1)
+        total = res[workload][name]["total_secs"]["median"]
+        rows.append([titles[workload], PREFIX_CONTENDERS[name], _f(ttft * 1000, 0), _f(total * 1000, 0), ratio])
     return rows
 
 
 def speculative_batch_rows(d: Data) -> Rows:
     med, ratios, rate = d["median_tok_per_sec"], d["ratios"], d["acceptance_rate"]
     rows = [_cols("workload|requests|plain batching tok/s|speculative batching tok/s|ratio|acceptance")]
-    for task in ("copying", "free"):
-        for k in map(str, d["concurrency"]):
-            per = med[task][k]
-            rows.append(
-                [task, k, _f(per["plain"]), _f(per["speculative"]), _f(ratios[task][k], 2), _f(rate[task][k], 2)]
-            )
+    for task, k in ((t, k) for t in ("copying", "free") for k in map(str, d["concurrency"])):
+        per = med[task][k]
+        rows.append([task, k, _f(per["plain"]), _f(per["speculative"]), _f(ratios[task][k], 2), _f(rate[task][k], 2)])
     return rows
 
 
-# -- the blocks ----------------------------------------------------------------------------
+ENGINE_COLUMNS = "engine (8 slots)|engine (16 slots)|engine(8) / sequential|engine(8) / batched"
+LOOKUP_COLUMNS = "its acceptance rate|llama-cpp-python prompt lookup|raw plain"
+COEXISTENCE = {
+    "nothing (oxillama_py Engine alone)": "engine_alone",
+    "a second Engine": "engine_beside_engine",
+    "a SpeculativeEngine": "engine_beside_speculative",
+    "a second Engine, each computing on its own thread": "engine_beside_engine_unshared",
+    "nothing (raw Llama alone)": "raw_alone",
+    "a second raw Llama": "raw_beside_raw",
+}
+SERVER_COLUMNS = (
+    "concurrent clients|oxillama_py server tok/s|llama-cpp-python server tok/s|llama-server (C++) tok/s|"
+    "TTFT p50 ms (same order)|TTFT p99 ms (same order)|oxillama / llama-cpp-python|oxillama / llama-server"
+)
+STRUCTURED_COLUMNS = (
+    "scenario|oxillama_py unconstrained|oxillama_py `json_schema=`|llama-cpp-python `LlamaGrammar`|"
+    "llama-cpp-python unconstrained|oxillama_py json / unconstrained|json: oxillama_py / llama-cpp-python|"
+    "tokens per JSON output"
+)
+STRUCTURED_SCENARIOS = {
+    "one_greedy": "1 request, greedy",
+    "one_sampled": "1 request, temperature 1.0",
+    "eight_greedy": "8 requests, greedy (aggregate; llama-cpp-python one after another)",
+}
+PREFIX_CONTENDERS = {
+    "ox_cached": "oxillama_py, prefix cache",
+    "ox_cold": "oxillama_py, cache off",
+    "raw_reuse": "llama-cpp-python, own prefix reuse",
+    "raw_ramcache": "llama-cpp-python, LlamaRAMCache",
+    "raw_cold": "llama-cpp-python, reset",
+}
 
 
 def _same_text(s: Data) -> str:

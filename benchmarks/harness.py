@@ -61,7 +61,11 @@ class Contender:
     samples: dict[Any, list[Sample]] = field(default_factory=dict)
 
     def record(self, key: Any, sample: Sample) -> Sample:
+        """Keep ``sample`` under scenario ``key``, and say how fast it was."""
         self.samples.setdefault(key, []).append(sample)
+        say(
+            f"  {self.name:<16} {'' if key is None else key!s:<16} {sample.tok_per_sec:8.1f} tok/s {sample.secs:7.2f} s"
+        )
         return sample
 
     def rates(self, key: Any = None) -> list[float]:
@@ -79,11 +83,9 @@ def schedule(
 ) -> Iterator[tuple[int, K, list[T]]]:
     """Interleaved rounds: for each round, for each scenario key, the contenders in a rotating order."""
     for round_no in range(rounds):
+        say(f"round {round_no + 1}/{rounds}")
         for key in keys:
             yield round_no, key, rotated(contenders, shift(round_no, key))
-
-
-# -- the timed calls -----------------------------------------------------------------------
 
 
 def llama(model: Path, threads: int, n_ctx: int, **options: Any) -> Any:
@@ -119,9 +121,6 @@ def timed_stream(pieces: Callable[[], Iterable[str]]) -> Sample:
         out.append(piece)
     end = time.perf_counter()
     return Sample(end - start, texts=["".join(out)], extra={"ttft": (first or end) - start})
-
-
-# -- statistics ----------------------------------------------------------------------------
 
 
 def median(values: Sequence[float]) -> float:
@@ -172,9 +171,6 @@ def all_pass(checks: dict[str, Any]) -> bool:
     return all(c["verdict"] == "PASS" for c in checks.values())
 
 
-# -- the run -------------------------------------------------------------------------------
-
-
 @dataclass
 class Run:
     """One benchmark run: its options, model, machine facts, and rounds and tokens resolved for the mode."""
@@ -207,15 +203,10 @@ class Run:
         """Print the table, the checks and the notes; write ``<out>/<name>.json`` and ``<name>.png``."""
         print_rows(rows(data))
         for key, c in checks.items():
-            print(
-                f"{key:<45} {c['value']:7.3f}  (target {'<' if c.get('below') else '>='} {c['target']})  {c['verdict']}"
-            )
-        warning = load_warning(self.info)
-        print(
-            "\n".join(
-                [*notes, *(f"PROBLEM: {p}" for p in data.get("problems", [])), *[f"NOTE: {warning}"] * bool(warning)]
-            )
-        )
+            sign = "<" if c.get("below") else ">="
+            print(f"{key:<45} {c['value']:7.3f}  (target {sign} {c['target']})  {c['verdict']}")
+        problems, warning = [f"PROBLEM: {p}" for p in data.get("problems", [])], load_warning(self.info)
+        print("\n".join([*notes, *problems, *([f"NOTE: {warning}"] if warning else [])]))
         json_path, png_path = self.args.out / f"{self.name}.json", self.args.out / f"{self.name}.png"
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
@@ -251,6 +242,7 @@ def start(
     if not getattr(args, "child", None):  # a child process of coexistence.py measures, and reports nothing
         quiet_llama_cpp()
         run.info = machine_info(args.threads if info_threads is None else info_threads, run.model)
+        say(f"{name}: {run.model.name}, {args.threads} threads, {run.rounds} rounds, max_tokens {tokens or 'fixed'}")
     return run
 
 
@@ -313,9 +305,6 @@ def load_warning(info: dict[str, Any]) -> str | None:
         f"machine was busy (1-min load average up to {busiest:.1f} on {cpus} CPUs): "
         "absolute tok/s are noisy; compare the ratios (contenders were interleaved)"
     )
-
-
-# -- output --------------------------------------------------------------------------------
 
 
 def print_rows(rows: list[list[str]]) -> None:

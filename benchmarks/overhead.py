@@ -20,31 +20,18 @@ CONTENDERS = ("raw", *ADAPTERS)
 TARGETS = {"none": 0.98, "tqdm": 1.0, "widget": 0.98, "callable": 0.98}
 
 
-def make_progress(kind: str, seen: list[int]) -> object:
-    """A fresh display per run (the adapter closes it when the generation ends)."""
-    if kind == "none":
-        return None
-    if kind == "tqdm":
-        import tqdm
-
-        return tqdm.tqdm(file=io.StringIO(), desc="generate")
-    if kind == "widget":
-        import ipywidgets
-
-        return ipywidgets.IntProgress(description="generate")
-    if kind == "callable":
-
-        def on_progress(event: Any) -> None:
-            seen.append(event.tokens_generated)
-
-        return on_progress
-    raise ValueError(kind)
-
-
 def make_engine_runner(engine: Any, kind: str, max_tokens: int) -> Callable[[], h.Sample]:
+    import ipywidgets
+    import tqdm
+
     def run() -> h.Sample:
         seen: list[int] = []
-        progress = make_progress(kind, seen)
+        progress = {  # a fresh display per run, made before the timed call (the adapter closes it at the end)
+            "none": lambda: None,
+            "tqdm": lambda: tqdm.tqdm(file=io.StringIO(), desc="generate"),
+            "widget": lambda: ipywidgets.IntProgress(description="generate"),
+            "callable": lambda: lambda event: seen.append(event.tokens_generated),
+        }[kind]()
         sample = h.timed_complete(engine, PROMPT, max_tokens, temperature=0, progress=progress)
         sample.extra["fired"] = len(seen) if kind == "callable" else None
         return sample
@@ -58,7 +45,6 @@ def main() -> int:
 
     threads = run.args.threads
     config = EngineConfig(run.model, n_threads=threads, sampler=SamplerConfig.greedy())
-    h.say(f"model {run.model.name}, {threads} threads, {run.max_tokens} tokens, {run.rounds} rounds")
     llm = h.llama(run.model, threads, 2048)
     contenders = [h.Contender("raw", lambda: h.timed_completion(llm, PROMPT, max_tokens=run.max_tokens, temperature=0))]
     with Engine(config) as engine:
@@ -66,9 +52,9 @@ def main() -> int:
         contenders += [h.Contender(kind, make_engine_runner(engine, kind, run.max_tokens)) for kind in ADAPTERS]
         for contender in contenders:  # warm-up: page in the weights, build the graphs
             contender.run()
-        for round_no, _, order in h.schedule(run.rounds, [None], contenders):
-            line = [f"{c.name} {c.record(None, c.run()).tok_per_sec:5.1f}" for c in order]
-            h.say(f"round {round_no + 1}/{run.rounds}: " + ", ".join(line))
+        for _, _, order in h.schedule(run.rounds, [None], contenders):
+            for contender in order:
+                contender.record(None, contender.run())
     run.stop()
     data = analyse(run, contenders)
     checks = {name: h.check(data["results"][name]["ratio_vs_raw"], TARGETS[name]) for name in ADAPTERS}

@@ -115,7 +115,7 @@ def main() -> int:
         cold.load_model()
         cached.load_model()
         n_system = len(cold.tokenize(system))
-        h.say(f"model {model.name}, {threads} threads, system prompt {n_system} tokens, {rounds} rounds")
+        h.say(f"system prompt {n_system} tokens")
         contenders = [
             h.Contender("ox_cold", ox_runner(cold)),
             h.Contender("ox_cached", ox_runner(cached)),

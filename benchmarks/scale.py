@@ -5,16 +5,12 @@ Set-ups, target and how to read the numbers: ``benchmarks/README.md``. Writes ``
 
 from __future__ import annotations
 
-import functools
-import itertools
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import anyio
 import harness as h
-from server import requests_of, running, session
+from server import measure, requests_of
 
 CONTENDERS = ("process", "ray", "process16")
 LABELS = {
@@ -49,26 +45,12 @@ def command(name: str, model: Path, port: int) -> tuple[list[str], str]:
 
 def main() -> int:
     run = h.start("scale", __doc__, rounds=(3, 1), max_tokens=(96, 32), info_threads=2)
-    numbers = itertools.count(1)
-    contenders = [h.Contender(name, lambda: None) for name in CONTENDERS]
-    startup: dict[str, list[float]] = {name: [] for name in CONTENDERS}
-    with tempfile.TemporaryDirectory(prefix="oxillama-scale-") as tmp:
-        for round_no, _, order in h.schedule(run.rounds, [None], contenders):
-            for contender in order:
-                argv_at = functools.partial(command, contender.name, run.model)
-                with running(contender.name, argv_at, Path(tmp), stop_secs=60) as (base, _, secs):
-                    result = anyio.run(session, base, (CLIENTS,), run.max_tokens, numbers)[CLIENTS]
-                contender.record(None, result)
-                startup[contender.name].append(secs)
-                h.say(
-                    f"round {round_no + 1}/{run.rounds} {contender.name:8s} {result.tok_per_sec:6.1f} tok/s "
-                    f"({result.tokens} tokens in {result.secs:.1f} s; started in {secs:.1f} s)"
-                )
+    contenders, servers = measure(run, CONTENDERS, lambda name, port: command(name, run.model, port), [CLIENTS], 60)
     by = {c.name: c for c in contenders}
-    tps = {name: h.median(by[name].rates()) for name in CONTENDERS}
+    tps = {name: h.median(by[name].rates(CLIENTS)) for name in CONTENDERS}
     ttft = {
-        name: h.median([h.median([r.extra["ttft"] for r in requests_of(s)]) for s in by[name].samples[None]])
-        for name in CONTENDERS
+        n: h.median([h.median([r.extra["ttft"] for r in requests_of(s)]) for s in by[n].samples[CLIENTS]])
+        for n in CONTENDERS
     }
     ratio = tps["ray"] / tps["process"]
     ratio16 = tps["ray"] / tps["process16"]
@@ -84,23 +66,19 @@ def main() -> int:
         },
         "results": {
             name: {
-                "aggregate_tok_per_sec": h.summary(by[name].rates()),
+                "aggregate_tok_per_sec": h.summary(by[name].rates(CLIENTS)),
                 "ttft_p50_secs": ttft[name],
-                "startup_secs": h.summary(startup[name]),
+                "startup_secs": servers["startup_secs"][name],
             }
             for name in CONTENDERS
         },
         "ratio_ray_over_process": ratio,
         "ratio_ray_over_process16": ratio16,
         "target": {"ratio": TARGET, "verdict": h.check(ratio, TARGET)["verdict"]},
+        # N machines like this one serve about N times its tok/s under enough clients (16 per machine here):
+        # replicas share nothing but Serve's proxies, which route and stream; the ratio is what routing costs.
         "projection": {
             "per_replica_tok_per_sec": tps["ray"] / 2,
-            "per_machine_tok_per_sec": tps["ray"],
-            "note": (
-                "N machines like this one, two 1-thread replicas each (or one 2-thread replica), serve about "
-                f"N x {tps['ray']:.0f} tok/s under enough clients (16 per machine here): replicas share nothing "
-                "but Serve's proxies, which route and stream; the measured ratio is what routing costs on top"
-            ),
             "machines": {str(n): n * tps["ray"] for n in (1, 2, 4, 8)},
         },
         "load_warning": h.load_warning(run.info),

@@ -6,6 +6,7 @@ Contenders, targets and how to read the numbers: ``benchmarks/README.md``. Write
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,6 @@ def requests_of(sample: h.Sample) -> list[h.Sample]:
     """The requests of one client count's run: each a ``Sample`` with ``ttft``, ``counted_by`` and ``finish``."""
     requests: list[h.Sample] = sample.extra["requests"]
     return requests
-
-
-# -- the servers ---------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -134,9 +132,6 @@ def running(
                 process.wait(timeout=10)
 
 
-# -- the clients ---------------------------------------------------------------------------
-
-
 async def stream_one(client: httpx.AsyncClient, base: str, model: str, prompt: str, max_tokens: int) -> h.Sample:
     """One streamed request; tokens as the server's ``usage`` counts them, else as ``max_tokens`` or the chunks."""
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
@@ -190,7 +185,7 @@ async def run_level(
     return h.Sample(secs, [r.tokens for r in requests], extra={"requests": requests})
 
 
-async def session(base: str, levels: tuple[int, ...], max_tokens: int, numbers: Iterator[int]) -> dict[int, h.Sample]:
+async def session(base: str, levels: Sequence[int], max_tokens: int, numbers: Iterator[int]) -> dict[int, h.Sample]:
     """Warm the server up, then run every client count once."""
     limits = httpx.Limits(max_connections=max(levels) * 2, max_keepalive_connections=max(levels) * 2)
     async with httpx.AsyncClient(timeout=httpx.Timeout(REQUEST_TIMEOUT), limits=limits) as client:
@@ -202,36 +197,31 @@ async def session(base: str, levels: tuple[int, ...], max_tokens: int, numbers: 
         return {level: await run_level(client, base, model, level, max_tokens, numbers) for level in levels}
 
 
-# -- the run -------------------------------------------------------------------------------
-
-
-def measure(run: h.Run, names: list[str]) -> tuple[list[h.Contender], dict[str, Any]]:
+def measure(
+    run: h.Run,
+    names: Sequence[str],
+    command_at: Callable[[str, int], tuple[list[str], str]],
+    levels: Sequence[int],
+    stop_secs: float = 20,
+) -> tuple[list[h.Contender], dict[str, Any]]:
+    """Rounds of: each server in turn started, warmed up, run at every client count, stopped."""
     numbers = itertools.count(1)
     startup: dict[str, list[float]] = {name: [] for name in names}
     commands: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="oxillama-server-bench-") as tmp:
 
         def serve(name: str) -> dict[int, h.Sample]:
-            """Start the server, warm it up, run every client count once, stop it."""
-            with running(name, lambda port: command(name, run.args, run.model, port), Path(tmp)) as (base, argv, secs):
+            with running(name, functools.partial(command_at, name), Path(tmp), stop_secs) as (base, argv, secs):
                 commands[name] = argv
                 startup[name].append(secs)
-                return anyio.run(session, base, LEVELS, run.max_tokens, numbers)
+                return anyio.run(session, base, levels, run.max_tokens, numbers)
 
         contenders = [h.Contender(name, serve) for name in names]
-        for round_no, _, order in h.schedule(run.rounds, [None], contenders):
+        for _, _, order in h.schedule(run.rounds, [None], contenders):
             for contender in order:
-                line = []
                 for level, sample in contender.run(contender.name).items():
                     contender.record(level, sample)
-                    ttft = h.median([r.extra["ttft"] for r in requests_of(sample)]) * 1000.0
-                    line.append(f"{level} clients {sample.tok_per_sec:6.1f} tok/s (ttft p50 {ttft:6.0f} ms)")
-                up = startup[contender.name][-1]
-                h.say(f"round {round_no + 1}/{run.rounds} {contender.name:<16} (up in {up:4.1f} s): " + ", ".join(line))
-    return contenders, {
-        "contenders": {name: {"label": LABELS[name], "command": commands[name]} for name in names},
-        "startup_secs": {name: h.summary(startup[name]) for name in names},
-    }
+    return contenders, {"commands": commands, "startup_secs": {name: h.summary(startup[name]) for name in names}}
 
 
 def analyse(run: h.Run, contenders: list[h.Contender], servers: dict[str, Any]) -> dict[str, Any]:
@@ -265,7 +255,8 @@ def analyse(run: h.Run, contenders: list[h.Contender], servers: dict[str, Any]) 
         "slot_ctx": run.args.slot_ctx,
         "prompt_template": PROMPT,
         "request": "POST /v1/completions, stream true, temperature 0, stream_options include_usage",
-        **servers,
+        "contenders": {name: {"label": LABELS[name], "command": argv} for name, argv in servers["commands"].items()},
+        "startup_secs": servers["startup_secs"],
         "results": table,
         "ratios": ratios,
         "checks": checks,
@@ -349,11 +340,8 @@ def main() -> int:
         binary = args.llama_server_binary = llama_server_binary(args.llama_server)
         version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60, check=False)
         run.info |= {"llama_server": str(binary), "llama_server_version": (version.stdout + version.stderr).strip()}
-    h.say(
-        f"model {run.model.name}, {args.threads} threads, {args.slots} slots of {args.slot_ctx} cells, "
-        f"{run.max_tokens} tokens per request, {run.rounds} rounds, contenders {', '.join(names)}"
-    )
-    contenders, servers = measure(run, names)
+    h.say(f"{args.slots} slots of {args.slot_ctx} cells, contenders {', '.join(names)}")
+    contenders, servers = measure(run, names, lambda name, port: command(name, args, run.model, port), LEVELS)
     run.stop()
     data = analyse(run, contenders, servers)
     run.report(data, server_rows, plot, data["checks"], [f"stopped early: {len(data['stopped_early'])} runs"])

@@ -55,28 +55,18 @@ CONTENDERS = ["plain", "speculative"]
 def main() -> int:
     run = h.start("speculative_batch", __doc__, rounds=(3, 1), max_tokens=(96, 48))
     max_tokens, threads = run.max_tokens, run.args.threads
-    from llama_cpp import Llama
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
     from oxillama_py import Engine, EngineConfig, PromptLookup
 
-    config = EngineConfig(
-        run.model,
-        n_ctx=8 * 1024,
-        n_threads=threads,
-        max_concurrency=8,
-        prefix_cache_tokens=0,
-        speculative=PromptLookup(),
-    )
-    engine = Engine(config)
+    options = {"n_ctx": 8 * 1024, "max_concurrency": 8, "prefix_cache_tokens": 0, "speculative": PromptLookup()}
+    engine = Engine(EngineConfig(run.model, n_threads=threads, **options))
     engine.load_model()
     h.quiet_llama_cpp()
     lookup = LlamaPromptLookupDecoding(max_ngram_size=3, num_pred_tokens=10)
     raw = {
-        "raw_plain": Llama(str(run.model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False),
-        "raw_lookup": Llama(
-            str(run.model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, draft_model=lookup, verbose=False
-        ),
+        "raw_plain": h.llama(run.model, threads, 2048),
+        "raw_lookup": h.llama(run.model, threads, 2048, draft_model=lookup),
     }
 
     def batch(name: str, prompts: list[str]) -> h.Sample:
@@ -89,11 +79,7 @@ def main() -> int:
         return h.Sample(secs, [sum(r.completion_tokens for r in results)], [r.text for r in results], extra)
 
     def one_raw(name: str, prompt: str) -> h.Sample:
-        llm = raw[name]
-        llm.reset()
-        begin = time.perf_counter()
-        out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0)
-        return h.Sample(time.perf_counter() - begin, [int(out["usage"]["completion_tokens"])])
+        return h.timed_completion(raw[name], prompt, max_tokens=max_tokens, temperature=0)
 
     batch("speculative", TASKS["copying"][:2])  # warm-up
     batch("plain", TASKS["free"][:2])
@@ -110,7 +96,6 @@ def main() -> int:
             if contender.name == "speculative":
                 drafts[task][n][0] += sample.extra["drafted"]
                 drafts[task][n][1] += sample.extra["accepted"]
-            h.say(f"round {r + 1}/{run.rounds} {task:8s} N={n} {contender.name:12s} {sample.tok_per_sec:7.1f} tok/s")
         same[task][n] &= texts["plain"] == texts["speculative"]
         if n == CONCURRENCY[-1]:  # then llama-cpp-python on the task's first prompt
             for contender in h.rotated(raw_contenders, r):
@@ -139,9 +124,7 @@ def main() -> int:
             t: med[t][1]["speculative"] / raw_med[t]["raw_lookup"] for t in TASKS
         },
         "same_text_as_plain": {t: {str(n): v for n, v in per.items()} for t, per in same.items()},
-        "acceptance_rate": {
-            t: {str(n): (a / d if d else 0.0) for n, (d, a) in per.items()} for t, per in drafts.items()
-        },
+        "acceptance_rate": {t: {str(n): a / d if d else 0.0 for n, (d, a) in per.items()} for t, per in drafts.items()},
         "drafted_tokens": {t: {str(n): d for n, (d, _) in per.items()} for t, per in drafts.items()},
     }
     notes = [f"llama-cpp-python, one request: {raw_med}", f"same text as plain: {data['same_text_as_plain']}"]

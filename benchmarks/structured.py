@@ -10,8 +10,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,9 +79,6 @@ def scenario_list() -> list[Scenario]:
     ]
 
 
-# -- the contenders ------------------------------------------------------------------------
-
-
 def make_ox(engine: Any, constrained: bool) -> Callable[[Scenario], h.Sample]:
     def run(scenario: Scenario) -> h.Sample:
         options: dict[str, Any] = dict(scenario.sampling)
@@ -118,74 +114,32 @@ def make_raw(llm: Any, grammar: Any) -> Callable[[Scenario], h.Sample]:
     return run
 
 
-# -- the sampler profile (untimed) ---------------------------------------------------------
-
-
-@contextmanager
-def sampler_profile(stats: dict[str, float]) -> Iterator[None]:
-    """Wrap ``oxillama_py.llama.sampling.Sampler``'s constrained steps: count them and their refusals, time them."""
+def profile_constrained(engine: Any, scenarios: list[Scenario]) -> dict[str, Any]:
+    """One untimed ``ox_json`` run per scenario with ``oxillama_py.llama.sampling.Sampler`` wrapped: how many
+    constrained steps, and how often the grammar refused the unconstrained choice."""
     from oxillama_py.llama import sampling
 
-    cls = sampling.Sampler
-    sample, allowed, choose = cls.sample, cls._allowed, cls._choose
+    cls, out, counts = sampling.Sampler, {}, {"steps": 0, "refused": 0}
+    sample, allowed = cls.sample, cls._allowed
 
-    def counted(key: str, start: float) -> None:
-        stats[key] = stats.get(key, 0) + 1
-        stats[key + "_secs"] = stats.get(key + "_secs", 0.0) + time.perf_counter() - start
+    def counted_sample(self: Any, ctx_ptr: object, index: int) -> int:
+        counts["steps"] += self.grammar_ptr is not None
+        return sample(self, ctx_ptr, index)
 
-    def wrapped_sample(self: Any, ctx_ptr: object, index: int) -> int:
-        start = time.perf_counter()
-        token = sample(self, ctx_ptr, index)
-        if self.grammar_ptr is not None:
-            stats["n_vocab"] = self.n_vocab
-            counted("steps", start)
-        return token
-
-    def wrapped_allowed(self: Any, token: int, logit: float) -> bool:
+    def counted_allowed(self: Any, token: int, logit: float) -> bool:
         ok = bool(allowed(self, token, logit))
-        stats["refused"] = stats.get("refused", 0) + (not ok)
+        counts["refused"] += not ok
         return ok
 
-    def wrapped_choose(self: Any, logits: Any, *, constrained: bool) -> int:
-        start = time.perf_counter()
-        token = choose(self, logits, constrained=constrained)
-        if constrained:
-            counted("whole_vocab", start)
-        return token
-
-    cls.sample, cls._allowed, cls._choose = wrapped_sample, wrapped_allowed, wrapped_choose  # type: ignore[method-assign]
+    cls.sample, cls._allowed = counted_sample, counted_allowed  # type: ignore[method-assign]
     try:
-        yield
+        for scenario in scenarios:
+            counts.update(steps=0, refused=0)
+            make_ox(engine, constrained=True)(scenario)
+            out[scenario.name] = counts | {"refused_share": counts["refused"] / max(1, counts["steps"])}
     finally:
-        cls.sample, cls._allowed, cls._choose = sample, allowed, choose  # type: ignore[method-assign]
-
-
-def profile_constrained(engine: Any, scenarios: list[Scenario], free_rates: dict[str, float]) -> dict[str, Any]:
-    """One untimed ``ox_json`` run per scenario under the wrapped sampler: refusals, and the sampler's ms a step."""
-    out: dict[str, Any] = {}
-    run = make_ox(engine, constrained=True)
-    for scenario in scenarios:
-        stats: dict[str, float] = {}
-        with sampler_profile(stats):
-            sample = run(scenario)
-        steps, refused, fallbacks = stats.get("steps", 0), stats.get("refused", 0), stats.get("whole_vocab", 0)
-        free = free_rates.get(scenario.name)
-        out[scenario.name] = {
-            "steps": steps,
-            "refused": refused,
-            "refused_share": refused / max(1, steps),
-            "whole_vocabulary_fallbacks": fallbacks,
-            "ms_per_step": {"sample_total": stats.get("steps_secs", 0.0) * 1000.0 / max(1, steps)},
-            "ms_per_whole_vocabulary_fallback": stats.get("whole_vocab_secs", 0.0) * 1000.0 / max(1, fallbacks),
-            # one decode step, all sequences
-            "wall_ms_per_decode_step": sample.secs * 1000.0 / max(1, max(sample.per_sequence)),
-            "unconstrained_wall_ms_per_decode_step": 1000.0 / free * len(scenario.prompts) if free else math.nan,
-            "n_vocab": stats.get("n_vocab"),
-        }
+        cls.sample, cls._allowed = sample, allowed  # type: ignore[method-assign]
     return out
-
-
-# -- the run -------------------------------------------------------------------------------
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:
@@ -204,7 +158,6 @@ def main() -> int:
 
     gbnf = Grammar.from_json_schema(SCHEMA).gbnf
     scenarios = scenario_list()
-    h.say(f"model {run.model.name}, {threads} threads, {rounds} rounds ({batch_rounds} with 8 requests)")
     llm = Llama(str(run.model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
     with Engine(EngineConfig(run.model, n_threads=threads)) as engine:
         engine.load_model()
@@ -231,18 +184,13 @@ def main() -> int:
         for round_no, scenario, order in h.schedule(rounds, scenarios, contenders):
             if scenario.name == "eight_greedy" and round_no >= batch_rounds:
                 continue
-            line = [
-                f"{c.name} {c.record(scenario.name, c.run(scenario)).tok_per_sec:5.1f}"
-                for c in order
-                if takes(c, scenario)
-            ]
-            h.say(f"round {round_no + 1}/{rounds} {scenario.name}: " + ", ".join(line))
-        free_rates = {s.name: h.median(contenders[0].rates(s.name)) for s in scenarios}
-        profile = profile_constrained(engine, scenarios, free_rates)
+            for contender in (c for c in order if takes(c, scenario)):
+                contender.record(scenario.name, contender.run(scenario))
+        profile = profile_constrained(engine, scenarios)
     run.stop()
     data = analyse(run, contenders, scenarios, batch_rounds=batch_rounds, gbnf=gbnf, profile=profile)
     notes = [f"valid JSON against the schema: {data['validation']}", f"greedy texts: {data['same_text']}"]
-    notes += [f"profile {name}: {json.dumps(data['profile'][name])}" for name in SCENARIOS]
+    notes += [f"grammar refusals of the unconstrained choice: {data['profile']}"]
     run.report(data, structured_rows, plot, data["checks"], notes)
     return 0 if data["all_targets_met"] and data["all_valid"] else 1
 
