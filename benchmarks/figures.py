@@ -54,6 +54,14 @@ def _rows_rst(rows: Rows) -> list[str]:
     return [rule, line(rows[0]), rule, *(line(r) for r in rows[1:]), rule]
 
 
+def _table_md(rows: Rows) -> list[str]:
+    return ["", *_rows_md(rows), ""]
+
+
+def _table_rst(rows: Rows) -> list[str]:
+    return ["", *_rows_rst(rows), ""]
+
+
 def _check_line(checks: Data) -> str:
     parts = [
         f"{name} {c['value']:.2f} (target {'<' if 'below' in c else '>='} {c['target']}: {c['verdict']})"
@@ -221,14 +229,10 @@ def readme_block(o: Data, b: Data, s: Data, c: Data) -> list[str]:
         "(tokens per second; ratio = oxillama_py / raw llama-cpp-python).",
         "",
         f"**One request** ([`overhead.py`](benchmarks/overhead.py), {o['max_tokens']} tokens, {o['rounds']} rounds):",
-        "",
-        *_rows_md(overhead_rows(o)),
-        "",
+        *_table_md(overhead_rows(o)),
         f"**Concurrent requests** ([`batching.py`](benchmarks/batching.py), {b['max_tokens']} tokens each, "
         f"aggregate tok/s; event-loop p99 lag with 8 requests: {lag:.1f} ms, target < 10 ms):",
-        "",
-        *_rows_md(batching_rows(b)),
-        "",
+        *_table_md(batching_rows(b)),
         "With 16 requests the default 8 slots decode 8 at a time and queue the rest; `max_concurrency=16` "
         "decodes all 16 together. Checks: " + _check_line(b["checks"]) + ".",
         "",
@@ -236,17 +240,13 @@ def readme_block(o: Data, b: Data, s: Data, c: Data) -> list[str]:
         "",
         f"**Speculative decoding** ([`speculative.py`](benchmarks/speculative.py), {s['max_tokens']} tokens, "
         f"tok/s; {_same_text(s)}):",
-        "",
-        *_rows_md(speculative_rows(s)),
-        "",
+        *_table_md(speculative_rows(s)),
         *_checks(s["targets"]),
         *_md_image("speculative", "speculative decoding"),
         "",
         f"**A second model in the same process** ([`coexistence.py`](benchmarks/coexistence.py), "
         f"llama-cpp-python {build}, {c['max_tokens']} tokens, median of {c['rounds']} processes each):",
-        "",
-        *_rows_md(coexistence_rows(c)),
-        "",
+        *_table_md(coexistence_rows(c)),
         "Checks: " + _check_line(c["targets"]) + ".",
     ]
 
@@ -260,9 +260,7 @@ def batching_rst(b: Data) -> list[str]:
         "loop* is a minimal low-level llama.cpp loop decoding all sequences together, the ceiling. With "
         "16 requests and the default 8 slots, half of them queue; ``max_concurrency=16`` decodes them all "
         f"at once. The event loop's p99 lag with 8 requests was {lag:.1f} ms. Checks: {_check_line(b['checks'])}.",
-        "",
-        *_rows_rst(batching_rows(b)),
-        "",
+        *_table_rst(batching_rows(b)),
         *_rst_image("batching", "aggregate tokens per second against concurrent requests"),
     ]
 
@@ -275,9 +273,7 @@ def speculative_rst(s: Data) -> list[str]:
         "text turns repetitive after a few dozen tokens, and lookup finds drafts in it too). "
         "*llama-cpp-python prompt lookup* is "
         f"``Llama(draft_model=LlamaPromptLookupDecoding(...))``; {_same_text(s)}.",
-        "",
-        *_rows_rst(speculative_rows(s)),
-        "",
+        *_table_rst(speculative_rows(s)),
         *_checks(s["targets"]),
         *_rst_image("speculative", "tokens per second of plain and speculative decoding"),
     ]
@@ -291,9 +287,7 @@ def server_readme(d: Data) -> list[str]:
         "tok/s and time to first token). The oxillama_py server and llama.cpp's `llama-server` (built from the "
         f"llama.cpp in the same llama-cpp-python sdist) run {d['slots']} slots of {d['slot_ctx']} cells; "
         "llama-cpp-python's server has one slot by design and serves one request at a time:",
-        "",
-        *_rows_md(server_rows(d)),
-        "",
+        *_table_md(server_rows(d)),
         *_checks(d["checks"]),
         *_md_image("server", "streaming clients against three servers"),
     ]
@@ -310,9 +304,7 @@ def structured_readme(d: Data) -> list[str]:
         f"{d['batch_rounds']} with 8 requests{quick}). Both constrained sides use the same GBNF grammar, "
         "`Grammar.from_json_schema(schema).gbnf`; the unconstrained calls decode as many tokens as the "
         "JSON outputs have:",
-        "",
-        *_rows_md(structured_rows(d)),
-        "",
+        *_table_md(structured_rows(d)),
         f"Constrained outputs that parsed and validated against the schema (`jsonschema`): {valid} of {total}; "
         f"greedy JSON {'equal' if same else 'not equal'} to llama-cpp-python's. " + _checks(d["checks"])[0],
         "",
@@ -339,9 +331,7 @@ def prefix_cache_readme(d: Data) -> list[str]:
         f"{s['system_prompt_tokens']}-token system prompt, and turns 2-10 of a chat. "
         + _prefix_targets(d)
         + f"; greedy texts differing from a cold run: {len(d['text_mismatches'])}.",
-        "",
-        *_rows_md(prefix_cache_rows(d)),
-        "",
+        *_table_md(prefix_cache_rows(d)),
         *_md_image("prefix_cache", "prefix cache: time to first token and total"),
     ]
 
@@ -353,9 +343,7 @@ def prefix_cache_rst(d: Data) -> list[str]:
         f"interleaved rounds, {s['max_tokens']} greedy tokens per request): "
         + _prefix_targets(d)
         + f". Greedy texts of cache hits that differ from a cold run: {len(d['text_mismatches'])}.",
-        "",
-        *_rows_rst(prefix_cache_rows(d)),
-        "",
+        *_table_rst(prefix_cache_rows(d)),
         *_rst_image("prefix_cache", "time to first token and total time, cache off and on, beside llama-cpp-python"),
     ]
 
@@ -391,9 +379,7 @@ def speculative_batch_readme(d: Data) -> list[str]:
     return [
         f"**Speculation inside the batch** ([`speculative_batch.py`](benchmarks/speculative_batch.py), "
         f"{_speculative_batch_intro(d)}):",
-        "",
-        *_rows_md(speculative_batch_rows(d)),
-        "",
+        *_table_md(speculative_batch_rows(d)),
         *_checks(d["targets"]),
         *_md_image("speculative_batch", "speculation inside continuous batching"),
     ]
@@ -402,9 +388,7 @@ def speculative_batch_readme(d: Data) -> list[str]:
 def speculative_batch_rst(d: Data) -> list[str]:
     return [
         f"From ``benchmarks/speculative_batch.py`` ({_speculative_batch_intro(d).replace('`', '``')}).",
-        "",
-        *_rows_rst(speculative_batch_rows(d)),
-        "",
+        *_table_rst(speculative_batch_rows(d)),
         *_checks(d["targets"]),
         *_rst_image("speculative_batch", "plain and speculative batching for 1, 2, 4 and 8 requests"),
     ]
