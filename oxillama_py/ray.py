@@ -33,7 +33,7 @@ from .chat import Message as ChatMessage
 from .config import EngineConfig
 from .engine import AsyncEngine
 from .results import CompletionResult
-from .server.app import ServerSettings, create_app
+from .server import ServerSettings, create_app
 
 __all__ = ["REPLICA_HEADER", "RayServeConfig", "OxiLlamaDeployment", "build", "deploy", "serve_until_signal"]
 

@@ -20,7 +20,8 @@ import anyio
 
 from ..config import EngineConfig, PromptLookup
 from ..errors import OxiLlamaError
-from .app import ServerSettings, create_app
+from .admission import ServerSettings
+from .routes import create_app
 
 __all__ = ["main"]
 

@@ -1,10 +1,13 @@
-"""One validated :class:`~.protocol.Job` turned into one engine call, and its events.
+"""One validated :class:`~.requests.Job` turned into one engine call, and its events.
 
-Every choice of a request (``n`` of them, per prompt) is a request of the same
-engine call, so they decode together in one batch and share one progress
-display. A :class:`Relay` subscriber collects what the worker publishes, with
-the choice it belongs to; streaming responses drain it from the client's own
-task (the engine's pull mode: no task group inside the response's iterator).
+Built only on the engine's public prepared calls
+(:meth:`~oxillama_py.AsyncEngine.prepare`,
+:meth:`~oxillama_py.AsyncEngine.prepare_chat`): every choice of a request
+(``n`` of them, per prompt) is a request of the same engine call, so they
+decode together in one batch and share one progress display. A :class:`Relay`
+subscriber collects what the worker publishes, with the choice it belongs to;
+streaming responses drain it from the client's own task (the engine's pull
+mode: no task group inside the response's iterator).
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from ..bus import Finished, Step, Subscriber
 from ..engine import AsyncEngine, Call
 from ..progress import ProgressEvent
 from ..results import CompletionResult, FinishReason
-from .protocol import Job
+from .requests import Job
 
 __all__ = ["End", "JobRun", "Piece", "open_job"]
+
+COMPLETION_MAX_TOKENS = 16
+"""OpenAI's default ``max_tokens`` for completions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +70,11 @@ class JobRun:
     job: Job
     call: Call
     relay: Relay
-    prompts: tuple[str, ...]
-    """The text each choice continues (a chat's rendered prompt), in choice order."""
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        """The text each choice continues (a chat's rendered prompt), in choice order."""
+        return self.call.prompts
 
     async def results(self) -> list[CompletionResult]:
         """Decode every choice to its end (the caller's cancel scope cancels it)."""
@@ -95,18 +104,23 @@ class JobRun:
         return self.call.results()
 
 
-async def open_job(engine: AsyncEngine, job: Job, max_tokens: int) -> JobRun:
-    """Render, tokenize and check the job's prompts (raises before any decoding)."""
+async def open_job(engine: AsyncEngine, job: Job, chat_max_tokens: int) -> JobRun:
+    """Render, tokenize and check the job's prompts (raises before any decoding).
+
+    A chat without ``max_tokens`` gets ``chat_max_tokens``, capped by what
+    its context leaves after the prompt, so a long conversation still fits.
+    """
     relay = Relay()
     options = job.generate_options()
     if job.include_progress:
         options["progress"] = relay.progress
-    opts = engine._options(max_tokens, options)  # the server is part of the engine's package
     if job.kind == "chat":
-        prompt, opts = await engine._chat_prompt(list(job.messages), None, opts)
-        prompts: tuple[str, ...] = (prompt,)
+        max_tokens = job.max_tokens
+        if max_tokens is None:
+            used = await engine.count_chat_tokens(job.messages)
+            max_tokens = max(1, min(chat_max_tokens, engine.config.slot_ctx - used))
+        call = await engine.prepare_chat(job.messages, max_tokens, n=job.n, subscribers=[relay], **options)
     else:
-        prompts = job.prompts
-    choices = tuple(prompt for prompt in prompts for _ in range(job.n))
-    call = await engine._prepare(list(choices), opts, [relay])
-    return JobRun(job, call, relay, choices)
+        max_tokens = COMPLETION_MAX_TOKENS if job.max_tokens is None else job.max_tokens
+        call = await engine.prepare(job.prompts, max_tokens, n=job.n, subscribers=[relay], **options)
+    return JobRun(job, call, relay)

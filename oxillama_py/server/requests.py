@@ -1,4 +1,6 @@
-"""The OpenAI request bodies, checked field by field into one :class:`Job` before any decoding.
+"""OpenAI's request bodies, checked field by field into one :class:`Job` before any decoding.
+
+The other half of the OpenAI shapes, the answers, is :mod:`.responses`.
 
 Known fields with a wrong type or value get a 400 naming the field; fields the
 engine cannot honour (``logprobs``, ``tools``, token-id prompts) get a 400 that

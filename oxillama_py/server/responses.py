@@ -1,0 +1,156 @@
+"""OpenAI's answers: completion bodies, stream chunks, usage, finish reasons, model cards.
+
+The other half of the OpenAI shapes, the requests, is :mod:`.requests`;
+how the chunks travel is :mod:`.sse`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import asdict
+from typing import Any
+
+from ..errors import OxiLlamaError
+from ..progress import ProgressEvent
+from ..results import CompletionResult
+from . import sse
+from .errors import APIError, server_error
+from .jobs import End, JobRun, Piece
+from .requests import Job
+
+__all__ = ["completion_body", "finish_reason", "model_card", "stream_body", "usage"]
+
+_log = logging.getLogger("oxillama_py.server")
+
+
+def finish_reason(result: CompletionResult) -> str:
+    """OpenAI knows two endings: a cancelled or failed choice never reaches a client as a result."""
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def usage(job: Job, results: list[CompletionResult]) -> dict[str, Any]:
+    firsts = results[:: job.n]  # each prompt counts once, not once per choice
+    prompt = sum(r.prompt_tokens for r in firsts)
+    completion = sum(r.completion_tokens for r in results)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in firsts)},
+    }
+
+
+def model_card(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "oxillama_py"}
+
+
+def envelope(job: Job, model: str, *, chunk: bool) -> dict[str, Any]:
+    """The fields every body or chunk of one response shares (one id for all chunks of a stream)."""
+    if job.kind == "chat":
+        kind, prefix = ("chat.completion.chunk" if chunk else "chat.completion"), "chatcmpl-"
+    else:
+        kind, prefix = "text_completion", "cmpl-"
+    return {
+        "id": prefix + uuid.uuid4().hex,
+        "object": kind,
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+    }
+
+
+def completion_body(run: JobRun, results: list[CompletionResult], model: str) -> dict[str, Any]:
+    """The whole answer of a request that did not stream."""
+    job = run.job
+    if job.kind == "chat":
+        choices: list[dict[str, Any]] = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": r.text},
+                "finish_reason": finish_reason(r),
+                "logprobs": None,
+            }
+            for i, r in enumerate(results)
+        ]
+    else:
+        choices = [
+            {
+                "index": i,
+                "text": (run.prompts[i] if job.echo else "") + r.text,
+                "finish_reason": finish_reason(r),
+                "logprobs": None,
+            }
+            for i, r in enumerate(results)
+        ]
+    return {**envelope(job, model, chunk=False), "choices": choices, "usage": usage(job, results)}
+
+
+class _Chunks:
+    """The chunks of one stream: one envelope, chat deltas or completion texts."""
+
+    def __init__(self, job: Job, model: str) -> None:
+        self.job = job
+        self.envelope = envelope(job, model, chunk=True)
+        self.usage_field: dict[str, Any] = {"usage": None} if job.include_usage else {}
+
+    def choice(self, index: int, text: str | None, reason: str | None) -> bytes:
+        if self.job.kind == "chat":
+            body: dict[str, Any] = {} if text is None else {"content": text}
+            return self.chunk({"index": index, "delta": body, "finish_reason": reason, "logprobs": None})
+        return self.chunk({"index": index, "text": text or "", "finish_reason": reason, "logprobs": None})
+
+    def role(self, index: int) -> bytes:
+        return self.chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
+
+    def chunk(self, choice: dict[str, Any]) -> bytes:
+        return sse.event({**self.envelope, "choices": [choice], **self.usage_field})
+
+    def usage(self, results: list[CompletionResult]) -> bytes:
+        return sse.event({**self.envelope, "choices": [], "usage": usage(self.job, results)})
+
+
+async def stream_body(run: JobRun, model: str) -> AsyncGenerator[bytes, None]:
+    """The SSE body: OpenAI chunks (and progress events when asked), then ``[DONE]``.
+
+    The headers are out before the first token, so a failure ends the stream
+    with an ``error`` event instead of a status code.
+    """
+    job = run.job
+    chunks = _Chunks(job, model)
+    choices = len(run.prompts)
+    if job.kind == "chat":
+        for index in range(choices):
+            yield chunks.role(index)
+    elif job.echo:
+        for index in range(choices):
+            yield chunks.choice(index, run.prompts[index], None)
+    ended: set[int] = set()
+    try:
+        async with aclosing(run.events()) as events:
+            async for item in events:
+                if isinstance(item, Piece):
+                    yield chunks.choice(item.choice, item.text, None)
+                elif isinstance(item, End):  # each choice's finish as it happens, as OpenAI sends it
+                    if item.reason in ("stop", "length"):
+                        ended.add(item.choice)
+                        yield chunks.choice(item.choice, None, item.reason)
+                elif isinstance(item, ProgressEvent):
+                    yield sse.event(asdict(item), "progress")
+        results = run.finished()
+    except OxiLlamaError as exc:
+        yield sse.event(server_error(exc).body(), "error")
+        return
+    except Exception:  # a bug of ours
+        _log.exception("streaming a response failed")
+        yield sse.event(APIError(500, "internal server error", type="server_error").body(), "error")
+        return
+    for index in range(choices):
+        if index not in ended:
+            yield chunks.choice(index, None, finish_reason(results[index]))
+    if job.include_usage:
+        yield chunks.usage(results)
+    yield sse.DONE
