@@ -17,10 +17,10 @@ from typing import Any
 from ..errors import OxiLlamaError
 from ..progress import ProgressEvent
 from ..results import CompletionResult
-from . import sse
 from .errors import APIError, server_error
 from .jobs import End, JobRun, Piece
 from .requests import Job
+from .sse import DONE, event
 
 __all__ = ["completion_body", "finish_reason", "model_card", "stream_body", "usage"]
 
@@ -107,10 +107,10 @@ class _Chunks:
         return self.chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
 
     def chunk(self, choice: dict[str, Any]) -> bytes:
-        return sse.event({**self.envelope, "choices": [choice], **self.usage_field})
+        return event({**self.envelope, "choices": [choice], **self.usage_field})
 
     def usage(self, results: list[CompletionResult]) -> bytes:
-        return sse.event({**self.envelope, "choices": [], "usage": usage(self.job, results)})
+        return event({**self.envelope, "choices": [], "usage": usage(self.job, results)})
 
 
 async def stream_body(run: JobRun, model: str) -> AsyncGenerator[bytes, None]:
@@ -139,18 +139,18 @@ async def stream_body(run: JobRun, model: str) -> AsyncGenerator[bytes, None]:
                         ended.add(item.choice)
                         yield chunks.choice(item.choice, None, item.reason)
                 elif isinstance(item, ProgressEvent):
-                    yield sse.event(asdict(item), "progress")
+                    yield event(asdict(item), "progress")
         results = run.finished()
     except OxiLlamaError as exc:
-        yield sse.event(server_error(exc).body(), "error")
+        yield event(server_error(exc).body(), "error")
         return
     except Exception:  # a bug of ours
         _log.exception("streaming a response failed")
-        yield sse.event(APIError(500, "internal server error", type="server_error").body(), "error")
+        yield event(APIError(500, "internal server error", type="server_error").body(), "error")
         return
     for index in range(choices):
         if index not in ended:
             yield chunks.choice(index, None, finish_reason(results[index]))
     if job.include_usage:
         yield chunks.usage(results)
-    yield sse.DONE
+    yield DONE

@@ -28,11 +28,11 @@ from starlette.routing import Route
 from ..config import EngineConfig
 from ..engine import AsyncEngine
 from ..errors import GenerateError
-from . import responses
 from .admission import Admission, ServerSettings, authorize, read_json
 from .errors import APIError, bad_request, engine_errors, shutting_down
 from .jobs import JobRun, open_job
 from .requests import Job, parse_chat, parse_completion
+from .responses import completion_body, model_card, stream_body
 from .sse import EventStream
 
 __all__ = ["Server", "create_app"]
@@ -157,16 +157,14 @@ class Server:
             self.admission.release(count)
             raise
         if job.stream:
-            return EventStream(
-                responses.stream_body(run, self.model_name), on_close=lambda: self.admission.release(count)
-            )
+            return EventStream(stream_body(run, self.model_name), on_close=lambda: self.admission.release(count))
         try:
             results = await _until_disconnect(request, lambda: engine_errors(run.results()))
         finally:
             self.admission.release(count)
         if results is None:  # the client went away; nobody reads this
             return Response(status_code=499)
-        return JSONResponse(responses.completion_body(run, results, self.model_name))
+        return JSONResponse(completion_body(run, results, self.model_name))
 
     async def _open(self, job: Job) -> JobRun:
         try:
@@ -178,13 +176,13 @@ class Server:
 
     async def models(self, request: Request) -> Response:
         authorize(request, self.api_key)
-        return JSONResponse({"object": "list", "data": [responses.model_card(self.model_name, self.created)]})
+        return JSONResponse({"object": "list", "data": [model_card(self.model_name, self.created)]})
 
     async def model(self, request: Request) -> Response:
         authorize(request, self.api_key)
         if request.path_params["name"] != self.model_name:
             raise APIError(404, f"the model {request.path_params['name']!r} does not exist", code="model_not_found")
-        return JSONResponse(responses.model_card(self.model_name, self.created))
+        return JSONResponse(model_card(self.model_name, self.created))
 
     async def health(self, request: Request) -> Response:
         stats = self.engine.stats
