@@ -17,6 +17,8 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, NoReturn, Protocol
 
+from .checks import check_type, describe
+
 __all__ = ["BUILTIN_TEMPLATES", "ChatTemplate", "Message", "check_messages", "resolve_template"]
 
 Message = Mapping[str, Any]
@@ -154,8 +156,7 @@ def resolve_template(
     ``chosen`` is a built-in name or a Jinja2 source (anything containing ``{``).
     """
     if chosen is not None:
-        if not isinstance(chosen, str):
-            raise TypeError(f"chat_template must be a str or None, got {type(chosen).__name__}")
+        check_type("chat_template", chosen, str, "a str or None")
         if chosen in BUILTIN_TEMPLATES:
             return BUILTIN_TEMPLATES[chosen]
         if "{" not in chosen:
@@ -210,7 +211,7 @@ def _stops_in(source: str) -> tuple[str, ...]:
 def check_messages(messages: object) -> list[dict[str, str]]:
     """Plain ``{"role", "content"}`` dicts, or ``ValueError``/``TypeError`` naming the bad message."""
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
-        raise TypeError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+        raise TypeError(f"messages must be a list of {{'role', 'content'}} dicts, got {describe(messages)}")
     if not messages:
         raise ValueError("messages must not be empty")
     checked = []

@@ -24,6 +24,7 @@ import re
 import shlex
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from .checks import check_type
 from .errors import LoadError
 from .paths import check_path
 
@@ -202,8 +203,7 @@ def _not_cached(problem: str, repo_id: str, filename: str | None, revision: str)
 
 
 def _check_repo_id(repo_id: object) -> None:
-    if not isinstance(repo_id, str):
-        raise TypeError(f"repo_id must be a str like 'owner/name', got {type(repo_id).__name__}")
+    repo_id = check_type("repo_id", repo_id, str, "a str like 'owner/name'")
     if (
         len(repo_id) > _REPO_ID_MAX
         or not _REPO_ID.fullmatch(repo_id)
@@ -219,8 +219,7 @@ def _check_repo_id(repo_id: object) -> None:
 
 def _check_filename(filename: object) -> None:
     """A path inside the repository, so it can never reach outside the snapshot folder."""
-    if not isinstance(filename, str):
-        raise TypeError(f"filename must be a str or None, got {type(filename).__name__}")
+    filename = check_type("filename", filename, str, "a str or None")
     parts = re.split(r"[/\\]", filename)
     if (
         not filename
@@ -239,7 +238,6 @@ def _check_filename(filename: object) -> None:
 
 def _check_revision(revision: object) -> None:
     """A branch, tag or commit hash; it names a file under refs/, so it must stay inside it."""
-    if not isinstance(revision, str):
-        raise TypeError(f"revision must be a str or None, got {type(revision).__name__}")
+    revision = check_type("revision", revision, str, "a str or None")
     if not revision or "\0" in revision or "\\" in revision or any(p in ("", ".", "..") for p in revision.split("/")):
         raise ValueError(f"revision must be a branch, tag or commit hash like 'main', got {revision!r}")

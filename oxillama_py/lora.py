@@ -5,11 +5,11 @@ Applying one is the engine's: :meth:`oxillama_py.Engine.apply_lora`.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checks import check_number
 from .errors import LoadError
 from .llama.gguf_file import read_gguf_header
 from .paths import check_path
@@ -25,11 +25,7 @@ def check_lora_path(path: object) -> Path:
 
 
 def check_scale(scale: object) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    return float(scale)
+    return check_number("scale", scale, what="a float")
 
 
 @dataclass(frozen=True)

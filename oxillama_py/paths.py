@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from .checks import check_path_like
 
 __all__ = ["check_path"]
 
@@ -13,6 +14,4 @@ def check_path(value: object, name: str = "path") -> Path:
 
     Python's own error for ``Path(3)`` names neither the argument nor what it takes.
     """
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{name} must be a str or an os.PathLike, got {type(value).__name__}")
-    return Path(value)
+    return Path(check_path_like(name, value))

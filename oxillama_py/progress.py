@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from typing import Any, ClassVar, Protocol, TypeGuard
 
 from .bus.events import Event, Finished, Step, TokenEvent
 from .bus.subscriber import Outcome, Subscriber
+from .checks import check_int, check_number, check_type, describe
 
 __all__ = [
     "check_progress",
@@ -270,8 +270,8 @@ class _Finaliser:
             raise TypeError(f"a finaliser takes (error) or (status, error), got {len(args)} arguments")
         if status not in ("success", "cancelled", "error"):
             raise ValueError(f"status must be 'success', 'cancelled' or 'error', got {status!r}")
-        if error is not None and not isinstance(error, BaseException):
-            raise TypeError(f"error must be an exception or None, got {type(error).__name__}")
+        if error is not None:
+            check_type("error", error, BaseException, "an exception or None")
         self._finalise(status, error)
 
 
@@ -288,10 +288,7 @@ def make_progress_adapter(
     """
     if obj is None:
         return None, None
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-        raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__} {max_tokens!r}")
-    if max_tokens < 0:
-        raise ValueError(f"max_tokens must be >= 0, got {max_tokens!r}")
+    check_int("max_tokens", max_tokens, low=0)
     kind = check_progress(obj)
     if kind == "tqdm":
         tqdm_adapter = _TqdmAdapter(obj, max_tokens)  # type: ignore[arg-type]
@@ -319,24 +316,16 @@ def check_progress(obj: object) -> str:
         return "callable"
     raise TypeError(
         "progress must be None, a tqdm bar, an ipywidgets IntProgress/FloatProgress, "
-        f"or a callable taking a ProgressEvent; got {type(obj).__name__}"
+        f"or a callable taking a ProgressEvent, got {describe(obj)}"
     )
 
 
 def check_throttle(throttle_ms: float | None, throttle_tokens: int | None) -> None:
     """Reject bad throttle settings before any work starts (``TypeError`` for a wrong type)."""
     if throttle_ms is not None:
-        if isinstance(throttle_ms, bool) or not isinstance(throttle_ms, (int, float)):
-            raise TypeError(f"progress_throttle_ms must be a number, got {type(throttle_ms).__name__} {throttle_ms!r}")
-        if not math.isfinite(throttle_ms) or throttle_ms < 0:
-            raise ValueError(f"progress_throttle_ms must be a finite number >= 0, got {throttle_ms!r}")
+        check_number("progress_throttle_ms", throttle_ms, low=0)
     if throttle_tokens is not None:
-        if isinstance(throttle_tokens, bool) or not isinstance(throttle_tokens, int):
-            raise TypeError(
-                f"progress_throttle_tokens must be an int, got {type(throttle_tokens).__name__} {throttle_tokens!r}"
-            )
-        if throttle_tokens < 1:
-            raise ValueError(f"progress_throttle_tokens must be >= 1, got {throttle_tokens!r}")
+        check_int("progress_throttle_tokens", throttle_tokens, low=1)
 
 
 class ThrottleGate:

@@ -30,6 +30,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .chat import Message as ChatMessage
+from .checks import check_int, check_number, check_type
 from .config import EngineConfig
 from .engine import AsyncEngine
 from .results import CompletionResult
@@ -68,28 +69,23 @@ class RayServeConfig:
     route_prefix: str = "/"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.engine, EngineConfig):
-            raise TypeError(f"engine must be an EngineConfig, got {type(self.engine).__name__}")
-        if not isinstance(self.settings, ServerSettings):
-            raise TypeError(f"settings must be a ServerSettings, got {type(self.settings).__name__}")
-        _check_int("replicas", self.replicas, 1)
+        check_type("engine", self.engine, EngineConfig, "an EngineConfig")
+        check_type("settings", self.settings, ServerSettings, "a ServerSettings")
+        check_int("replicas", self.replicas, low=1)
         if self.autoscale is not None:
             if not isinstance(self.autoscale, tuple) or len(self.autoscale) != 2:
                 raise TypeError(f"autoscale must be a (min_replicas, max_replicas) tuple, got {self.autoscale!r}")
             low, high = self.autoscale
-            _check_int("autoscale's min_replicas", low, 0)
-            _check_int("autoscale's max_replicas", high, 1)
+            check_int("autoscale's min_replicas", low, low=0)
+            check_int("autoscale's max_replicas", high, low=1)
             if low > high:
                 raise ValueError(f"autoscale's min_replicas ({low}) must not exceed max_replicas ({high})")
-        if isinstance(self.num_cpus, bool) or not isinstance(self.num_cpus, (int, float)):
-            raise TypeError(f"num_cpus must be a number, got {type(self.num_cpus).__name__}")
-        if not (self.num_cpus > 0 and math.isfinite(self.num_cpus)):
-            raise ValueError(f"num_cpus must be a positive number, got {self.num_cpus}")
+        check_number("num_cpus", self.num_cpus, low=0, low_open=True)
         if self.n_threads is not None:
-            _check_int("n_threads", self.n_threads, 1)
-        if not isinstance(self.name, str) or not self.name:
+            check_int("n_threads", self.n_threads, low=1)
+        if not check_type("name", self.name, str, "a non-empty str"):
             raise ValueError("name must be a non-empty str")
-        if not isinstance(self.route_prefix, str) or not self.route_prefix.startswith("/"):
+        if not check_type("route_prefix", self.route_prefix, str, "a str starting with '/'").startswith("/"):
             raise ValueError(f"route_prefix must be a str starting with '/', got {self.route_prefix!r}")
 
     @property
@@ -124,13 +120,6 @@ class RayServeConfig:
                 "target_ongoing_requests": slots,
             }
         return options
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 class _NameReplica:
@@ -236,8 +225,7 @@ def _remote_options(options: dict[str, Any]) -> dict[str, Any]:
 def build(config: RayServeConfig | None = None) -> serve.Application:
     """The Serve application of ``config`` (for ``serve.run`` or a Serve config file's import path)."""
     config = RayServeConfig() if config is None else config
-    if not isinstance(config, RayServeConfig):
-        raise TypeError(f"config must be a RayServeConfig, got {type(config).__name__}")
+    check_type("config", config, RayServeConfig, "a RayServeConfig")
     return serve.deployment(OxiLlamaDeployment).options(**config.deployment_options()).bind(config)
 
 

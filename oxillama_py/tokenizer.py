@@ -2,7 +2,9 @@
 
 It tokenizes exactly as the engine does (llama.cpp's own tokenizer, read from
 the same file), so token counts and ids match what a generation sees; and it
-renders conversations with the same chat templates as ``chat()``.
+renders conversations with the same chat templates as ``chat()``. It is
+upstream oxillama-py's ``Tokenizer`` (indexed in :data:`oxillama_py.compat.UPSTREAM`),
+over a GGUF file instead of a ``tokenizer.json``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from .chat import Message, check_messages, render_messages
+from .checks import check_sequence, check_type
 from .errors import LoadError
 from .llama.model import Model, resolve_model_path
 
@@ -44,20 +47,17 @@ class Tokenizer:
 
     def encode(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Token ids as the engine makes them (BOS when the model asks for it, special tokens parsed)."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        check_type("text", text, str, "a str")
         return self._model.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def encode_batch(self, texts: Sequence[str], *, add_special: bool = True) -> list[list[int]]:
         """:meth:`encode` of each text."""
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}")
+        check_sequence("texts", texts, "a sequence of str")
         return [self.encode(text, add_special=add_special) for text in texts]
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of ``ids``; control tokens render as nothing, as in generated text."""
-        if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
-            raise TypeError(f"ids must be a sequence of ints, got {type(ids).__name__}")
+        check_sequence("ids", ids, "a sequence of ints")
         return self._model.detokenize(list(ids))
 
     @property

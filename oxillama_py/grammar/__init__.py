@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checks import check_bool, describe
 from ..errors import GrammarError
 from .schema import ANY_JSON_OBJECT, schema_to_gbnf
 
@@ -71,8 +72,7 @@ def resolve_grammar(grammar: object, json_schema: object, json: object) -> Const
     ``grammar`` and ``json_schema`` may be lists (one entry per prompt, ``None``
     for an unconstrained one): a batch whose prompts each have their own.
     """
-    if not isinstance(json, bool):
-        raise TypeError(f"json must be a bool, got {type(json).__name__}")
+    check_bool("json", json)
     given = [name for name, value in (("grammar", grammar), ("json_schema", json_schema)) if value is not None]
     if json:
         given.append("json")
@@ -96,7 +96,7 @@ def _one_grammar(grammar: object) -> Grammar:
         return grammar
     if isinstance(grammar, str):
         return Grammar(grammar)
-    raise TypeError(f"grammar must be a GBNF str or a Grammar, got {type(grammar).__name__}")
+    raise TypeError(f"grammar must be a GBNF str or a Grammar, got {describe(grammar)}")
 
 
 def grammar_for(constraint: Constraint, index: int, count: int) -> Grammar | None:
