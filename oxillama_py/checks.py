@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeGuard, TypeVar, overload
 
 __all__ = [
     "check_bool",
@@ -24,6 +24,7 @@ __all__ = [
     "check_sequence",
     "check_type",
     "describe",
+    "is_number",
 ]
 
 T = TypeVar("T")
@@ -77,6 +78,11 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_number(value: object) -> TypeGuard[float]:
+    """An ``int`` or a ``float``, not a ``bool`` (finite or not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_int(name: str, value: object, *, low: int | None = None, high: int | None = None) -> int:
     """An ``int`` (not a ``bool``) within ``[low, high]``."""
     if not _is_int(value):
@@ -101,9 +107,8 @@ def check_number(
     what: str = "a number (int or float)",
 ) -> float:
     """A finite ``int`` or ``float`` (not a ``bool``) within ``[low, high]`` (``(low, high]`` if ``low_open``)."""
-    if not (_is_int(value) or isinstance(value, float)):
+    if not is_number(value):
         raise TypeError(f"{name} must be {what}, got {describe(value)}")
-    assert isinstance(value, (int, float))
     number = float(value)
     if not math.isfinite(number):
         raise ValueError(f"{name} must be finite, got {value!r}")

@@ -16,11 +16,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeGuard
+from typing import Any, ClassVar, Protocol
 
 from .bus.events import Event, Finished, Step, TokenEvent
 from .bus.subscriber import Outcome, Subscriber
-from .checks import check_int, check_number, check_type, describe
+from .checks import check_int, check_number, check_type, describe, is_number
 
 __all__ = [
     "check_progress",
@@ -118,10 +118,6 @@ def _each(*steps: Callable[[], object]) -> None:
         raise failure
 
 
-def _is_number(value: object) -> TypeGuard[float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _set_optional(obj: object, name: str, value: object) -> None:
     """Set an attribute the duck type does not promise; an object that cannot take it goes without."""
     with contextlib.suppress(AttributeError):
@@ -188,7 +184,7 @@ class _TqdmAdapter(_Adapter):
     def _fill(self) -> None:
         """Ended early but well (stop string, end of text): a full bar, not a failed one."""
         n, total = getattr(self._bar, "n", None), getattr(self._bar, "total", None)
-        if _is_number(n) and _is_number(total) and n < total:
+        if is_number(n) and is_number(total) and n < total:
             _set_optional(self._bar, "total", n)
 
     def _refresh(self) -> None:
