@@ -19,7 +19,6 @@ import anyio.lowlevel
 import anyio.to_thread
 import harness as h
 import numpy as np
-from figures import batching_rows
 
 TOPICS = (  # noqa: SIM905
     "the ocean; volcanoes; the moon; honey bees; ancient Rome; the human brain; rainforests; the printing press; "
@@ -198,15 +197,15 @@ def contenders_of(engine8: Any, engine16: Any, run: h.Run, n_ctx: int) -> list[h
         work = lambda texts, max_tokens: engine.complete_batch(texts, max_tokens, temperature=0)  # noqa: E731
         return lagged(work, lambda results: [r.completion_tokens for r in results])
 
-    def counts(out: list[list[int]]) -> list[int]:
-        return [len(tokens) for tokens in out]
-
     return [
         h.Contender("engine8_batch", batch(engine8)),
         h.Contender("engine8_tasks", lagged(tasks, list)),
         h.Contender("engine16_batch", batch(engine16)),
         h.Contender("raw_sequential", lagged(lambda t, n: anyio.to_thread.run_sync(one_by_one, t, n), list)),
-        h.Contender("raw_batched", lagged(lambda t, n: anyio.to_thread.run_sync(raw.generate, t, n), counts)),
+        h.Contender(
+            "raw_batched",
+            lagged(lambda t, n: anyio.to_thread.run_sync(raw.generate, t, n), lambda out: list(map(len, out))),
+        ),
     ]
 
 
@@ -254,7 +253,7 @@ def main() -> int:
     data = analyse(run, contenders, idle)
     ceiling = data["ratios"]["ceiling_raw_batched_vs_sequential"]
     notes = [f"ceiling, raw batched / raw sequential: {ceiling}", f"stopped early: {len(data['stopped_early'])} runs"]
-    run.report(data, batching_rows, plot, data["checks"], notes)
+    run.report(data, data["checks"], notes)
     return 0 if data["all_targets_met"] else 1
 
 
@@ -302,44 +301,7 @@ def analyse(run: h.Run, contenders: list[h.Contender], idle: list[float]) -> dic
         "checks": checks,
         "all_targets_met": h.all_pass(checks),
         "stopped_early": h.stopped_early(contenders, run.max_tokens),
-        "warning": h.load_warning(run.info),
     }
-
-
-def plot(data: dict[str, Any], path: Path) -> None:
-    plt = h.pyplot()
-    results = data["results"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
-    styles = {
-        "engine8_batch": ("#3a7dc9", "o-"),
-        "engine8_tasks": ("#7fb2e5", "s--"),
-        "engine16_batch": ("#1b4f8a", "^-"),
-        "raw_sequential": ("#999999", "x:"),
-        "raw_batched": ("#c0392b", "d-"),
-    }
-    for name in CONTENDERS:
-        levels = [int(k) for k in results[name]]
-        h.band(left, levels, [results[name][str(n)]["tok_per_sec"] for n in levels], *styles[name], name)
-    left.set(
-        ylabel="aggregate tokens / s (median, min-max band)", title=f"greedy, {data['max_tokens']} tokens per request"
-    )
-    left.legend(fontsize=8)
-    for name in ENGINES:
-        per = data["ratios"][name]
-        levels = [int(k) for k in per]
-        color, style = styles[name]
-        right.plot(levels, [per[str(n)]["vs_raw_batched"] for n in levels], style, color=color, label=name)
-    right.axhline(TARGET_VS_BATCHED, color="#c0392b", linestyle="--", linewidth=0.9, label="target at 8")
-    right.axhline(1.0, color="#777777", linewidth=0.8)
-    h.level_axes((left, right), data["levels"], "concurrent requests")
-    right.set_ylabel("engine / raw batched loop")
-    lag = data["checks"]["p99_loop_lag_ms_8"]["value"]
-    vs_seq = data["checks"]["engine8_vs_raw_sequential_8"]["value"]
-    right.set_title(f"at 8: {vs_seq:.2f}x sequential raw, p99 loop lag {lag:.1f} ms", fontsize=10)
-    right.legend(fontsize=8)
-    title = h.versus(data).replace(" vs ", f" AsyncEngine ({data['machine']['backend']}) vs ", 1)
-    fig.suptitle(title, fontsize=10)
-    h.save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import harness as h
-from figures import coexistence_rows
 
 PROMPT = "Once upon a time"
 SCENARIOS = (  # noqa: SIM905
@@ -113,28 +112,14 @@ def main() -> int:
     ratios = {name: med[a] / med[b] for name, (a, b, _) in RATIOS.items()}
     data = {
         **run.header(),
-        "load_warning": h.load_warning(run.info),
         "tok_per_sec": {s: h.summary(v) for s, v in samples.items()},
         "median_tok_per_sec": med,
         "ratios": ratios,
         "targets": {name: h.check(ratios[name], t) for name, (_, _, t) in RATIOS.items() if t is not None},
     }
     notes = [f"{name:40s} {value:5.2f}" for name, value in ratios.items() if name not in data["targets"]]
-    run.report(data, coexistence_rows, plot, data["targets"], notes)
+    run.report(data, data["targets"], notes)
     return 0 if h.all_pass(data["targets"]) else 1
-
-
-def plot(data: dict[str, Any], path: Path) -> None:
-    plt = h.pyplot()
-    med = data["median_tok_per_sec"]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    names = list(med)
-    colours = ["tab:blue" if n.startswith("engine") else "tab:gray" for n in names]
-    ax.barh(names[::-1], [med[n] for n in names][::-1], color=colours[::-1])
-    ax.set_xlabel("first model's greedy tokens per second")
-    build = "OpenMP build" if data["machine"]["openmp_build"] else "build without OpenMP"
-    ax.set_title(f"A second model in the same process (llama-cpp-python {build})")
-    h.save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ A script fills it in: ``start`` parses the common options and records the machin
 ``timed_complete`` and ``timed_stream`` are the timed calls most make), lets ``schedule`` interleave them round
 after round, calls ``Run.stop``, turns the samples into its JSON (``entry``, ``summary``, ``check``...), and
 ``Run.report`` prints the table (the rows ``figures.py`` puts in the README) and the checks and writes
-``results/<name>.json`` and ``<name>.png``. The scripts import it as ``harness`` (this folder is on ``sys.path``).
+``results/<name>.json`` and ``<name>.png`` (``figures.py`` draws it from the JSON). The scripts import it as
+``harness`` (this folder is on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import figures
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -189,19 +192,14 @@ class Run:
         self.info |= {"loadavg_end": list(os.getloadavg())} if hasattr(os, "getloadavg") else {}
 
     def header(self) -> dict[str, Any]:
+        """The JSON's first keys: the benchmark, the mode, tokens, rounds, the machine and a note if it was busy."""
         head = {"benchmark": self.name, "mode": "quick" if self.args.quick else "default"}
-        return head | {"max_tokens": self.max_tokens, "rounds": self.rounds, "machine": self.info}
+        head |= {"max_tokens": self.max_tokens, "rounds": self.rounds, "machine": self.info}
+        return head | {"warning": load_warning(self.info)}
 
-    def report(
-        self,
-        data: dict[str, Any],
-        rows: Callable[..., list[list[str]]],
-        plot: Callable[..., None],
-        checks: dict[str, Any],
-        notes: Sequence[str] = (),
-    ) -> None:
-        """Print the table, the checks and the notes; write ``<out>/<name>.json`` and ``<name>.png``."""
-        print_rows(rows(data))
+    def report(self, data: dict[str, Any], checks: dict[str, Any], notes: Sequence[str] = ()) -> None:
+        """Print the table, the checks and the notes; write ``<out>/<name>.json`` and ``<name>.png`` (``figures``)."""
+        print("\n".join(figures.table(figures.FIGURES[self.name].rows(data), rst=True)))
         for key, c in checks.items():
             sign = "<" if c.get("below") else ">="
             print(f"{key:<45} {c['value']:7.3f}  (target {sign} {c['target']})  {c['verdict']}")
@@ -210,7 +208,7 @@ class Run:
         json_path, png_path = self.args.out / f"{self.name}.json", self.args.out / f"{self.name}.png"
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-        plot(data, png_path)
+        figures.draw(self.name, data, png_path)
         print(f"wrote {json_path} and {png_path}")
 
 
@@ -307,58 +305,5 @@ def load_warning(info: dict[str, Any]) -> str | None:
     )
 
 
-def print_rows(rows: list[list[str]]) -> None:
-    """A table (header first) as aligned plain text."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in ([], *rows):
-        print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))))
-
-
 def say(*parts: object) -> None:
     print(*parts, flush=True)
-
-
-def versus(data: dict[str, Any], what: str = "") -> str:
-    """A figure's title: what was compared, on which versions, threads and rounds."""
-    info = data["machine"]
-    return (
-        f"{what}oxillama_py {info['oxillama_py']} vs llama-cpp-python {info['llama_cpp_python']}, "
-        f"{info['threads']} threads, {data['rounds']} rounds ({data['mode']})"
-    )
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot on the non-interactive Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def level_axes(axes: Iterable[Any], levels: list[int], label: str) -> None:
-    """Concurrency on a log-2 x axis, one tick per level."""
-    for axis in axes:
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(levels, [str(n) for n in levels])
-        axis.set_xlabel(label)
-
-
-def band(ax: Any, levels: list[int], rates: list[dict[str, float]], color: str, style: str, label: str) -> None:
-    """Median tok/s against concurrency, in a band from the slowest round to the fastest."""
-    ax.plot(levels, [r["median"] for r in rates], style, color=color, label=label)
-    ax.fill_between(levels, [r["min"] for r in rates], [r["max"] for r in rates], color=color, alpha=0.12)
-
-
-def label_bar(ax: Any, x: float, top: float, text: str, **options: Any) -> None:
-    """``text`` just above the top of a bar."""
-    ax.annotate(text, (x, top), ha="center", va="bottom", xytext=(0, 2), textcoords="offset points", **options)
-
-
-def save_figure(fig: Any, path: Path, dpi: int) -> None:
-    """Lay out, write and close a figure (the results folder is made if needed)."""
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)

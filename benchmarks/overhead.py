@@ -8,11 +8,9 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import harness as h
-from figures import overhead_rows
 
 PROMPT = "List of one hundred interesting facts about the ocean:\n1."
 ADAPTERS = ("none", "tqdm", "widget", "callable")
@@ -58,7 +56,7 @@ def main() -> int:
     run.stop()
     data = analyse(run, contenders)
     checks = {name: h.check(data["results"][name]["ratio_vs_raw"], TARGETS[name]) for name in ADAPTERS}
-    run.report(data, overhead_rows, plot, checks)
+    run.report(data, checks)
     return 0 if data["all_targets_met"] else 1
 
 
@@ -104,31 +102,7 @@ def analyse(run: h.Run, contenders: list[h.Contender]) -> dict[str, Any]:
         "targets": TARGETS,
         "all_targets_met": all(results[k]["verdict"] == "PASS" for k in ADAPTERS),
         "problems": problems,
-        "warning": h.load_warning(run.info),
     }
-
-
-def plot(data: dict[str, Any], path: Path) -> None:
-    plt = h.pyplot()
-    results = data["results"]
-    names = list(CONTENDERS)
-    medians = [results[n]["tok_per_sec"]["median"] for n in names]
-    low = [m - results[n]["tok_per_sec"]["min"] for n, m in zip(names, medians, strict=True)]
-    high = [results[n]["tok_per_sec"]["max"] - m for n, m in zip(names, medians, strict=True)]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = ["#777777"] + ["#3a7dc9"] * len(ADAPTERS)
-    left.bar(names, medians, yerr=[low, high], color=colors, capsize=4)
-    left.set(ylabel="tokens / s (median, min-max)", title=f"one greedy generation, {data['max_tokens']} tokens")
-    ratios = [results[n]["ratio_vs_raw"] for n in ADAPTERS]
-    bars = right.bar(ADAPTERS, ratios, color="#3a7dc9")
-    for bar, name in zip(bars, ADAPTERS, strict=True):
-        right.hlines(TARGETS[name], bar.get_x(), bar.get_x() + bar.get_width(), colors="#c0392b", linestyles="--")
-        h.label_bar(right, bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{results[name]['ratio_vs_raw']:.3f}")
-    right.axhline(1.0, color="#777777", linewidth=0.8)
-    right.set_ylim(min([*ratios, 0.9]) - 0.05, max([*ratios, 1.05]) + 0.05)
-    right.set(ylabel="engine / raw tok/s (dashed: target)", title="ratio to raw llama-cpp-python")
-    fig.suptitle(h.versus(data), fontsize=10)
-    h.save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

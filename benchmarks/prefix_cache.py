@@ -8,20 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import harness as h
-from figures import prefix_cache_rows
 
 CONTENDERS = ("ox_cold", "ox_cached", "raw_cold", "raw_reuse", "raw_ramcache")
-LABELS = {
-    "ox_cold": "oxillama_py, cache off",
-    "ox_cached": "oxillama_py, prefix cache",
-    "raw_cold": "llama-cpp-python, reset",
-    "raw_reuse": "llama-cpp-python, own reuse",
-    "raw_ramcache": "llama-cpp-python, LlamaRAMCache",
-}
 MAX_TOKENS = 32
 TARGETS = {"ttft_cold_over_cached": 10.0, "ttft_raw_reuse_over_cached": 1.0}  # on the system prompt
 # LlamaRAMCache counts the llama.cpp state only, not the logits of every prompt token it keeps beside each state
@@ -209,37 +200,12 @@ def main() -> int:
         "load_warning": h.load_warning(run.info),
     }
     notes = [f"text mismatches (ox_cached vs ox_cold vs raw_cold): {len(mismatches)}"]
-    run.report(data, prefix_cache_rows, plot, checks, notes)
+    run.report(data, checks, notes)
     return 0
 
 
 # (ratio name, contender) of the ratios over ox_cached; total time for the first three
 OTHERS = (("cold", "ox_cold"), ("raw_reuse", "raw_reuse"), ("raw_ramcache", "raw_ramcache"), ("raw_cold", "raw_cold"))
-
-
-def plot(data: dict[str, Any], path: Path) -> None:
-    plt = h.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = ["#9e9e9e", "#1f77b4", "#d9a441", "#e07b39", "#8c564b"]
-    for ax, (workload, title) in zip(
-        axes, [("system", "1,000-token system prompt"), ("chat", "10-turn chat")], strict=True
-    ):
-        res = data["results"][workload]
-        ttft = [res[name]["ttft_secs"]["median"] * 1000 for name in CONTENDERS]
-        total = [res[name]["total_secs"]["median"] * 1000 for name in CONTENDERS]
-        x = range(len(CONTENDERS))
-        ax.bar([i - 0.2 for i in x], ttft, 0.4, color=colours, label="time to first token")
-        ax.bar([i + 0.2 for i in x], total, 0.4, color=colours, alpha=0.45, label="total (32 tokens)")
-        for i, value in enumerate(ttft):
-            ax.text(i - 0.2, value, f"{value:.0f}", ha="center", va="bottom", fontsize=7)
-        ax.set_yscale("log")
-        ax.set_xticks(list(x))
-        ax.set_xticklabels([LABELS[n].replace(", ", ",\n") for n in CONTENDERS], fontsize=7)
-        ax.set(ylabel="ms (median, log scale)", title=title)
-        ax.legend(fontsize=7, loc="upper right")
-    m = data["machine"]
-    fig.suptitle(f"Prefix cache, Gemma 3 270M Q4_K_M, {m['threads']} threads: solid = first token, light = total")
-    h.save_figure(fig, path, 110)
 
 
 if __name__ == "__main__":

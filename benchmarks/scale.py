@@ -13,11 +13,6 @@ import harness as h
 from server import measure, requests_of
 
 CONTENDERS = ("process", "ray", "process16")
-LABELS = {
-    "process": "1 process, 2 threads, 8 slots",
-    "ray": "Ray Serve, 2 replicas x (1 thread, 8 slots)",
-    "process16": "1 process, 2 threads, 16 slots",
-}
 CLIENTS = 16
 TARGET = 0.85
 SLOT_CTX = 512
@@ -27,18 +22,8 @@ def command(name: str, model: Path, port: int) -> tuple[list[str], str]:
     """The command line of set-up ``name`` on ``port``, and the path that says it is ready."""
     argv = [sys.executable, "-m", "oxillama_py", "serve", "--model", str(model), "--port", str(port)]
     if name == "ray":
-        return [
-            *argv,
-            "--ray",
-            "--replicas",
-            "2",
-            "--num-cpus",
-            "1",
-            "--threads",
-            "1",
-            "--n-ctx",
-            str(8 * SLOT_CTX),
-        ], "/health"
+        ray = ["--ray", "--replicas", "2", "--num-cpus", "1", "--threads", "1", "--n-ctx", str(8 * SLOT_CTX)]
+        return [*argv, *ray], "/health"
     slots = 16 if name == "process16" else 8
     return [*argv, "--threads", "2", "--max-concurrency", str(slots), "--n-ctx", str(slots * SLOT_CTX)], "/health"
 
@@ -83,26 +68,9 @@ def main() -> int:
         },
         "load_warning": h.load_warning(run.info),
     }
-    rows = [["set-up", "aggregate tok/s", "ttft p50 ms"]]
-    rows += [[LABELS[n], f"{tps[n]:.1f}", f"{ttft[n] * 1000:.0f}"] for n in CONTENDERS]
-    run.report(data, lambda _: rows, plot, {"ray_over_process": h.check(ratio, TARGET)})
+    run.report(data, {"ray_over_process": h.check(ratio, TARGET)})
     h.say(f"ray / process16: {ratio16:.2f}")
     return 0
-
-
-def plot(data: dict[str, Any], path: Path) -> None:
-    plt = h.pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    values = [data["results"][name]["aggregate_tok_per_sec"]["median"] for name in CONTENDERS]
-    ax.bar([LABELS[n].replace(", ", ",\n", 1) for n in CONTENDERS], values, color=["#9e9e9e", "#1f77b4", "#c7c7c7"])
-    ax.tick_params(axis="x", labelsize=7)
-    for i, value in enumerate(values):
-        ax.text(i, value, f"{value:.1f}", ha="center", va="bottom")
-    ax.set(
-        ylabel="aggregate tok/s (median)",
-        title=f"{CLIENTS} streaming clients, 2 cores: ray / process = {data['ratio_ray_over_process']:.2f}",
-    )
-    h.save_figure(fig, path, 110)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,11 @@ import anyio
 import harness as h
 import httpx
 from batching import TOPICS
-from figures import server_rows
+from figures import Server
 
 LEVELS = (1, 4, 8, 16)
 CONTENDERS = ("oxillama", "llama_cpp_server", "llama_server")
 PRIMARY = "oxillama"
-LABELS = dict(zip(CONTENDERS, ("oxillama_py server", "llama-cpp-python server", "llama.cpp llama-server")))
 TARGETS = {"llama_cpp_server": 2.5, "llama_server": 0.9}  # oxillama / contender, aggregate tok/s at 8 clients
 TARGET_LEVEL = 8
 PROMPT = "Request {number}. List of one hundred interesting facts about {topic}:\n1."
@@ -255,61 +254,16 @@ def analyse(run: h.Run, contenders: list[h.Contender], servers: dict[str, Any]) 
         "slot_ctx": run.args.slot_ctx,
         "prompt_template": PROMPT,
         "request": "POST /v1/completions, stream true, temperature 0, stream_options include_usage",
-        "contenders": {name: {"label": LABELS[name], "command": argv} for name, argv in servers["commands"].items()},
+        "contenders": {
+            name: {"label": Server.labels[name], "command": argv} for name, argv in servers["commands"].items()
+        },
         "startup_secs": servers["startup_secs"],
         "results": table,
         "ratios": ratios,
         "checks": checks,
         "all_targets_met": h.all_pass(checks),
         "stopped_early": h.stopped_early(contenders, run.max_tokens),
-        "warning": h.load_warning(run.info),
     }
-
-
-def plot(data: dict[str, Any], path: Path) -> None:
-    plt = h.pyplot()
-    results, levels = data["results"], data["levels"]
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.6))
-    styles = {"oxillama": ("#3a7dc9", "o"), "llama_cpp_server": ("#999999", "x"), "llama_server": ("#c0392b", "d")}
-    for name in CONTENDERS:
-        if name not in results:
-            continue
-        color, marker = styles[name]
-        have = [n for n in levels if str(n) in results[name]]
-        h.band(left, have, [results[name][str(n)]["tok_per_sec"] for n in have], color, marker + "-", LABELS[name])
-        ttft = [results[name][str(n)]["ttft_ms"] for n in have]
-        middle.plot(have, [t["p50"] for t in ttft], marker + "-", color=color, label=f"{LABELS[name]} p50")
-        middle.plot(have, [t["p99"] for t in ttft], marker + "--", color=color, alpha=0.7, label=f"{LABELS[name]} p99")
-    h.level_axes((left, middle, right), levels, "concurrent streaming clients")
-    left.set(
-        ylabel="aggregate tokens / s (median, min-max band)", title=f"greedy, {data['max_tokens']} tokens per request"
-    )
-    left.legend(fontsize=8)
-    middle.set(
-        yscale="log", ylabel="time to first token (ms)", title="time to first token, p50 (solid) and p99 (dashed)"
-    )
-    middle.legend(fontsize=7)
-    colors = {"llama_cpp_server": "#555555", "llama_server": "#c0392b"}
-    for other, target in TARGETS.items():
-        per = data["ratios"][f"vs_{other}"]
-        values = [per[str(n)]["tok_per_sec"] for n in levels]
-        if all(math.isnan(v) for v in values):
-            continue
-        right.plot(levels, values, "o-", color=colors[other], label=f"/ {LABELS[other]}")
-        right.axhline(target, color=colors[other], linestyle="--", linewidth=0.9, label=f"target at 8: {target}")
-    right.axhline(1.0, color="#777777", linewidth=0.8)
-    right.set_ylabel("oxillama_py server / other server (aggregate tok/s)")
-    right.set_title("ratios", fontsize=10)
-    if right.get_legend_handles_labels()[0]:
-        right.legend(fontsize=8)
-    info = data["machine"]
-    fig.suptitle(
-        f"OpenAI-compatible servers, {LABELS[PRIMARY]} {info['oxillama_py']} vs llama-cpp-python "
-        f"{info['llama_cpp_python']} server and llama-server (same llama.cpp), {data['slots']} slots, "
-        f"{info['threads']} threads, {data['rounds']} rounds ({data['mode']})",
-        fontsize=10,
-    )
-    h.save_figure(fig, path, dpi=110)
 
 
 def contender_list(text: str) -> list[str]:
@@ -344,7 +298,7 @@ def main() -> int:
     contenders, servers = measure(run, names, lambda name, port: command(name, args, run.model, port), LEVELS)
     run.stop()
     data = analyse(run, contenders, servers)
-    run.report(data, server_rows, plot, data["checks"], [f"stopped early: {len(data['stopped_early'])} runs"])
+    run.report(data, data["checks"], [f"stopped early: {len(data['stopped_early'])} runs"])
     return 0 if data["all_targets_met"] else 1
 
 

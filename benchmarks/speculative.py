@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import harness as h
-from figures import speculative_rows
 
 PASSAGE = (
     "The committee met on Tuesday to review the budget for the new library. After a long discussion, "
@@ -72,7 +69,6 @@ def main() -> int:
     data = {
         **run.header(),
         "tasks": TASKS,
-        "load_warning": h.load_warning(run.info),
         "tok_per_sec": {t: {c: h.summary(v) for c, v in per.items()} for t, per in samples.items()},
         "median_tok_per_sec": med,
         "ratios": ratios,
@@ -81,27 +77,8 @@ def main() -> int:
         "lookup_acceptance_rate": {t: h.median(v) for t, v in acceptance.items()},
         "plain_text_start": {t: texts[t]["plain"][:300] for t in TASKS},
     }
-    run.report(data, speculative_rows, plot, data["targets"], [f"same text as plain: {data['same_text_as_plain']}"])
+    run.report(data, data["targets"], [f"same text as plain: {data['same_text_as_plain']}"])
     return 0
-
-
-def plot(data: dict[str, Any], path: Path) -> None:
-    plt = h.pyplot()
-    med = data["median_tok_per_sec"]
-    tasks = list(med)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    width = 0.2
-    for i, name in enumerate(CONTENDERS):
-        xs = [j + (i - 1.5) * width for j in range(len(tasks))]
-        ax.bar(xs, [med[t][name] for t in tasks], width, label=name)
-    ax.set_xticks(range(len(tasks)))
-    ax.set_xticklabels(tasks)
-    ax.set(
-        ylabel="tokens per second (greedy)",
-        title="Speculative decoding: oxillama_py vs llama-cpp-python (Gemma 3 270M Q4_K_M)",
-    )
-    ax.legend()
-    h.save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import harness as h
-from figures import speculative_batch_rows
 
 PASSAGES = [
     "The committee met on Tuesday to review the budget for the new library. After a long discussion, the members "
@@ -112,7 +109,6 @@ def main() -> int:
     data = {
         **run.header(),
         "concurrency": CONCURRENCY,
-        "load_warning": h.load_warning(run.info),
         "tok_per_sec": {
             t: {str(n): {c.name: h.summary(c.rates((t, n))) for c in contenders} for n in CONCURRENCY} for t in TASKS
         },
@@ -128,29 +124,8 @@ def main() -> int:
         "drafted_tokens": {t: {str(n): d for n, (d, _) in per.items()} for t, per in drafts.items()},
     }
     notes = [f"llama-cpp-python, one request: {raw_med}", f"same text as plain: {data['same_text_as_plain']}"]
-    run.report(data, speculative_batch_rows, plot, targets, notes)
+    run.report(data, targets, notes)
     return 0
-
-
-def plot(data: dict[str, Any], path: Path) -> None:
-    plt = h.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
-    for ax, task in zip(axes, TASKS, strict=True):
-        per = data["median_tok_per_sec"][task]
-        xs = list(range(len(CONCURRENCY)))
-        width = 0.38
-        for i, name in enumerate(CONTENDERS):
-            ax.bar([x + (i - 0.5) * width for x in xs], [per[str(n)][name] for n in CONCURRENCY], width, label=name)
-        for x, n in zip(xs, CONCURRENCY, strict=True):
-            ratio = data["ratios"][task][str(n)]
-            top = max(per[str(n)].values())
-            ax.text(x, top * 1.02, f"{ratio:.2f}x", ha="center", fontsize=9)
-        ax.set_xticks(xs)
-        ax.set_xticklabels([f"{n} request{'s' if n > 1 else ''}" for n in CONCURRENCY])
-        ax.set(title=f"{task} ({data['max_tokens']} tokens a request)", ylabel="aggregate tok/s")
-    axes[0].legend()
-    fig.suptitle("Speculation inside continuous batching (prompt lookup, greedy)")
-    h.save_figure(fig, path, 120)
 
 
 if __name__ == "__main__":

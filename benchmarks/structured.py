@@ -12,12 +12,9 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import harness as h
-import numpy as np
-from figures import structured_rows
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -51,12 +48,6 @@ SCENARIOS = ("one_greedy", "one_sampled", "eight_greedy")
 SINGLE = ("one_greedy", "one_sampled")
 CONTENDERS = ("ox_free", "ox_json", "raw_json", "raw_free")
 CONSTRAINED = ("ox_json", "raw_json")
-LABELS = {
-    "ox_free": "oxillama_py unconstrained",
-    "ox_json": "oxillama_py json_schema",
-    "raw_json": "llama-cpp-python LlamaGrammar",
-    "raw_free": "llama-cpp-python unconstrained",
-}
 TARGET_VS_FREE = 0.8
 TARGET_VS_RAW = 1.0
 
@@ -194,7 +185,7 @@ def main() -> int:
     data = analyse(run, contenders, scenarios, batch_rounds=batch_rounds, gbnf=gbnf, profile=profile)
     notes = [f"valid JSON against the schema: {data['validation']}", f"greedy texts: {data['same_text']}"]
     notes += [f"grammar refusals of the unconstrained choice: {data['profile']}"]
-    run.report(data, structured_rows, plot, data["checks"], notes)
+    run.report(data, data["checks"], notes)
     return 0 if data["all_targets_met"] and data["all_valid"] else 1
 
 
@@ -266,57 +257,7 @@ def analyse(run: h.Run, contenders: list[h.Contender], scenarios: list[Scenario]
         "same_text": {"one_greedy": same},
         "profile": more["profile"],
         "problems": problems,
-        "warning": h.load_warning(run.info),
     }
-
-
-def plot(data: dict[str, Any], path: Path) -> None:
-    plt = h.pyplot()
-    results = data["results"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
-    colors = {"ox_free": "#9cc3ea", "ox_json": "#3a7dc9", "raw_json": "#c0392b", "raw_free": "#bbbbbb"}
-    width = 0.2
-    xs = np.arange(len(SCENARIOS))
-    for i, contender in enumerate(CONTENDERS):
-        have = [
-            (j, results[name][contender]["tok_per_sec"])
-            for j, name in enumerate(SCENARIOS)
-            if contender in results[name]
-        ]
-        at, med = [xs[j] + (i - 1.5) * width for j, _ in have], [r["median"] for _, r in have]
-        errors = [[r["median"] - r["min"] for _, r in have], [r["max"] - r["median"] for _, r in have]]
-        left.bar(at, med, width, yerr=errors, color=colors[contender], capsize=3, label=LABELS[contender])
-    left.set_xticks(xs, ["1 request, greedy", "1 request, T=1.0", "8 requests, greedy\n(llama-cpp-python: in turn)"])
-    left.set(
-        ylabel="tokens / s (median, min-max; 8: aggregate)", title="constrained by the same JSON Schema grammar, or not"
-    )
-    left.legend(fontsize=8)
-    pairs = (
-        ("ox_json_vs_ox_free", "oxillama_py json / free", "#3a7dc9", TARGET_VS_FREE),
-        ("ox_json_vs_raw_json", "json: oxillama_py / llama-cpp-python", "#1b4f8a", TARGET_VS_RAW),
-        ("raw_json_vs_raw_free", "llama-cpp-python json / free", "#c0392b", None),
-    )
-    width = 0.26
-    for i, (key, label, color, target) in enumerate(pairs):
-        for j, name in enumerate(SCENARIOS):
-            value = data["ratios"][name][key]["median"]
-            if math.isnan(value):
-                continue
-            x = xs[j] + (i - 1) * width
-            right.bar(x, value, width, color=color, label=label if j == 0 else None)
-            h.label_bar(right, x, value, f"{value:.2f}", fontsize=7)
-            if target is not None and name in SINGLE:
-                right.hlines(target, x - width / 2, x + width / 2, colors="black", linestyles="--", linewidth=0.9)
-    right.axhline(1.0, color="#777777", linewidth=0.8)
-    right.set_yscale("log")
-    ticks = [0.25, 0.5, 0.8, 1.0, 2.0, 4.0, 8.0]
-    right.set_yticks(ticks, [f"{t:g}" for t in ticks])
-    right.minorticks_off()
-    right.set_xticks(xs, ["1, greedy", "1, T=1.0", "8, greedy"])
-    right.set(ylabel="ratio of tok/s (log; dashed: target)", title="ratios")
-    right.legend(fontsize=8)
-    fig.suptitle(h.versus(data, "structured output: "), fontsize=10)
-    h.save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":
