@@ -60,14 +60,12 @@ class AsyncEngine(ModelState, Reads):
             owner = config.async_engine()  # upstream's AsyncEngine(engine): one decode worker for both
             if type(owner) is not AsyncEngine or type(self) is not AsyncEngine:
                 raise TypeError("AsyncEngine(engine) takes a plain Engine; use engine.async_engine() for others")
-            self.config: EngineConfig = owner.config
             self._life: Lifetime = owner._life
             return
         if config is None:
             config = EngineConfig()
         if not isinstance(config, EngineConfig):
             raise TypeError(f"config must be an EngineConfig, an Engine or None, got {type(config).__name__}")
-        self.config = config
         self._life = Lifetime(config)
 
     # -- lifecycle --------------------------------------------------------------------

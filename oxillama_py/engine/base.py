@@ -21,8 +21,12 @@ __all__ = ["EngineBase"]
 class EngineBase:
     """The config and the worker's lifetime; loading and closing are the engine's own."""
 
-    config: EngineConfig
     _life: Lifetime
+
+    @property
+    def config(self) -> EngineConfig:
+        """The engine's configuration (fixed at construction)."""
+        return self._life.config
 
     async def _ready(self) -> DecodeWorker:
         return await self._life.ready()

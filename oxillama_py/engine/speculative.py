@@ -48,7 +48,7 @@ class AsyncSpeculativeEngine(AsyncEngine):
         )
         self.speculative_config = config
         self._speculating_engine = "SpeculativeEngine"
-        self._life = Lifetime(self.config, partial(DecodeWorker, name="oxillama-speculative", trace=config.trace))
+        self._life = Lifetime(self._life.config, partial(DecodeWorker, name="oxillama-speculative", trace=config.trace))
 
 
 class SpeculativeEngine(Engine):
