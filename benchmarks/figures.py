@@ -18,8 +18,9 @@ import json
 import math
 import re
 import sys
+import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,14 +32,6 @@ Rows = list[list[str]]
 Data = dict[str, Any]
 
 
-def _f(value: float, digits: int = 1) -> str:
-    return f"{value:.{digits}f}"
-
-
-def _cols(header: str) -> list[str]:
-    return header.split("|")
-
-
 def _setting(d: Data, key: str) -> Any:
     """A run setting: top-level in most JSON, under ``settings`` in ``prefix_cache`` and ``scale``."""
     return d[key] if key in d else d["settings"][key]
@@ -48,45 +41,59 @@ def _ms(summary: Data) -> Data:
     return {key: summary[key] * 1000.0 for key in ("median", "min", "max")}
 
 
-def _requests(levels: list[int]) -> list[str]:
-    return [f"{n} request{'s' if n > 1 else ''}" for n in levels]
+def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, dict):  # a summary: the table shows its median
+        value = value["median"]
+    if isinstance(value, str):
+        return value
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+@dataclass
+class Column:
+    """One column of a figure's table; with a ``panel``, also a series of bars in that panel of its plot.
+
+    ``values`` holds a cell per row: a number, a summary (the table shows its median, the plot its min-max as an
+    error bar), a string, or ``None`` ("n/a", no bar). ``targets`` (a target or ``None`` per row) are drawn as dashed
+    lines across the bars. A panel of 2-digit columns shows ratios: each bar is labelled, with a line at 1.
+    """
+
+    header: str
+    values: list[Any]
+    digits: int = 1
+    panel: str = ""
+    targets: list[Any] | None = None
 
 
 @dataclass
 class Panel:
-    """One plot panel of grouped bars: a group per x tick, in each a bar per series.
-
-    ``series`` maps a legend label to a value per group: a number, a summary (its median, its min-max as an error
-    bar) or ``None``/NaN for no bar. ``targets`` maps a series to a target per group, a dashed line across the bar.
-    A ``ratio`` panel labels each bar with its value and draws a line at 1.
-    """
+    """One plot panel of grouped bars: a group per table row, in each a bar per column of the panel."""
 
     title: str
-    ylabel: str
     groups: list[str]
-    series: dict[str, list[Any]]
-    targets: dict[str, list[Any]] | None = None
+    series: dict[str, list[Any]] = field(default_factory=dict)
+    targets: dict[str, list[Any]] = field(default_factory=dict)
     ratio: bool = False
     log: bool = False
-    label: str = ""  # the format of each bar's value above it ("{:.2f}" in a ratio panel)
 
 
 class Figure:
     """How a benchmark's JSON reads. A subclass per benchmark; ``FIGURES`` has one of each by name.
 
-    ``facts`` (the caption after the machine and the rounds) and ``after`` (the sentence between the table and
-    the checks) are ``str.format`` templates of the JSON as ``d`` (``{d[max_tokens]}``) and of ``values(d)``.
+    ``columns`` describes the table and, through each column's ``panel``, the plot: the README's numbers and the
+    PNG's bars come from one description. ``facts`` (the caption after the machine and the rounds) and ``after``
+    (the sentence between the table and the checks) are ``str.format`` templates of the JSON as ``d``
+    (``{d[max_tokens]}``) and of ``values(d)``.
     """
 
     name = ""
     title = ""
     facts = ""
     after = ""
+    named_by = 1  # the leading columns that name a row (and the group of bars it makes)
+    log: ClassVar[tuple[str, ...]] = ()  # the panels on a log scale
 
-    def rows(self, d: Data) -> Rows:
-        raise NotImplementedError
-
-    def panels(self, d: Data) -> list[Panel]:
+    def columns(self, d: Data) -> list[Column]:
         raise NotImplementedError
 
     def checks(self, d: Data) -> Data:
@@ -95,6 +102,22 @@ class Figure:
 
     def values(self, d: Data) -> Data:
         return {}
+
+    def rows(self, d: Data) -> Rows:
+        columns = self.columns(d)
+        cells = [[_cell(value, c.digits) for value in c.values] for c in columns]
+        return [[c.header for c in columns], *map(list, zip(*cells, strict=True))]
+
+    def panels(self, d: Data) -> list[Panel]:
+        columns = self.columns(d)
+        names = zip(*(c.values for c in columns[: self.named_by]), strict=True)
+        groups = ["\n".join(textwrap.wrap(" ".join(name), 15)) for name in names]
+        panels: dict[str, Panel] = {}
+        for c in (c for c in columns if c.panel):
+            panel = panels.setdefault(c.panel, Panel(c.panel, groups, ratio=c.digits == 2, log=c.panel in self.log))
+            panel.series[c.header] = c.values
+            panel.targets[c.header] = c.targets or [None] * len(groups)
+        return list(panels.values())
 
 
 class Overhead(Figure):
@@ -107,28 +130,20 @@ class Overhead(Figure):
         "callable": "callable",
     }
 
-    def rows(self, d: Data) -> Rows:
-        res = d["results"]
-        raw = _f(res["raw"]["tok_per_sec"]["median"])
-        rows = [_cols("progress attached|raw tok/s|oxillama_py tok/s|ratio|target")]
-        for name, label in self.adapters.items():
-            r = res[name]
-            rows.append([label, raw, _f(r["tok_per_sec"]["median"]), _f(r["ratio_vs_raw"], 2), f">= {r['target']}"])
-        return rows
+    def columns(self, d: Data) -> list[Column]:
+        res = [d["results"][name] for name in self.adapters]
+        raw, targets, rates = d["results"]["raw"]["tok_per_sec"], [r["target"] for r in res], "tok/s (median, min-max)"
+        return [
+            Column("progress attached", list(self.adapters.values())),
+            Column("raw tok/s", [raw] * len(res), panel=rates),
+            Column("oxillama_py tok/s", [r["tok_per_sec"] for r in res], panel=rates),
+            Column("ratio", [r["ratio_vs_raw"] for r in res], 2, "oxillama_py / raw", targets),
+            Column("target", [f">= {t}" for t in targets]),
+        ]
 
     def checks(self, d: Data) -> Data:
         res = {name: d["results"][name] for name in self.adapters}
         return {n: {"value": r["ratio_vs_raw"], "target": r["target"], "verdict": r["verdict"]} for n, r in res.items()}
-
-    def panels(self, d: Data) -> list[Panel]:
-        res, checks = d["results"], self.checks(d)
-        rates = {"tok/s": [r["tok_per_sec"] for r in res.values()]}
-        ratios = {"engine / raw": [c["value"] for c in checks.values()]}
-        targets = {"engine / raw": [c["target"] for c in checks.values()]}
-        return [
-            Panel(f"one greedy generation, {d['max_tokens']} tokens", "tokens / s (median, min-max)", list(res), rates),
-            Panel("ratio to raw (dashed: target)", "tok/s ratio", list(checks), ratios, targets, True),
-        ]
 
 
 class Batching(Figure):
@@ -139,32 +154,36 @@ class Batching(Figure):
     )
     after = (
         "With 16 requests the default 8 slots decode 8 at a time and queue the rest; `max_concurrency=16` decodes "
-        "all 16 together."
+        "all 16 together; *tasks*: a task per request awaiting `complete`, the rest `complete_batch`."
     )
-    columns = "engine (8 slots)|engine (16 slots)|engine(8) / sequential|engine(8) / batched"
 
-    def rows(self, d: Data) -> Rows:
-        rows = [_cols(f"concurrent requests|raw sequential|raw batched loop|{self.columns}")]
-        names = ("raw_sequential", "raw_batched", "engine8_batch", "engine16_batch")
-        for k in map(str, d["levels"]):
-            vs = d["ratios"]["engine8_batch"][k]
-            rates = [_f(d["results"][n][k]["tok_per_sec"]["median"]) for n in names]
-            rows.append([k, *rates, _f(vs["vs_raw_sequential"], 2), _f(vs["vs_raw_batched"], 2)])
-        return rows
-
-    def panels(self, d: Data) -> list[Panel]:
-        levels, res, target = d["levels"], d["results"], d["checks"]["engine8_vs_raw_batched_8"]["target"]
-        rates = {name: [per[str(n)]["tok_per_sec"] for n in levels] for name, per in res.items()}
-        engines = ("engine8_batch", "engine8_tasks", "engine16_batch")
-        ratios = {name: [d["ratios"][name][str(n)]["vs_raw_batched"] for n in levels] for name in engines}
-        targets = {"engine8_batch": [target if n == 8 else None for n in levels]}
-        title = f"{d['max_tokens']} tokens per request"
+    def columns(self, d: Data) -> list[Column]:
+        levels, res, vs = list(map(str, d["levels"])), d["results"], d["ratios"]["engine8_batch"]
+        target = d["checks"]["engine8_vs_raw_batched_8"]["target"]
+        rates = [
+            Column(header, [res[name][k]["tok_per_sec"] for k in levels], panel="aggregate tok/s (median, min-max)")
+            for name, header in self.contenders.items()
+        ]
         return [
-            Panel(title, "aggregate tokens / s (median, min-max)", _requests(levels), rates),
-            Panel(
-                "engine / raw batched loop (dashed: target)", "tok/s ratio", _requests(levels), ratios, targets, True
+            Column("concurrent requests", levels),
+            *rates,
+            Column("engine(8) / sequential", [vs[k]["vs_raw_sequential"] for k in levels], 2, "engine(8) / raw"),
+            Column(
+                "engine(8) / batched",
+                [vs[k]["vs_raw_batched"] for k in levels],
+                2,
+                "engine(8) / raw",
+                [target if k == "8" else None for k in levels],
             ),
         ]
+
+    contenders: ClassVar[dict[str, str]] = {
+        "raw_sequential": "raw sequential",
+        "raw_batched": "raw batched loop",
+        "engine8_batch": "engine (8 slots)",
+        "engine8_tasks": "engine (8 slots, tasks)",
+        "engine16_batch": "engine (16 slots)",
+    }
 
 
 class Speculative(Figure):
@@ -174,30 +193,31 @@ class Speculative(Figure):
         "Texts differing from plain decoding's: {differ} (verifying a draft is a multi-token llama_decode, whose "
         "logits differ slightly from a single-token one; see docs/speculative.rst)."
     )
-    columns = "its acceptance rate|llama-cpp-python prompt lookup|raw plain"
 
-    def rows(self, d: Data) -> Rows:
-        tps, accepted = d["median_tok_per_sec"], d["lookup_acceptance_rate"]
-        rows = [_cols(f"task|plain Engine|SpeculativeEngine, default settings|{self.columns}")]
-        for task, t in ((task, tps[task]) for task in ("copying", "free")):
-            rates = [_f(t["plain"]), _f(t["lookup"]), _f(accepted[task], 2), _f(t["raw_lookup"]), _f(t["raw_plain"])]
-            rows.append([task, *rates])
-        return rows
+    def columns(self, d: Data) -> list[Column]:
+        tasks, rates = ["copying", "free"], "tok/s (median, min-max)"
+
+        def tps(name: str, header: str) -> Column:
+            return Column(header, [d["tok_per_sec"][task][name] for task in tasks], panel=rates)
+
+        return [
+            Column("task", tasks),
+            tps("plain", "plain Engine"),
+            tps("lookup", "SpeculativeEngine, default settings"),
+            Column("its acceptance rate", [d["lookup_acceptance_rate"][task] for task in tasks], 2),
+            tps("raw_lookup", "llama-cpp-python prompt lookup"),
+            tps("raw_plain", "raw plain"),
+        ]
 
     def values(self, d: Data) -> Data:
         by_task = d["same_text_as_plain"].items()
         return {"differ": ", ".join(f"{c} on {t}" for t, by in by_task for c, same in by.items() if not same) or "none"}
 
-    def panels(self, d: Data) -> list[Panel]:
-        tps = d["tok_per_sec"]
-        rates = {c: [tps[task][c] for task in tps] for c in tps["copying"]}
-        return [Panel("copying and free-form text", "tokens / s (median, min-max)", list(tps), rates)]
-
 
 class Coexistence(Figure):
     name, title = "coexistence", "A second model in the same process"
     facts = "llama-cpp-python {build}; {d[max_tokens]} greedy tokens; each round runs every scenario in a fresh process"
-    scenarios: ClassVar[dict[str, Any]] = {
+    scenarios: ClassVar[dict[str, str]] = {
         "nothing (oxillama_py Engine alone)": "engine_alone",
         "a second Engine": "engine_beside_engine",
         "a SpeculativeEngine": "engine_beside_speculative",
@@ -206,24 +226,17 @@ class Coexistence(Figure):
         "a second raw Llama": "raw_beside_raw",
     }
 
-    def rows(self, d: Data) -> Rows:
-        tps = d["median_tok_per_sec"]
-        rows = [_cols("the process also holds|first model's tok/s|ratio to alone")]
-        for label, name in self.scenarios.items():
-            alone = "raw_alone" if name.startswith("raw") else "engine_alone"
-            rows.append([label, _f(tps[name]), _f(tps[name] / tps[alone], 2)])
-        return rows
+    def columns(self, d: Data) -> list[Column]:
+        tps, names = d["median_tok_per_sec"], list(self.scenarios.values())
+        alone = [tps["raw_alone" if name.startswith("raw") else "engine_alone"] for name in names]
+        return [
+            Column("the process also holds", list(self.scenarios)),
+            Column("first model's tok/s", [d["tok_per_sec"][n] for n in names], panel="tok/s (median, min-max)"),
+            Column("ratio to alone", [tps[n] / a for n, a in zip(names, alone, strict=True)], 2),
+        ]
 
     def values(self, d: Data) -> Data:
         return {"build": "with OpenMP, as pip builds it" if d["machine"]["openmp_build"] else "without OpenMP"}
-
-    def panels(self, d: Data) -> list[Panel]:
-        rates = {"tok/s": [d["tok_per_sec"][name] for name in self.scenarios.values()]}
-        groups = [label.replace(", ", ",\n") for label in self.scenarios]
-        build = self.values(d)["build"]
-        return [
-            Panel(f"llama-cpp-python {build}", "first model's tok/s (median, min-max)", groups, rates, label="{:.1f}")
-        ]
 
 
 class Server(Figure):
@@ -233,56 +246,32 @@ class Server(Figure):
         "The oxillama_py server and llama.cpp's `llama-server` run {d[slots]} slots of {d[slot_ctx]} cells; "
         "llama-cpp-python's server has one slot by design and serves one request at a time."
     )
-    labels: ClassVar[dict[str, Any]] = {
-        "oxillama": "oxillama_py server",
-        "llama_cpp_server": "llama-cpp-python server",
-        "llama_server": "llama.cpp llama-server",
+    labels: ClassVar[dict[str, str]] = {
+        "oxillama": "oxillama_py",
+        "llama_cpp_server": "llama-cpp-python",
+        "llama_server": "llama-server (C++)",
     }
-    columns = (
-        "concurrent clients|oxillama_py server tok/s|llama-cpp-python server tok/s|llama-server (C++) tok/s|"
-        "TTFT p50 ms (same order)|TTFT p99 ms (same order)|oxillama / llama-cpp-python|oxillama / llama-server"
-    )
+    log = ("time to first token p50 (ms)", "time to first token p99 (ms)")
 
-    def rows(self, d: Data) -> Rows:
-        rows = [_cols(self.columns)]
+    def columns(self, d: Data) -> list[Column]:
+        levels, res, checks = list(map(str, d["levels"])), d["results"], d["checks"]
 
-        def cells(k: str, pick: Callable[[Data], float], digits: int) -> list[str]:
-            per = [d["results"].get(n, {}).get(k) for n in self.labels]
-            return ["-" if e is None else _f(pick(e), digits) for e in per]
+        def per_level(name: str, pick: Callable[[Data], Any]) -> list[Any]:
+            return [pick(res[name][k]) if k in res.get(name, {}) else None for k in levels]
 
-        for k in map(str, d["levels"]):
-            p50 = " / ".join(cells(k, lambda e: e["ttft_ms"]["p50"], 0))
-            p99 = " / ".join(cells(k, lambda e: e["ttft_ms"]["p99"], 0))
-            ratios = [_f(d["ratios"][f"vs_{o}"][k]["tok_per_sec"], 2) for o in ("llama_cpp_server", "llama_server")]
-            rows.append([k, *cells(k, lambda e: e["tok_per_sec"]["median"], 1), p50, p99, *ratios])
-        return rows
-
-    def panels(self, d: Data) -> list[Panel]:
-        levels, res, groups = list(map(str, d["levels"])), d["results"], [f"{n} clients" for n in d["levels"]]
-
-        def per_level(pick: Callable[[Data], Any]) -> dict[str, list[Any]]:
-            return {
-                label: [pick(res[n][k]) if k in res.get(n, {}) else None for k in levels]
-                for n, label in self.labels.items()
-            }
-
-        others = {f"/ {self.labels[o]}": o for o in ("llama_cpp_server", "llama_server")}
-        ratios = {label: [d["ratios"][f"vs_{o}"][k]["tok_per_sec"] for k in levels] for label, o in others.items()}
-        targets = {
-            label: [d["checks"][f"oxillama_vs_{o}_8"]["target"] if k == "8" else None for k in levels]
-            for label, o in others.items()
-        }
-        return [
-            Panel(
-                f"{d['max_tokens']} tokens per request",
-                "aggregate tokens / s (median, min-max)",
-                groups,
-                per_level(lambda e: e["tok_per_sec"]),
-            ),
-            Panel("time to first token, p50", "ms (log)", groups, per_level(lambda e: e["ttft_ms"]["p50"]), log=True),
-            Panel("time to first token, p99", "ms (log)", groups, per_level(lambda e: e["ttft_ms"]["p99"]), log=True),
-            Panel("oxillama_py server / other (dashed: target)", "tok/s ratio", groups, ratios, targets, True),
-        ]
+        columns = [Column("concurrent clients", levels)]
+        for name, label in self.labels.items():
+            rates = per_level(name, lambda e: e["tok_per_sec"])
+            columns.append(Column(f"{label} tok/s", rates, panel="aggregate tok/s (median, min-max)"))
+        for p in ("p50", "p99"):
+            for name, label in self.labels.items():
+                times = per_level(name, lambda e, p=p: e["ttft_ms"][p])
+                columns.append(Column(f"{label} TTFT {p} ms", times, 0, f"time to first token {p} (ms)"))
+        for other in ("llama_cpp_server", "llama_server"):
+            target = [checks[f"oxillama_vs_{other}_8"]["target"] if k == "8" else None for k in levels]
+            ratios = [d["ratios"][f"vs_{other}"][k]["tok_per_sec"] for k in levels]
+            columns.append(Column(f"oxillama / {self.labels[other]}", ratios, 2, "oxillama_py / other", target))
+        return columns
 
 
 class Structured(Figure):
@@ -292,59 +281,43 @@ class Structured(Figure):
         "Constrained outputs that validated against the schema: {valid} of {total}; greedy JSON {same} to "
         "llama-cpp-python's (the same GBNF grammar, `Grammar.from_json_schema(schema).gbnf`)."
     )
-    columns = (
-        "scenario|oxillama_py unconstrained|oxillama_py `json_schema=`|llama-cpp-python `LlamaGrammar`|"
-        "llama-cpp-python unconstrained|oxillama_py json / unconstrained|json: oxillama_py / llama-cpp-python|"
-        "tokens per JSON output"
-    )
-    scenarios: ClassVar[dict[str, Any]] = {
+    log = ("ratios (dashed: target)",)
+    scenarios: ClassVar[dict[str, str]] = {
         "one_greedy": "1 request, greedy",
         "one_sampled": "1 request, temperature 1.0",
         "eight_greedy": "8 requests, greedy (aggregate; llama-cpp-python one after another)",
     }
-    contenders: ClassVar[dict[str, Any]] = {
+    contenders: ClassVar[dict[str, str]] = {
         "ox_free": "oxillama_py unconstrained",
         "ox_json": "oxillama_py json_schema",
         "raw_json": "llama-cpp-python LlamaGrammar",
         "raw_free": "llama-cpp-python unconstrained",
     }
-    # the ratio, its legend label, and the checks that hold it to a target
-    ratios: ClassVar[dict[str, Any]] = {
-        "ox_json_vs_ox_free": ("oxillama_py json / free", "constrained_vs_unconstrained"),
+    # each ratio: its header, and the suffix of the checks that hold it to a target
+    ratios: ClassVar[dict[str, tuple[str, str]]] = {
+        "ox_json_vs_ox_free": ("oxillama_py json / unconstrained", "constrained_vs_unconstrained"),
         "ox_json_vs_raw_json": ("json: oxillama_py / llama-cpp-python", "constrained_vs_llama_cpp"),
-        "raw_json_vs_raw_free": ("llama-cpp-python json / free", ""),
+        "raw_json_vs_raw_free": ("llama-cpp-python json / unconstrained", ""),
     }
 
-    def rows(self, d: Data) -> Rows:
-        rows = [_cols(self.columns)]
-        for name, label in self.scenarios.items():
-            per, ratios = d["results"][name], d["ratios"][name]
-            rates = [_f(per[c]["tok_per_sec"]["median"]) if c in per else "-" for c in self.contenders]
-            counts = [n for sample in per["ox_json"]["tokens_per_sequence"][:1] for n in sample]
-            tokens = str(counts[0]) if len(counts) == 1 else f"{min(counts)}-{max(counts)}"
-            vs = [_f(ratios[f"ox_json_vs_{other}"]["median"], 2) for other in ("ox_free", "raw_json")]
-            rows.append([label, *rates, *vs, tokens])
-        return rows
+    def columns(self, d: Data) -> list[Column]:
+        res, names, rates = d["results"], list(self.scenarios), "tok/s (median, min-max; 8 requests: aggregate)"
+        counts = [[n for sample in res[s]["ox_json"]["tokens_per_sequence"][:1] for n in sample] for s in names]
+        columns = [Column("scenario", list(self.scenarios.values()))]
+        columns += [
+            Column(label, [res[s].get(c, {}).get("tok_per_sec") for s in names], panel=rates)
+            for c, label in self.contenders.items()
+        ]
+        for key, (header, check) in self.ratios.items():
+            targets = [d["checks"].get(f"{s}_{check}", {}).get("target") for s in names]
+            ratios = [d["ratios"][s][key]["median"] for s in names]
+            columns.append(Column(header, ratios, 2, "ratios (dashed: target)", targets))
+        tokens = [str(c[0]) if len(c) == 1 else f"{min(c)}-{max(c)}" for c in counts]
+        return [*columns, Column("tokens per JSON output", tokens)]
 
     def values(self, d: Data) -> Data:
         counts = {key: sum(v[key] for v in d["validation"].values()) for key in ("valid", "total")}
         return counts | {"same": "equal" if d["same_text"]["one_greedy"]["ox_json_equals_raw_json"] else "not equal"}
-
-    def panels(self, d: Data) -> list[Panel]:
-        res, names, checks = d["results"], list(self.scenarios), d["checks"]
-        groups = ["1 request, greedy", "1 request, T=1.0", "8 requests, greedy\n(llama-cpp-python: in turn)"]
-        rates = {label: [res[s].get(c, {}).get("tok_per_sec") for s in names] for c, label in self.contenders.items()}
-        ratios = {label: [d["ratios"][s][key]["median"] for s in names] for key, (label, _) in self.ratios.items()}
-        targets = {
-            label: [checks.get(f"{s}_{check}", {}).get("target") for s in names]
-            for label, check in self.ratios.values()
-        }
-        return [
-            Panel(
-                "constrained by the same grammar, or not", "tokens / s (median, min-max; 8: aggregate)", groups, rates
-            ),
-            Panel("ratios (dashed: target)", "tok/s ratio (log)", groups, ratios, targets, ratio=True, log=True),
-        ]
 
 
 class PrefixCache(Figure):
@@ -354,7 +327,8 @@ class PrefixCache(Figure):
         "prompt shared by requests, and turns 2-10 of a chat"
     )
     after = "Greedy texts of cache hits that differ from a cold run: {mismatches}."
-    contenders: ClassVar[dict[str, Any]] = {
+    named_by, log = 2, ("ms (median, min-max)",)
+    contenders: ClassVar[dict[str, str]] = {
         "ox_cached": "oxillama_py, prefix cache",
         "ox_cold": "oxillama_py, cache off",
         "raw_reuse": "llama-cpp-python, own prefix reuse",
@@ -362,33 +336,24 @@ class PrefixCache(Figure):
         "raw_cold": "llama-cpp-python, reset",
     }
 
-    def workloads(self, d: Data) -> dict[str, str]:
-        return {"system": f"{d['settings']['system_prompt_tokens']}-token system prompt", "chat": "10-turn chat"}
-
-    def rows(self, d: Data) -> Rows:
-        res = d["results"]
-        rows = [_cols("workload|contender|first token (ms)|total (ms)|first token: x faster than it")]
-        for (workload, title), name in ((w, n) for w in self.workloads(d).items() for n in self.contenders):
-            hit, ttft = res[workload]["ox_cached"]["ttft_secs"]["median"], res[workload][name]["ttft_secs"]["median"]
-            ratio = "" if name == "ox_cached" else _f(ttft / hit, 2 if ttft / hit < 10 else 1)
-            total = res[workload][name]["total_secs"]["median"]
-            rows.append([title, self.contenders[name], _f(ttft * 1000, 0), _f(total * 1000, 0), ratio])
-        return rows
+    def columns(self, d: Data) -> list[Column]:
+        titles = {"system": f"{d['settings']['system_prompt_tokens']}-token system prompt", "chat": "10-turn chat"}
+        runs = [(w, name, d["results"][w][name]) for w in titles for name in self.contenders]
+        hit = {w: d["results"][w]["ox_cached"]["ttft_secs"]["median"] for w in titles}
+        faster = [None if name == "ox_cached" else r["ttft_secs"]["median"] / hit[w] for w, name, r in runs]
+        return [
+            Column("workload", [titles[w] for w, _, _ in runs]),
+            Column("contender", [self.contenders[name] for _, name, _ in runs]),
+            Column("first token (ms)", [_ms(r["ttft_secs"]) for _, _, r in runs], 0, "ms (median, min-max)"),
+            Column("total (ms)", [_ms(r["total_secs"]) for _, _, r in runs], 0, "ms (median, min-max)"),
+            Column("first token: x faster than it", faster, 2),
+        ]
 
     def checks(self, d: Data) -> Data:
         return {key: {"value": d["results"]["system"]["ratios"][key], **t} for key, t in d["targets"].items()}
 
     def values(self, d: Data) -> Data:
         return {"mismatches": len(d["text_mismatches"])}
-
-    def panels(self, d: Data) -> list[Panel]:
-        groups = [label.replace(", ", ",\n") for label in self.contenders.values()]
-        panels = []
-        for workload, title in self.workloads(d).items():
-            res = [d["results"][workload][name] for name in self.contenders]
-            times = {"first token": [_ms(r["ttft_secs"]) for r in res], "total": [_ms(r["total_secs"]) for r in res]}
-            panels.append(Panel(title, "ms (median, min-max, log)", groups, times, log=True, label="{:.0f}"))
-        return panels
 
 
 class SpeculativeBatch(Figure):
@@ -401,31 +366,25 @@ class SpeculativeBatch(Figure):
         "For one copying request, llama-cpp-python gives {raw[raw_plain]:.1f} tok/s plain and "
         "{raw[raw_lookup]:.1f} with its prompt lookup."
     )
+    named_by = 2
 
-    def rows(self, d: Data) -> Rows:
-        med, ratios, rate = d["median_tok_per_sec"], d["ratios"], d["acceptance_rate"]
-        rows = [_cols("workload|requests|plain batching tok/s|speculative batching tok/s|ratio|acceptance")]
-        for task, k in ((t, k) for t in ("copying", "free") for k in map(str, d["concurrency"])):
-            per = med[task][k]
-            cells = [_f(per["plain"]), _f(per["speculative"]), _f(ratios[task][k], 2), _f(rate[task][k], 2)]
-            rows.append([task, k, *cells])
-        return rows
+    def columns(self, d: Data) -> list[Column]:
+        runs = [(task, str(n)) for task in ("copying", "free") for n in d["concurrency"]]
+        targets = {tuple(name.split("_")[:2]): c["target"] for name, c in d["targets"].items()}  # copying_1_...
+        rates, tps = "aggregate tok/s (median, min-max)", d["tok_per_sec"]
+        return [
+            Column("workload", [task for task, _ in runs]),
+            Column("requests", [n for _, n in runs]),
+            Column("plain batching tok/s", [tps[task][n]["plain"] for task, n in runs], panel=rates),
+            Column("speculative batching tok/s", [tps[task][n]["speculative"] for task, n in runs], panel=rates),
+            Column(
+                "ratio", [d["ratios"][t][n] for t, n in runs], 2, "speculative / plain", list(map(targets.get, runs))
+            ),
+            Column("acceptance", [d["acceptance_rate"][task][n] for task, n in runs], 2),
+        ]
 
     def values(self, d: Data) -> Data:
         return {"raw": d["llama_cpp_python_one_request"]["copying"]}
-
-    def panels(self, d: Data) -> list[Panel]:
-        levels, groups = list(map(str, d["concurrency"])), _requests(d["concurrency"])
-        panels = [
-            Panel(task, "aggregate tok/s (median, min-max)", groups, {c: [per[k][c] for k in levels] for c in per["1"]})
-            for task, per in d["tok_per_sec"].items()
-        ]
-        ratios = {task: [per[k] for k in levels] for task, per in d["ratios"].items()}
-        targets: dict[str, list[Any]] = {task: [None] * len(levels) for task in ratios}
-        for check_name, check in d["targets"].items():  # copying_1_speculative_vs_plain: copying, 1 request
-            task, requests = check_name.split("_")[:2]
-            targets[task][levels.index(requests)] = check["target"]
-        return [*panels, Panel("speculative / plain (dashed: target)", "tok/s ratio", groups, ratios, targets, True)]
 
 
 class Scale(Figure):
@@ -435,63 +394,49 @@ class Scale(Figure):
         "One process with 16 slots runs one batch of 16 where the replicas run two of 8: ray / that process = "
         "{d[ratio_ray_over_process16]:.2f}."
     )
-    setups: ClassVar[dict[str, Any]] = {
+    setups: ClassVar[dict[str, str]] = {
         "process": "1 process, 2 threads, 8 slots",
         "ray": "Ray Serve, 2 replicas x (1 thread, 8 slots)",
         "process16": "1 process, 2 threads, 16 slots",
     }
 
-    def rows(self, d: Data) -> Rows:
-        rows = [_cols("set-up|aggregate tok/s|time to first token p50 (ms)")]
-        for name, label in self.setups.items():
-            r = d["results"][name]
-            rows.append([label, _f(r["aggregate_tok_per_sec"]["median"]), _f(r["ttft_p50_secs"] * 1000, 0)])
-        return rows
+    def columns(self, d: Data) -> list[Column]:
+        res = [d["results"][name] for name in self.setups]
+        ttft = [r["ttft_p50_secs"] * 1000 for r in res]
+        return [
+            Column("set-up", list(self.setups.values())),
+            Column("aggregate tok/s", [r["aggregate_tok_per_sec"] for r in res], panel="tok/s (median, min-max)"),
+            Column("time to first token p50 (ms)", ttft, 0, "time to first token p50 (ms)"),
+        ]
 
     def checks(self, d: Data) -> Data:
         target = d["target"]
         check = {"value": d["ratio_ray_over_process"], "target": target["ratio"], "verdict": target["verdict"]}
         return {"ray_over_process": check}
 
-    def panels(self, d: Data) -> list[Panel]:
-        groups = [label.replace(", ", ",\n", 1) for label in self.setups.values()]
-        rates = {"tok/s": [d["results"][name]["aggregate_tok_per_sec"] for name in self.setups]}
-        title = f"{d['settings']['clients']} streaming clients on one machine"
-        return [Panel(title, "aggregate tok/s (median, min-max)", groups, rates, label="{:.1f}")]
-
 
 FIGURES: dict[str, Figure] = {cls.name: cls() for cls in Figure.__subclasses__()}
 
 
 def bars(ax: Any, panel: Panel) -> None:
-    """Draw ``panel`` onto ``ax`` (see ``Panel``)."""
+    """Draw ``panel`` onto ``ax``: for each series a bar per group, shifted so that a group's bars sit together."""
     step = 0.8 / len(panel.series)
     for i, (name, values) in enumerate(panel.series.items()):
         offset = (i - (len(panel.series) - 1) / 2) * step
-        have = [(j, v) for j, v in enumerate(values) if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        have = [(j, v) for j, v in enumerate(values) if _cell(v, 1) != "n/a"]
         xs = [j + offset for j, _ in have]
         tops = [v["median"] if isinstance(v, dict) else v for _, v in have]
         spans = [[v["median"] - v["min"], v["max"] - v["median"]] for _, v in have if isinstance(v, dict)]
         ax.bar(xs, tops, step, yerr=list(zip(*spans, strict=True)) if spans else None, capsize=3, label=name)
-        label = panel.label or ("{:.2f}" if panel.ratio else "")
         for (j, _), x, top in zip(have, xs, tops, strict=True):
-            if label:
-                ax.annotate(
-                    label.format(top),
-                    (x, top),
-                    ha="center",
-                    va="bottom",
-                    xytext=(0, 2),
-                    fontsize=7,
-                    textcoords="offset points",
-                )
-            target = (panel.targets or {}).get(name, [None] * len(panel.groups))[j]
-            if target is not None:
+            if panel.ratio:
+                ax.annotate(f"{top:.2f}", (x, top), ha="center", va="bottom", fontsize=7)
+            if (target := panel.targets[name][j]) is not None:
                 ax.hlines(target, x - step / 2, x + step / 2, colors="black", linestyles="--", linewidth=0.9)
     if panel.ratio:
         ax.axhline(1.0, color="#777777", linewidth=0.8)
     ax.set_xticks(range(len(panel.groups)), panel.groups, fontsize=7)
-    ax.set(title=panel.title, ylabel=panel.ylabel, yscale="log" if panel.log else "linear")
+    ax.set(title=panel.title + (" (dashed: target)" if panel.ratio else ""), yscale="log" if panel.log else "linear")
     if panel.log:  # plain numbers (0.5, 2, 300) on the log axis, not powers of ten
         ax.yaxis.set_major_formatter("{x:g}")
         ax.yaxis.set_minor_formatter("{x:g}")
@@ -507,7 +452,8 @@ def draw(name: str, d: Data, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = FIGURES[name].panels(d)
-    fig, axes = plt.subplots(1, len(panels), figsize=(1 + 5 * len(panels), 4.6), squeeze=False)
+    widths = [2 + 0.45 * len(panel.groups) * len(panel.series) for panel in panels]  # inches: room for every bar
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(8, sum(widths)), 5), width_ratios=widths, squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
         bars(ax, panel)
     m, mode = d["machine"], d.get("mode", "default")
