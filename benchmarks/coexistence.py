@@ -118,7 +118,7 @@ def main() -> int:
         "targets": {name: h.check(ratios[name], t) for name, (_, _, t) in RATIOS.items() if t is not None},
     }
     notes = [f"{name:40s} {value:5.2f}" for name, value in ratios.items() if name not in data["targets"]]
-    run.report(data, data["targets"], notes)
+    run.report(data, notes)
     return 0 if h.all_pass(data["targets"]) else 1
 
 

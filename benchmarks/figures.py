@@ -132,7 +132,8 @@ class Overhead(Figure):
 
     def columns(self, d: Data) -> list[Column]:
         res = [d["results"][name] for name in self.adapters]
-        raw, targets, rates = d["results"]["raw"]["tok_per_sec"], [r["target"] for r in res], "tok/s (median, min-max)"
+        raw, targets = d["results"]["raw"]["tok_per_sec"], [r["target"] for r in res]
+        rates = "tok/s (median, min-max)"
         return [
             Column("progress attached", list(self.adapters.values())),
             Column("raw tok/s", [raw] * len(res), panel=rates),
@@ -156,27 +157,6 @@ class Batching(Figure):
         "With 16 requests the default 8 slots decode 8 at a time and queue the rest; `max_concurrency=16` decodes "
         "all 16 together; *tasks*: a task per request awaiting `complete`, the rest `complete_batch`."
     )
-
-    def columns(self, d: Data) -> list[Column]:
-        levels, res, vs = list(map(str, d["levels"])), d["results"], d["ratios"]["engine8_batch"]
-        target = d["checks"]["engine8_vs_raw_batched_8"]["target"]
-        rates = [
-            Column(header, [res[name][k]["tok_per_sec"] for k in levels], panel="aggregate tok/s (median, min-max)")
-            for name, header in self.contenders.items()
-        ]
-        return [
-            Column("concurrent requests", levels),
-            *rates,
-            Column("engine(8) / sequential", [vs[k]["vs_raw_sequential"] for k in levels], 2, "engine(8) / raw"),
-            Column(
-                "engine(8) / batched",
-                [vs[k]["vs_raw_batched"] for k in levels],
-                2,
-                "engine(8) / raw",
-                [target if k == "8" else None for k in levels],
-            ),
-        ]
-
     contenders: ClassVar[dict[str, str]] = {
         "raw_sequential": "raw sequential",
         "raw_batched": "raw batched loop",
@@ -184,6 +164,22 @@ class Batching(Figure):
         "engine8_tasks": "engine (8 slots, tasks)",
         "engine16_batch": "engine (16 slots)",
     }
+
+    def columns(self, d: Data) -> list[Column]:
+        levels, res, vs = list(map(str, d["levels"])), d["results"], d["ratios"]["engine8_batch"]
+        target = d["checks"]["engine8_vs_raw_batched_8"]["target"]
+        targets = [target if k == "8" else None for k in levels]
+        ratio = "engine(8) / raw"
+        rates = [
+            Column(header, [res[name][k]["tok_per_sec"] for k in levels], panel="aggregate tok/s (median, min-max)")
+            for name, header in self.contenders.items()
+        ]
+        return [
+            Column("concurrent requests", levels),
+            *rates,
+            Column("engine(8) / sequential", [vs[k]["vs_raw_sequential"] for k in levels], 2, ratio),
+            Column("engine(8) / batched", [vs[k]["vs_raw_batched"] for k in levels], 2, ratio, targets),
+        ]
 
 
 class Speculative(Figure):
@@ -371,15 +367,14 @@ class SpeculativeBatch(Figure):
     def columns(self, d: Data) -> list[Column]:
         runs = [(task, str(n)) for task in ("copying", "free") for n in d["concurrency"]]
         targets = {tuple(name.split("_")[:2]): c["target"] for name, c in d["targets"].items()}  # copying_1_...
+        ratios = [d["ratios"][task][n] for task, n in runs]
         rates, tps = "aggregate tok/s (median, min-max)", d["tok_per_sec"]
         return [
             Column("workload", [task for task, _ in runs]),
             Column("requests", [n for _, n in runs]),
             Column("plain batching tok/s", [tps[task][n]["plain"] for task, n in runs], panel=rates),
             Column("speculative batching tok/s", [tps[task][n]["speculative"] for task, n in runs], panel=rates),
-            Column(
-                "ratio", [d["ratios"][t][n] for t, n in runs], 2, "speculative / plain", list(map(targets.get, runs))
-            ),
+            Column("ratio", ratios, 2, "speculative / plain", [targets.get(run) for run in runs]),
             Column("acceptance", [d["acceptance_rate"][task][n] for task, n in runs], 2),
         ]
 

@@ -197,10 +197,12 @@ class Run:
         head |= {"max_tokens": self.max_tokens, "rounds": self.rounds, "machine": self.info}
         return head | {"warning": load_warning(self.info)}
 
-    def report(self, data: dict[str, Any], checks: dict[str, Any], notes: Sequence[str] = ()) -> None:
-        """Print the table, the checks and the notes; write ``<out>/<name>.json`` and ``<name>.png`` (``figures``)."""
-        print("\n".join(figures.table(figures.FIGURES[self.name].rows(data), rst=True)))
-        for key, c in checks.items():
+    def report(self, data: dict[str, Any], notes: Sequence[str] = ()) -> None:
+        """Print the table, the checks (as the README shows them) and the notes; write ``<out>/<name>.json`` and
+        ``<name>.png`` (``figures`` reads both from ``data``)."""
+        figure = figures.FIGURES[self.name]
+        print("\n".join(figures.table(figure.rows(data), rst=True)))
+        for key, c in figure.checks(data).items():
             sign = "<" if c.get("below") else ">="
             print(f"{key:<45} {c['value']:7.3f}  (target {sign} {c['target']})  {c['verdict']}")
         problems, warning = [f"PROBLEM: {p}" for p in data.get("problems", [])], load_warning(self.info)

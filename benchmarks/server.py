@@ -254,9 +254,7 @@ def analyse(run: h.Run, contenders: list[h.Contender], servers: dict[str, Any]) 
         "slot_ctx": run.args.slot_ctx,
         "prompt_template": PROMPT,
         "request": "POST /v1/completions, stream true, temperature 0, stream_options include_usage",
-        "contenders": {
-            name: {"label": Server.labels[name], "command": argv} for name, argv in servers["commands"].items()
-        },
+        "contenders": {n: {"label": Server.labels[n], "command": argv} for n, argv in servers["commands"].items()},
         "startup_secs": servers["startup_secs"],
         "results": table,
         "ratios": ratios,
@@ -298,7 +296,7 @@ def main() -> int:
     contenders, servers = measure(run, names, lambda name, port: command(name, args, run.model, port), LEVELS)
     run.stop()
     data = analyse(run, contenders, servers)
-    run.report(data, data["checks"], [f"stopped early: {len(data['stopped_early'])} runs"])
+    run.report(data, [f"stopped early: {len(data['stopped_early'])} runs"])
     return 0 if data["all_targets_met"] else 1
 
 

@@ -77,7 +77,7 @@ def main() -> int:
         "lookup_acceptance_rate": {t: h.median(v) for t, v in acceptance.items()},
         "plain_text_start": {t: texts[t]["plain"][:300] for t in TASKS},
     }
-    run.report(data, data["targets"], [f"same text as plain: {data['same_text_as_plain']}"])
+    run.report(data, [f"same text as plain: {data['same_text_as_plain']}"])
     return 0
 
 

@@ -124,7 +124,7 @@ def main() -> int:
         "drafted_tokens": {t: {str(n): d for n, (d, _) in per.items()} for t, per in drafts.items()},
     }
     notes = [f"llama-cpp-python, one request: {raw_med}", f"same text as plain: {data['same_text_as_plain']}"]
-    run.report(data, targets, notes)
+    run.report(data, notes)
     return 0
 
 
