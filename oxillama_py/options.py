@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
 from .cancel import CancellationToken
+from .checks import check_bool, check_int, check_type
 from .config import EngineConfig, SamplerConfig, check_seed
 from .errors import GrammarError
 from .grammar import Constraint, Grammar, resolve_grammar
@@ -110,13 +111,10 @@ class GenerateOptions:
         unknown = set(options) - set(GenerateKwargs.__annotations__)
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-            raise TypeError(f"max_tokens must be an int, got {type(max_tokens).__name__}")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        check_int("max_tokens", max_tokens, low=1)
         sampler = options.get("sampler")
-        if sampler is not None and not isinstance(sampler, SamplerConfig):
-            raise TypeError(f"sampler must be a SamplerConfig, got {type(sampler).__name__}")
+        if sampler is not None:
+            check_type("sampler", sampler, SamplerConfig, "a SamplerConfig")
         check_seed("seed", options.get("seed"))
         chosen = (sampler or base).with_overrides(
             temperature=options.get("temperature"),
@@ -127,21 +125,21 @@ class GenerateOptions:
             seed=options.get("seed"),
         )
         cancel_token = options.get("cancel_token")
-        if cancel_token is not None and not isinstance(cancel_token, CancellationToken):
-            raise TypeError(f"cancel_token must be a CancellationToken, got {type(cancel_token).__name__}")
+        if cancel_token is not None:
+            check_type("cancel_token", cancel_token, CancellationToken, "a CancellationToken")
         progress = ProgressOptions(
             options.get("progress"),
             options.get("progress_throttle_ms"),
             options.get("progress_throttle_tokens"),
-            _flag("progress_capture_text", options.get("progress_capture_text", False)),
-            _flag("strict_progress", options.get("strict_progress", False)),
+            check_bool("progress_capture_text", options.get("progress_capture_text", False)),
+            check_bool("strict_progress", options.get("strict_progress", False)),
         )
         check_throttle(progress.throttle_ms, progress.throttle_tokens)
         check_progress(progress.target)
         grammar = resolve_grammar(options.get("grammar"), options.get("json_schema"), options.get("json", False))
         speculative = options.get("speculative")
         if speculative is not None:
-            _flag("speculative", speculative)
+            check_bool("speculative", speculative)
         return cls(max_tokens, chosen, _stops(options.get("stop")), cancel_token, progress, grammar, speculative)
 
 
@@ -173,12 +171,6 @@ def resolve_options(
     speculative = speculative and not opts.sampler.mirostat
     seed = opts.sampler.seed if opts.sampler.seed is not None else config.seed
     return replace(opts, speculative=speculative, seed=seed)
-
-
-def _flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return value
 
 
 def _stops(stop: object) -> tuple[str, ...]:

@@ -19,8 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
-from oxillama_py import AsyncEngine, EngineConfig, GenerationCancelled, ProgressEvent
-from oxillama_py import TextStream
+from oxillama_py import AsyncEngine, EngineConfig, GenerationCancelled, ProgressEvent, TextStream
 
 pytestmark = pytest.mark.anyio
 

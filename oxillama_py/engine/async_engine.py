@@ -24,6 +24,7 @@ from ..bus import Subscriber
 from ..bus.pieces import PieceBuffer
 from ..callback import CallbackSubscriber, check_callback
 from ..chat import Message, check_messages
+from ..checks import check_bool, check_sequence, check_type
 from ..config import EngineConfig
 from ..options import BatchKwargs, GenerateKwargs, GenerateOptions, Unpack, resolve_options
 from ..results import CompletionResult
@@ -64,9 +65,7 @@ class AsyncEngine(ModelState, Reads):
             return
         if config is None:
             config = EngineConfig()
-        if not isinstance(config, EngineConfig):
-            raise TypeError(f"config must be an EngineConfig, an Engine or None, got {type(config).__name__}")
-        self._life = Lifetime(config)
+        self._life = Lifetime(check_type("config", config, EngineConfig, "an EngineConfig, an Engine or None"))
 
     # -- lifecycle --------------------------------------------------------------------
     async def load_model(self) -> None:
@@ -157,8 +156,7 @@ class AsyncEngine(ModelState, Reads):
 
     async def detokenize(self, tokens: Sequence[int]) -> str:
         """Text of ``tokens``; control tokens render as nothing."""
-        if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
-            raise TypeError(f"tokens must be a sequence of ints, got {type(tokens).__name__}")
+        check_sequence("tokens", tokens, "a sequence of ints")
         model = (await self._ready()).model
         return await anyio.to_thread.run_sync(model.detokenize, list(tokens))
 
@@ -268,8 +266,7 @@ class AsyncEngine(ModelState, Reads):
         ``oxillama_py.callback``) and the generation goes on.
         """
         check_callback(callback)
-        if not isinstance(strict_callback, bool):
-            raise TypeError(f"strict_callback must be a bool, got {type(strict_callback).__name__}")
+        check_bool("strict_callback", strict_callback)
         extra = [CallbackSubscriber(callback, strict=strict_callback)] if callback is not None else []
         call = await self.prepare([check_prompt(prompt)], max_tokens, subscribers=extra, **options)
         (result,) = await call.run()

@@ -12,6 +12,7 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..checks import check_type
 from ..config import EngineConfig
 from ..decode.persist import SavedPrefix
 from ..errors import LoadError, SnapshotError
@@ -96,9 +97,9 @@ def hub_config(
     repo_id: str, filename: str | None, revision: str | None, token: str | None, config: EngineConfig | None
 ) -> EngineConfig:
     """``config`` (or the default) with the cached hub file as its model; nothing is downloaded."""
-    if token is not None and not isinstance(token, str):
-        raise TypeError(f"token must be a str or None, got {type(token).__name__}")
-    if config is not None and not isinstance(config, EngineConfig):
-        raise TypeError(f"config must be an EngineConfig or None, got {type(config).__name__}")
+    if token is not None:
+        check_type("token", token, str, "a str or None")
+    if config is not None:
+        check_type("config", config, EngineConfig, "an EngineConfig or None")
     path = resolve_cached(repo_id, filename=filename, revision=revision)
     return replace(config or EngineConfig(), model_path=str(path))

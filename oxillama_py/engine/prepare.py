@@ -15,6 +15,7 @@ import anyio.to_thread
 from ..bus import Generation, Request, Subscriber
 from ..bus.collect import Collector
 from ..chat import ChatTemplate, render_messages, resolve_template, template_for
+from ..checks import check_int, check_sequence, check_type
 from ..config import EngineConfig
 from ..decode import DecodeWorker
 from ..errors import KvCacheFullError
@@ -39,29 +40,19 @@ __all__ = [
 
 
 def check_prompt(prompt: object) -> str:
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    return prompt
+    return check_type("prompt", prompt, str, "a str")
 
 
 def check_prompts(prompts: object) -> list[str]:
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-        raise TypeError("prompts must be a sequence of strings")
-    return [check_prompt(p) for p in prompts]
+    return [check_prompt(p) for p in check_sequence("prompts", prompts, "a sequence of strings")]
 
 
 def check_text(text: object) -> str:
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    return text
+    return check_type("text", text, str, "a str")
 
 
 def check_n(n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    return n
+    return check_int("n", n, low=1)
 
 
 def check_template(chosen: object) -> str | None:

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..bus.post import wait_future
+from ..checks import check_sequence
 from ..config import EngineConfig
 from ..errors import GenerateError, KvCacheFullError
 from ..llama.model import Model
@@ -48,9 +49,8 @@ class Reads(EngineBase):
         own if it declares one, else the mean of the last hidden states of all
         of a text's tokens (BOS included).
         """
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}")
-        return await self._read([check_text(text) for text in texts], logits=False)
+        checked = check_sequence("texts", texts, "a sequence of str")
+        return await self._read([check_text(text) for text in checked], logits=False)
 
     async def embeddings_dlpack(self, text: str) -> npt.NDArray[np.float32]:
         """:meth:`embed_numpy`'s vector as a ``(1, hidden_size())`` array, which DLPack consumers take without a copy.

@@ -36,7 +36,6 @@ from ..decode.persist import SavedPrefix
 from ..errors import LoadError, SnapshotError
 from ..paths import check_path
 
-
 __all__ = [
     "MAGIC",
     "VERSION",

@@ -15,6 +15,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
+from ..checks import check_type
 from ..config import SpeculativeConfig
 from ..decode import DecodeWorker
 from .async_engine import AsyncEngine
@@ -33,8 +34,7 @@ class AsyncSpeculativeEngine(AsyncEngine):
     """
 
     def __init__(self, config: SpeculativeConfig) -> None:
-        if not isinstance(config, SpeculativeConfig):
-            raise TypeError(f"config must be a SpeculativeConfig, got {type(config).__name__}")
+        check_type("config", config, SpeculativeConfig, "a SpeculativeConfig")
         target = config.target
         seed = target.seed if target.seed is not None else config.seed
         super().__init__(

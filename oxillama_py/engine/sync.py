@@ -22,13 +22,14 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ..chat import Message
+from ..checks import check_type
 from ..config import EngineConfig
 from ..errors import GenerateError
 from ..options import GenerateKwargs, Unpack
 from ..stats import EngineStats
 from .async_engine import AsyncEngine
 from .files import NO_PICKLE, hub_config, model_from_hub_origin, plan_restore
-from .snapshot_file import SnapshotInfo, snapshot_info
+from .snapshot_file import snapshot_info
 from .stream import TextStream
 
 __all__ = ["Backend", "Engine"]
@@ -81,8 +82,8 @@ class Engine:
         backend: Backend = "asyncio",
         backend_options: dict[str, Any] | None = None,
     ) -> None:
-        if config is not None and not isinstance(config, (EngineConfig, AsyncEngine)):
-            raise TypeError(f"config must be an EngineConfig, an AsyncEngine or None, got {type(config).__name__}")
+        if config is not None:
+            check_type("config", config, (EngineConfig, AsyncEngine), "an EngineConfig, an AsyncEngine or None")
         self._async = config if isinstance(config, AsyncEngine) else AsyncEngine(config)
         self._stack = ExitStack()
         self._portal: BlockingPortal = self._stack.enter_context(start_blocking_portal(backend, backend_options))
