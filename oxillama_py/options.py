@@ -116,7 +116,7 @@ class GenerateOptions:
         if sampler is not None:
             check_type("sampler", sampler, SamplerConfig, "a SamplerConfig")
         check_seed("seed", options.get("seed"))
-        chosen = (sampler or base).with_overrides(
+        resolved = (sampler or base).with_overrides(
             temperature=options.get("temperature"),
             top_p=options.get("top_p"),
             top_k=options.get("top_k"),
@@ -140,7 +140,7 @@ class GenerateOptions:
         speculative = options.get("speculative")
         if speculative is not None:
             check_bool("speculative", speculative)
-        return cls(max_tokens, chosen, _stops(options.get("stop")), cancel_token, progress, grammar, speculative)
+        return cls(max_tokens, resolved, _stops(options.get("stop")), cancel_token, progress, grammar, speculative)
 
 
 def resolve_options(

@@ -212,8 +212,8 @@ class AsyncEngine(ModelState, Reads):
         opts = self._options(max_tokens, options)
         template = check_template(chat_template)
         worker = await self._ready()
-        prompt, chosen = await anyio.to_thread.run_sync(render_for_decode, self.config, worker.model, checked, template)
-        stop = opts.stop + tuple(s for s in chosen.stop if s not in opts.stop)
+        prompt, used = await anyio.to_thread.run_sync(render_for_decode, self.config, worker.model, checked, template)
+        stop = opts.stop + tuple(s for s in used.stop if s not in opts.stop)
         return await build_call(self.config, worker, [prompt] * count, replace(opts, stop=stop), subscribers)
 
     async def count_chat_tokens(self, messages: Sequence[Message], *, chat_template: str | None = None) -> int:

@@ -55,31 +55,33 @@ def check_n(n: object) -> int:
     return check_int("n", n, low=1)
 
 
-def check_template(chosen: object) -> str | None:
+def check_template(name_or_source: object) -> str | None:
     """Reject a bad ``chat_template`` argument before any work (the model is not needed for that)."""
-    if chosen is not None:
-        resolve_template(chosen, model_template=None, has_token=lambda _: False)  # type: ignore[arg-type]
-    return chosen  # type: ignore[return-value]
+    if name_or_source is not None:
+        resolve_template(name_or_source, model_template=None, has_token=lambda _: False)  # type: ignore[arg-type]
+    return name_or_source  # type: ignore[return-value]
 
 
 def render_chat(
     config: EngineConfig, model: Model, messages: list[dict[str, str]], template: str | None, *, generation: bool
 ) -> str:
     """The prompt as the template writes it (BOS text included); ``template`` falls back to the config's."""
-    chosen = template if template is not None else config.chat_template
-    return render_messages(model, messages, chosen, add_generation_prompt=generation)
+    name_or_source = template if template is not None else config.chat_template
+    return render_messages(model, messages, name_or_source, add_generation_prompt=generation)
 
 
 def render_for_decode(
     config: EngineConfig, model: Model, messages: list[dict[str, str]], template: str | None
 ) -> tuple[str, ChatTemplate]:
     """The rendered prompt without the BOS text that tokenizing adds again, and its template (blocking)."""
-    chosen = template_for(model, template if template is not None else config.chat_template)
+    chat_template = template_for(model, template if template is not None else config.chat_template)
     bos = model.special_text(model.bos)
-    prompt = chosen.render(messages, add_generation_prompt=True, bos_token=bos, eos_token=model.special_text(model.eos))
+    prompt = chat_template.render(
+        messages, add_generation_prompt=True, bos_token=bos, eos_token=model.special_text(model.eos)
+    )
     if model.add_bos and bos and prompt.startswith(bos):
         prompt = prompt[len(bos) :]
-    return prompt, chosen
+    return prompt, chat_template
 
 
 def _requests(config: EngineConfig, model: Model, prompts: list[str], opts: GenerateOptions) -> list[Request]:
