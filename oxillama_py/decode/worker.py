@@ -168,7 +168,8 @@ class DecodeWorker:
             waiting=(len(scheduler.waiting) if scheduler is not None else 0) + self._queue.qsize(),
             decode_steps=runner.steps if runner is not None else 0,
             prefix_cache=cache.snapshot if cache is not None else PrefixCacheStats(),
-            weight_changes=len(scheduler.exclusive) if scheduler is not None else 0,
+            # a change withdrawn while it waits is not counted, though the loop drops it only at its next turn
+            weight_changes=sum(not t.future.cancelled() for t in list(scheduler.exclusive)) if scheduler else 0,
         )
 
     def _put(self, item: Request | Task | ReadJob) -> bool:
