@@ -11,7 +11,8 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import harness as h
@@ -41,14 +42,13 @@ PROMPT_TEMPLATE = (
     "A library catalogue record for a novel about {subject}, written as one JSON object with the keys "
     "title, author, year, pages, genres and summary.\n```json\n"
 )
-CAP = 320
-SEED = 1234
+CAP, SEED = 320, 1234  # max_tokens of a constrained call; the sampled scenario's seed
 SAMPLED = {"temperature": 1.0, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
 SCENARIOS = ("one_greedy", "one_sampled", "eight_greedy")
 SINGLE = ("one_greedy", "one_sampled")
-CONTENDERS = ("ox_free", "ox_json", "raw_json", "raw_free")
-CONSTRAINED = ("ox_json", "raw_json")
-TARGET_VS_FREE = 0.8
+CONTENDERS = ("ox_free", "ox_json", "ox_gbnf", "raw_json", "raw_free")
+CONSTRAINED = ("ox_json", "ox_gbnf", "raw_json")  # validated; only ox_json's must be (the GBNF is looser)
+TARGET_VS_FREE = {"one_greedy": 0.97, "eight_greedy": 0.97, "one_sampled": 0.9}
 TARGET_VS_RAW = 1.0
 
 
@@ -57,7 +57,7 @@ class Scenario:
     name: str
     prompts: list[str]
     sampling: dict[str, Any]  # temperature etc.; a seed when sampled
-    free_tokens: int = 0  # max_tokens of the unconstrained calls, set after the warm-up
+    free_tokens: list[int] = field(default_factory=list)  # max_tokens of each unconstrained call, from the warm-up
 
 
 def scenario_list() -> list[Scenario]:
@@ -70,17 +70,14 @@ def scenario_list() -> list[Scenario]:
     ]
 
 
-def make_ox(engine: Any, constrained: bool) -> Callable[[Scenario], h.Sample]:
+def make_ox(engine: Any, constraint: dict[str, Any]) -> Callable[[Scenario], h.Sample]:
     def run(scenario: Scenario) -> h.Sample:
-        options: dict[str, Any] = dict(scenario.sampling)
-        max_tokens = CAP if constrained else scenario.free_tokens
-        if constrained:
-            options["json_schema"] = SCHEMA
+        # A call per prompt, at once (they batch); a free one stops where its JSON did: the same batch shapes.
+        budgets = [CAP] * len(scenario.prompts) if constraint else scenario.free_tokens
         start = time.perf_counter()
-        if len(scenario.prompts) == 1:
-            results = [engine.complete(scenario.prompts[0], max_tokens, **options)]
-        else:
-            results = engine.complete_batch(scenario.prompts, max_tokens, **options)
+        with ThreadPoolExecutor(len(scenario.prompts)) as pool:
+            calls = zip(scenario.prompts, budgets, strict=True)
+            results = list(pool.map(lambda c: engine.complete(*c, **scenario.sampling, **constraint), calls))
         secs = time.perf_counter() - start
         finish = [str(r.finish_reason) for r in results]
         return h.Sample(secs, [r.completion_tokens for r in results], [r.text for r in results], {"finish": finish})
@@ -90,7 +87,7 @@ def make_ox(engine: Any, constrained: bool) -> Callable[[Scenario], h.Sample]:
 
 def make_raw(llm: Any, grammar: Any) -> Callable[[Scenario], h.Sample]:
     def run(scenario: Scenario) -> h.Sample:
-        max_tokens = CAP if grammar is not None else scenario.free_tokens
+        max_tokens = CAP if grammar is not None else scenario.free_tokens[0]
         texts, counts, finish = [], [], []
         start = time.perf_counter()
         for prompt in scenario.prompts:
@@ -106,30 +103,24 @@ def make_raw(llm: Any, grammar: Any) -> Callable[[Scenario], h.Sample]:
 
 
 def profile_constrained(engine: Any, scenarios: list[Scenario]) -> dict[str, Any]:
-    """One untimed ``ox_json`` run per scenario with ``oxillama_py.llama.sampling.Sampler`` wrapped: how many
-    constrained steps, and how often the grammar refused the unconstrained choice."""
-    from oxillama_py.llama import sampling
+    """One untimed ``ox_json`` run per scenario, timing llguidance's mask (``guidance.Matcher.mask``) a token."""
+    from oxillama_py.llama import guidance
 
-    cls, out, counts = sampling.Sampler, {}, {"steps": 0, "refused": 0}
-    sample, allowed = cls.sample, cls._allowed
+    cls, out, mask, spent = guidance.Matcher, {}, guidance.Matcher.mask, [0.0, 0]
 
-    def counted_sample(self: Any, ctx_ptr: object, index: int) -> int:
-        counts["steps"] += self.grammar_ptr is not None
-        return sample(self, ctx_ptr, index)
+    def timed_mask(self: Any) -> None:
+        start = time.perf_counter()
+        mask(self)
+        spent[0], spent[1] = spent[0] + time.perf_counter() - start, spent[1] + 1
 
-    def counted_allowed(self: Any, token: int, logit: float) -> bool:
-        ok = bool(allowed(self, token, logit))
-        counts["refused"] += not ok
-        return ok
-
-    cls.sample, cls._allowed = counted_sample, counted_allowed  # type: ignore[method-assign]
+    cls.mask = timed_mask  # type: ignore[method-assign]
     try:
         for scenario in scenarios:
-            counts.update(steps=0, refused=0)
-            make_ox(engine, constrained=True)(scenario)
-            out[scenario.name] = counts | {"refused_share": counts["refused"] / max(1, counts["steps"])}
+            spent[:] = [0.0, 0]
+            make_ox(engine, {"json_schema": SCHEMA})(scenario)
+            out[scenario.name] = {"masks": spent[1], "mask_us_per_token": 1e6 * spent[0] / max(1, spent[1])}
     finally:
-        cls.sample, cls._allowed = sample, allowed  # type: ignore[method-assign]
+        cls.mask = mask  # type: ignore[method-assign]
     return out
 
 
@@ -144,28 +135,30 @@ def main() -> int:
     batch_rounds = min(rounds, run.args.batch_rounds or (1 if run.args.quick else 2))
     threads = run.args.threads
     from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    from oxillama_py import Engine, EngineConfig, Grammar
+    from oxillama_py import Engine, EngineConfig
 
-    gbnf = Grammar.from_json_schema(SCHEMA).gbnf
+    gbnf = json_schema_to_gbnf(json.dumps(SCHEMA))  # llama-cpp-python's own grammar for the schema
     scenarios = scenario_list()
     llm = h.llama(run.model, threads, 2048)
     with Engine(EngineConfig(run.model, n_threads=threads)) as engine:
         engine.load_model()
         contenders = [
-            h.Contender("ox_free", make_ox(engine, False)),
-            h.Contender("ox_json", make_ox(engine, True)),
+            h.Contender("ox_free", make_ox(engine, {})),
+            h.Contender("ox_json", make_ox(engine, {"json_schema": SCHEMA})),
+            h.Contender("ox_gbnf", make_ox(engine, {"grammar": gbnf})),  # the very grammar llama-cpp-python runs
             h.Contender("raw_json", make_raw(llm, LlamaGrammar.from_string(gbnf, verbose=False))),
             h.Contender("raw_free", make_raw(llm, None)),
         ]
         ox_json = contenders[1]
 
         def takes(contender: h.Contender, scenario: Scenario) -> bool:
-            return contender.name != "raw_free" or scenario.name in SINGLE
+            return contender.name not in ("raw_free", "ox_gbnf") or scenario.name in SINGLE
 
         for scenario in scenarios:  # warm-up; ox_json's lengths size the unconstrained calls
             warm = ox_json.run(scenario)
-            scenario.free_tokens = max(1, int(h.median(warm.per_sequence)))
+            scenario.free_tokens = [max(1, n) for n in warm.per_sequence]
             h.say(f"warm-up {scenario.name}: ox_json {warm.per_sequence} tokens, {warm.extra['finish']}")
             for contender in contenders:
                 # llama-cpp-python decodes 8 prompts one by one: the one-request warm-up did it
@@ -179,12 +172,12 @@ def main() -> int:
                 contender.record(scenario.name, contender.run(scenario))
         try:
             profile = profile_constrained(engine, scenarios)
-        except AttributeError as exc:  # the sampler's internals moved: the timed results stand without it
+        except AttributeError as exc:  # the matcher's internals moved: the timed results stand without it
             profile = {"unavailable": str(exc)}
     run.stop()
     data = analyse(run, contenders, scenarios, batch_rounds=batch_rounds, gbnf=gbnf, profile=profile)
     notes = [f"valid JSON against the schema: {data['validation']}", f"greedy texts: {data['same_text']}"]
-    notes += [f"grammar refusals of the unconstrained choice: {data['profile']}"]
+    notes += [f"llguidance's mask per token: {data['profile']}"]
     run.report(data, notes)
     return 0 if data["all_targets_met"] and data["all_valid"] else 1
 
@@ -214,8 +207,9 @@ def analyse(run: h.Run, contenders: list[h.Contender], scenarios: list[Scenario]
                 total = sum(len(s.texts) for s in samples)
                 entry["valid"] = f"{total - len(errors)}/{total}"
                 validation[f"{contender}/{name}"] = {"valid": total - len(errors), "total": total}
-                problems += [f"{contender} {name}: {e}" for e in sorted(set(errors))]
-                problems += [f"{contender} {name}: finish reasons {finish}"] if finish != ["stop"] else []
+                if contender == "ox_json":
+                    problems += [f"{contender} {name}: {e}" for e in sorted(set(errors))]
+                    problems += [f"{contender} {name}: finish reasons {finish}"] if finish != ["stop"] else []
 
     def ratio(a: str, b: str, scenario: str) -> dict[str, Any]:
         ra, rb = by[a].rates(scenario), by[b].rates(scenario)
@@ -223,16 +217,21 @@ def analyse(run: h.Run, contenders: list[h.Contender], scenarios: list[Scenario]
             return {"median": math.nan, "paired_median": math.nan}
         return {"median": h.median(ra) / h.median(rb), "paired_median": h.median([x / y for x, y in zip(ra, rb)])}
 
-    pairs = (("ox_json", "ox_free"), ("ox_json", "raw_json"), ("raw_json", "raw_free"), ("ox_free", "raw_free"))
+    pairs = (("ox_json", "ox_free"), ("ox_json", "raw_json"), ("ox_gbnf", "raw_json"), ("raw_json", "raw_free"))
+    pairs += (("ox_free", "raw_free"),)
     ratios = {name: {f"{a}_vs_{b}": ratio(a, b, name) for a, b in pairs} for name in SCENARIOS}
     checks: dict[str, Any] = {}
-    for name in SINGLE:
+    for name in SCENARIOS:
         vs = ratios[name]
-        checks[f"{name}_constrained_vs_unconstrained"] = h.check(vs["ox_json_vs_ox_free"]["median"], TARGET_VS_FREE)
-        checks[f"{name}_constrained_vs_llama_cpp"] = h.check(vs["ox_json_vs_raw_json"]["median"], TARGET_VS_RAW)
+        target = TARGET_VS_FREE[name]
+        checks[f"{name}_constrained_vs_unconstrained"] = h.check(vs["ox_json_vs_ox_free"]["median"], target)
+        if name in SINGLE:
+            checks[f"{name}_constrained_vs_llama_cpp"] = h.check(vs["ox_json_vs_raw_json"]["median"], TARGET_VS_RAW)
+            checks[f"{name}_same_gbnf_vs_llama_cpp"] = h.check(vs["ox_gbnf_vs_raw_json"]["median"], TARGET_VS_RAW)
     text = {c: results["one_greedy"].get(c, {}).get("text") for c in CONTENDERS}
     same = {
         "ox_json_equals_raw_json": text["ox_json"] == text["raw_json"],
+        "ox_gbnf_equals_raw_json": text["ox_gbnf"] == text["raw_json"],
         "ox_free_equals_raw_free": text["ox_free"] == text["raw_free"],
     }
     return {
@@ -250,7 +249,7 @@ def analyse(run: h.Run, contenders: list[h.Contender], scenarios: list[Scenario]
         "checks": checks,
         "all_targets_met": h.all_pass(checks),
         "validation": validation,
-        "all_valid": all(v["valid"] == v["total"] for v in validation.values()),
+        "all_valid": all(v["valid"] == v["total"] for k, v in validation.items() if k.startswith("ox_json")),
         "same_text": {"one_greedy": same},
         "profile": more["profile"],
         "problems": problems,

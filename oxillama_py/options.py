@@ -3,7 +3,7 @@
 :class:`GenerateKwargs` is what callers (and type checkers, and IDEs) see;
 :class:`GenerateOptions` is the same, validated and resolved against the
 engine's config by :func:`resolve_options` before any work starts. Every rule
-that depends on both (speculation with a grammar or mirostat, the seed of each
+that depends on both (speculation with mirostat, the seed of each
 choice) is written here once, for every entry point.
 """
 
@@ -18,7 +18,6 @@ from typing import Any, TypedDict
 from .cancel import CancellationToken
 from .checks import check_bool, check_int, check_type
 from .config import EngineConfig, SamplerConfig, check_seed
-from .errors import GrammarError
 from .grammar import Constraint, Grammar, resolve_grammar
 from .progress import check_progress, check_throttle
 from .results import CompletionResult
@@ -54,10 +53,13 @@ class GenerateKwargs(TypedDict, total=False):
     progress_capture_text: bool
     strict_progress: bool
     grammar: str | Grammar | Sequence[str | Grammar | None] | None
-    """Constrain the output to a GBNF grammar (llama.cpp's format) or a :class:`~oxillama_py.Grammar`;
+    """Constrain the output to a GBNF or Lark grammar, or a :class:`~oxillama_py.Grammar`;
     a list gives each prompt of a batch its own (``None``: unconstrained)."""
     json_schema: Mapping[str, Any] | type | Sequence[Mapping[str, Any] | type | None] | None
     """Constrain the output to JSON valid against this schema (a dict, or a pydantic model class);
+    a list gives each prompt of a batch its own (``None``: unconstrained)."""
+    regex: str | Sequence[str | None] | None
+    """Constrain the output to text that a regular expression matches as a whole;
     a list gives each prompt of a batch its own (``None``: unconstrained)."""
     json: bool
     """Constrain the output to a JSON object (any)."""
@@ -136,7 +138,9 @@ class GenerateOptions:
         )
         check_throttle(progress.throttle_ms, progress.throttle_tokens)
         check_progress(progress.target)
-        grammar = resolve_grammar(options.get("grammar"), options.get("json_schema"), options.get("json", False))
+        grammar = resolve_grammar(
+            options.get("grammar"), options.get("json_schema"), options.get("json", False), options.get("regex")
+        )
         speculative = options.get("speculative")
         if speculative is not None:
             check_bool("speculative", speculative)
@@ -150,18 +154,13 @@ def resolve_options(
 
     Speculation is the engine's default (``config.speculative``) unless the
     call says ``speculative=``. Where speculation is only the default, a call
-    with a grammar or mirostat sampling decodes plainly; where it is asked for
+    with mirostat sampling decodes plainly; where it is asked for
     (``speculative=True``, or an engine that speculates every request, named by
-    ``speculating_engine``), a grammar is a :class:`GrammarError` and mirostat
-    a ``ValueError``.
+    ``speculating_engine``), mirostat is a ``ValueError``. A grammar speculates
+    like any other call: drafts are checked against it.
     """
     opts = GenerateOptions.build(config.sampler, max_tokens, options)
     asked = "speculative=True" if opts.speculative else speculating_engine
-    if asked is not None and opts.grammar is not None:
-        raise GrammarError(
-            f"{asked} does not combine with grammar=, json_schema= or json= "
-            "(drafts are not constrained); decode constrained output without speculation"
-        )
     if asked is not None and opts.sampler.mirostat:
         raise ValueError(f"{asked} does not support mirostat sampling; use temperature/top-k/top-p")
     if opts.speculative is not None:

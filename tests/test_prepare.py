@@ -76,8 +76,8 @@ async def test_prepare_refuses_bad_input_before_any_work(aengine: AsyncEngine) -
         await aengine.prepare([COUNT], -1)
     with pytest.raises(KvCacheFullError):
         await aengine.prepare([COUNT], 10**6)
-    with pytest.raises(GrammarError, match="speculative=True"):
-        await aengine.prepare([COUNT], 4, speculative=True, json=True)
+    with pytest.raises(GrammarError, match="no-such-format"):
+        await aengine.prepare([COUNT], 4, json_schema={"type": "string", "format": "no-such-format"})
     assert aengine.stats.active == 0
 
 

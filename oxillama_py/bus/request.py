@@ -13,6 +13,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ..cancel import CancellationToken
 from ..config import SamplerConfig
 from ..grammar import Grammar
+from ..llama.guidance import Matcher
 from .events import Event, Finished
 from .post import post
 
@@ -36,6 +37,8 @@ class Request:
     sequence: int = 0
     grammar: Grammar | None = None
     """The constraint of this request's output, if any."""
+    matcher: Matcher | None = None
+    """The grammar's state for this request's one sequence (made with the request, off the event loop)."""
     pin: bool = False
     """Prefill the prompt into the prefix cache, pinned, and generate nothing (``cache_prefix``)."""
     speculative: bool = False

@@ -129,9 +129,15 @@ class ActiveSequence:
         return self.sampler.sample(context.ptr, index)
 
     def draft(self, k: int) -> Draft:
-        """Up to ``k`` drafted tokens after the text so far (prompt, then generated)."""
+        """Up to ``k`` drafted tokens after the text so far (prompt, then generated), as far as the grammar allows."""
         assert self.spec is not None
-        return self.spec.drafter.draft(self.prompt + self.generated, k, self.generated)
+        draft = self.spec.drafter.draft(self.prompt + self.generated, k, self.generated)
+        matcher = self.request.matcher
+        if matcher is not None and draft.tokens:  # drafts the grammar refuses cannot pass: not worth a row
+            allowed = matcher.valid_prefix(draft.tokens)
+            if allowed < len(draft.tokens):
+                draft.tokens = draft.tokens[:allowed]
+        return draft
 
     @property
     def prefilling(self) -> bool:

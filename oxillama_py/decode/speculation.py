@@ -155,6 +155,7 @@ class SequenceSpeculation:
     def __init__(self, request: Request, model: Model, drafter: Drafter, shared: Acceptance, *, trace: bool) -> None:
         self.model = model
         self.dist = Distribution(request.sampler, model.n_vocab)
+        self.matcher = request.matcher
         self.rng = np.random.default_rng(request.seed)
         self.drafter = drafter
         self.shared = shared
@@ -174,10 +175,19 @@ class SequenceSpeculation:
         for i in range(len(draft.tokens) + 1):
             row = context.logits_array(index + i)
             proposal = draft.tokens[i] if i < len(draft.tokens) else None
+            matcher = self.matcher
             if self.dist.greedy:
                 choice = self.dist.argmax(row, seen)
+                if matcher is not None and not matcher.takes(choice):
+                    matcher.mask()
+                    choice = self.dist.argmax(matcher.restrict(row), seen)
             else:
+                if matcher is not None:
+                    matcher.mask()
+                    row = matcher.restrict(row)
                 choice = self.choose(self.dist.probs(row, seen), proposal, self.rng.random())
+            if matcher is not None:
+                matcher.consume(choice)  # only a chosen token moves the grammar: a rejected draft never did
             choices.append(choice)
             emitted.append(choice)
             if choice != proposal or self.model.is_eog(choice):

@@ -243,7 +243,7 @@ class DecodeWorker:
     def _start_sequence(self, request: Request, lease: Lease, submitted: float) -> ActiveSequence:
         model = self.model
         if not request.speculative:
-            sampler = Sampler(model, request.sampler, request.seed, request.grammar)
+            sampler = Sampler(model, request.sampler, request.seed, request.matcher)
             return ActiveSequence(request, lease, model, submitted, sampler)
         speculator = self._speculator()
         seq = ActiveSequence(request, lease, model, submitted, None)

@@ -20,8 +20,8 @@ from ..config import EngineConfig
 from ..decode import DecodeWorker
 from ..errors import KvCacheFullError
 from ..grammar import grammar_for
+from ..llama.guidance import vocabulary
 from ..llama.model import Model
-from ..llama.sampling import check_grammar
 from ..options import GenerateOptions
 from ..progress import ProgressSubscriber, make_progress_adapter
 from ..results import CompletionResult
@@ -87,8 +87,8 @@ def render_for_decode(
 def _requests(config: EngineConfig, model: Model, prompts: list[str], opts: GenerateOptions) -> list[Request]:
     """Tokenize and check every prompt against the context one request may use (blocking)."""
     grammars = [grammar_for(opts.grammar, index, len(prompts)) for index in range(len(prompts))]
-    for grammar in {g for g in grammars if g is not None}:
-        check_grammar(model, grammar)  # a malformed grammar fails here, before any decoding
+    # The vocabulary is read once per model; a grammar it cannot meet fails here, before any decoding.
+    matchers = [None if g is None else vocabulary(model).matcher(g.compiled) for g in grammars]
     budget = config.slot_ctx  # a speculative step drafts at most max_tokens - 1 past the text: it fits too
     requests = []
     for index, prompt in enumerate(prompts):
@@ -111,7 +111,8 @@ def _requests(config: EngineConfig, model: Model, prompts: list[str], opts: Gene
                 opts.cancel_token,
                 sequence=index,
                 grammar=grammars[index],
-                speculative=bool(opts.speculative) and grammars[index] is None,
+                matcher=matchers[index],
+                speculative=bool(opts.speculative),
             )
         )
     return requests

@@ -3,8 +3,9 @@
 They are :class:`~oxillama_py.AsyncEngine` and :class:`~oxillama_py.Engine`
 with the target's config, ``speculative=`` the draft (and
 ``speculative_tokens=`` the cap) and one slot; every request speculates, so
-the options' one rule for asked-for speculation applies to all of them (a
-grammar or mirostat is refused: :func:`~oxillama_py.options.resolve_options`).
+the options' one rule for asked-for speculation applies to all of them
+(mirostat is refused: :func:`~oxillama_py.options.resolve_options`; a grammar
+speculates, its drafts checked against it).
 The decode worker is the same (see :mod:`oxillama_py.decode.speculation`);
 each result carries its draft statistics in ``result.speculative``.
 """

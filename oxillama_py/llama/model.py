@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import llama_cpp
@@ -163,6 +164,15 @@ class Model:
     def is_eog(self, token: int) -> bool:
         with self._lifetime.use():
             return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def hold(self) -> AbstractContextManager[None]:
+        """Keep the model alive for a block of calls made elsewhere on its pointers (llguidance's tokenizer)."""
+        return self._lifetime.use()
+
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token of the vocabulary (``<eos>``, ``<end_of_turn>``, ...)."""
+        with self._lifetime.use():
+            return [t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
 
     def close(self) -> None:
         """Free the model once the calls in flight have returned (blocking; idempotent)."""
