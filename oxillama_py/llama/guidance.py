@@ -1,6 +1,6 @@
 """Token masks from llguidance: one tokenizer per loaded model, one matcher per constrained sequence.
 
-The tokenizer reads the model's whole vocabulary (about two seconds for 262k
+The tokenizer reads the model's whole vocabulary (a second or two for 262k
 tokens), so it is built on the first constrained request and kept as long as
 the model; a compiled grammar is kept too (a server sees the same schema
 again and again), and each sequence gets its own copy of its state.
@@ -118,21 +118,16 @@ class Matcher:
         """Whether the grammar takes ``token`` next: one token checked (a couple of microseconds), no mask."""
         return bool(self._matcher.validate_tokens([token]))
 
-    def allows(self, token: int) -> bool:
-        """Whether the last :meth:`mask` allows ``token``."""
-        return bool((int(self.bits[token >> 5]) >> (token & 31)) & 1)
-
     def allowed(self) -> npt.NDArray[np.bool_]:
-        """The last :meth:`mask` as one flag per token."""
-        flags = np.unpackbits(self.bits.view(np.uint8), count=self.n_vocab, bitorder="little")
-        return flags.view(np.bool_)
+        """The last :meth:`mask` as one flag per token; :class:`GrammarError` when it allows none."""
+        flags = np.unpackbits(self.bits.view(np.uint8), count=self.n_vocab, bitorder="little").view(np.bool_)
+        if not flags.any():
+            raise GrammarError(f"the grammar allows no token here: {self.error()}")
+        return flags
 
     def restrict(self, logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """``logits`` with every token the last :meth:`mask` refuses at minus infinity."""
-        allowed = self.allowed()
-        if not allowed.any():
-            raise GrammarError(f"the grammar allows no token here: {self.error()}")
-        return np.where(allowed, logits, np.float32(-np.inf)).astype(np.float32, copy=False)
+        return np.where(self.allowed(), logits, np.float32(-np.inf)).astype(np.float32, copy=False)
 
     def consume(self, token: int) -> None:
         """Advance past the chosen ``token`` (which the last mask allowed)."""

@@ -10,7 +10,6 @@ import numpy as np
 import numpy.typing as npt
 
 from ..config import SamplerConfig
-from ..errors import GrammarError
 from .guidance import Matcher
 from .model import Model
 
@@ -123,8 +122,6 @@ class Sampler:
             if not matcher.takes(token):  # only then is the whole mask needed
                 matcher.mask()
                 token = int(np.argmax(matcher.restrict(logits)))
-                if not matcher.allows(token):
-                    raise GrammarError(f"the grammar allows no token here: {matcher.error()}")
         else:
             matcher.mask()
             token = self._choose(logits, matcher)
@@ -133,8 +130,6 @@ class Sampler:
 
     def _choose(self, logits: npt.NDArray[np.float32], matcher: Matcher) -> int:
         ids = np.flatnonzero(matcher.allowed())
-        if not ids.size:
-            raise GrammarError(f"the grammar allows no token here: {matcher.error()}")
         window = np.unique(np.fromiter(self._window, dtype=np.int64)) if self._window else None
         keep = self._keep + (0 if window is None else window.size)
         if self._keep and ids.size > keep:
