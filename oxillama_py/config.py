@@ -9,10 +9,11 @@ package. Pure data: nothing here does I/O or imports the binding layer.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field, fields, replace
 from typing import Any, TypeAlias
 
-from .checks import check_bool, check_int, check_number, check_path_like, check_type
+from .checks import check_bool, check_int, check_number, check_path_like, check_type, describe
 from .compat import EngineConfigNames, SamplerConfigNames, take_alias
 
 __all__ = [
@@ -33,6 +34,10 @@ def check_seed(name: str, value: object) -> None:
         check_int(name, value, low=0, high=_SEED_MAX)
 
 
+LogitBias: TypeAlias = Mapping[int, float] | tuple[tuple[int, float], ...] | list[tuple[int, float]]
+"""What ``logit_bias`` takes: token id to bias, as a mapping or as pairs."""
+
+
 def _assign(obj: object, values: dict[str, Any]) -> None:
     """Set the fields of a frozen dataclass from its spelled-out ``__init__``'s ``locals()``."""
     for each in fields(obj):  # type: ignore[arg-type]
@@ -49,6 +54,14 @@ class SamplerConfig(SamplerConfigNames):
     generation (or the engine's seed, if it has one). Upstream oxillama-py's
     ``repetition_penalty`` and ``repetition_penalty_window`` are accepted (and
     read back) for ``repeat_penalty`` and ``repeat_last_n``.
+
+    ``presence_penalty`` and ``frequency_penalty`` (OpenAI's, through llama.cpp's
+    penalties sampler) subtract ``presence + count * frequency`` from the logit of
+    each token seen ``count`` times among the last ``repeat_last_n`` generated
+    tokens. ``logit_bias`` maps token ids to a number added to their logit before
+    any other step (``-100`` all but bans a token, ``+100`` all but forces it); it
+    is kept as sorted ``(token, bias)`` pairs, so ``dict(config.logit_bias)`` reads
+    it back as a mapping.
     """
 
     temperature: float = 0.8
@@ -61,6 +74,9 @@ class SamplerConfig(SamplerConfigNames):
     mirostat: int = 0
     mirostat_tau: float = 5.0
     mirostat_eta: float = 0.1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __init__(
         self,
@@ -75,6 +91,9 @@ class SamplerConfig(SamplerConfigNames):
         mirostat: int = 0,
         mirostat_tau: float = 5.0,
         mirostat_eta: float = 0.1,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logit_bias: LogitBias = (),
         repetition_penalty: float | None = None,
         repetition_penalty_window: int | None = None,
     ) -> None:
@@ -85,6 +104,7 @@ class SamplerConfig(SamplerConfigNames):
         repeat_last_n = take_alias(
             "SamplerConfig", "repeat_last_n", repeat_last_n, 64, "repetition_penalty_window", repetition_penalty_window
         )
+        logit_bias = _logit_bias(logit_bias)
         _assign(self, locals())
         self.__post_init__()
 
@@ -99,10 +119,23 @@ class SamplerConfig(SamplerConfigNames):
         check_int("mirostat", self.mirostat, low=0, high=2)
         check_number("mirostat_tau", self.mirostat_tau, low=0.0, low_open=True)
         check_number("mirostat_eta", self.mirostat_eta, low=0.0, low_open=True)
+        check_number("presence_penalty", self.presence_penalty)
+        check_number("frequency_penalty", self.frequency_penalty)
 
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0 and self.mirostat == 0
+
+    @property
+    def penalised(self) -> bool:
+        """Whether the penalties sampler changes any logit (a window, and a penalty that is not neutral)."""
+        neutral = self.repeat_penalty == 1.0 and self.presence_penalty == 0.0 and self.frequency_penalty == 0.0
+        return self.repeat_last_n > 0 and not neutral
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether penalties or a bias change logits before the choice (argmax of the raw row is not enough)."""
+        return self.penalised or any(bias != 0.0 for _, bias in self.logit_bias)
 
     @classmethod
     def greedy(cls) -> SamplerConfig:
@@ -118,6 +151,23 @@ class SamplerConfig(SamplerConfigNames):
         """A copy with the non-``None`` overrides applied (and validated)."""
         changes = {key: value for key, value in overrides.items() if value is not None}
         return replace(self, **changes) if changes else self
+
+
+def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
+    """A mapping (or pairs, as a snapshot stores it) of token id to bias, as sorted pairs (hashable, comparable)."""
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        pairs = [(p[0], p[1]) for p in value]
+    else:
+        raise TypeError(f"logit_bias must be a mapping of token ids to biases, got {describe(value)}")
+    checked: dict[int, float] = {}
+    for token, bias in pairs:
+        check_int("logit_bias token id", token, low=0)
+        checked[token] = check_number(f"logit_bias[{token}]", bias)
+    if len(checked) != len(pairs):
+        raise ValueError("logit_bias names a token id twice")
+    return tuple(sorted(checked.items()))
 
 
 def _default_threads() -> int:

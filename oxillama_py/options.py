@@ -39,6 +39,10 @@ class GenerateKwargs(TypedDict, total=False):
     top_k: int | None
     min_p: float | None
     repeat_penalty: float | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    logit_bias: Mapping[int, float] | None
+    """Token id to a number added to its logit (``-100`` all but bans it); replaces the sampler's."""
     seed: int | None
     """Seed of this call's sampling (reproducible sampled output)."""
     sampler: SamplerConfig | None
@@ -124,6 +128,9 @@ class GenerateOptions:
             top_k=options.get("top_k"),
             min_p=options.get("min_p"),
             repeat_penalty=options.get("repeat_penalty"),
+            presence_penalty=options.get("presence_penalty"),
+            frequency_penalty=options.get("frequency_penalty"),
+            logit_bias=options.get("logit_bias"),
             seed=options.get("seed"),
         )
         cancel_token = options.get("cancel_token")

@@ -75,7 +75,7 @@ BAD_CHAT = [
     pytest.param({"messages": MESSAGES, "stop": 5}, "stop", id="stop-type"),
     pytest.param({"messages": MESSAGES, "logprobs": True}, "logprobs", id="logprobs"),
     pytest.param({"messages": MESSAGES, "tools": [{"type": "function"}]}, "tools", id="tools"),
-    pytest.param({"messages": MESSAGES, "presence_penalty": 1.0}, "presence_penalty", id="penalty"),
+    pytest.param({"messages": MESSAGES, "presence_penalty": 3.0}, "presence_penalty", id="penalty-range"),
 ]
 
 

@@ -4,7 +4,8 @@ Speculative sampling needs the probabilities themselves (to accept a draft with
 probability ``min(1, p/q)`` and to resample from the residual), which a
 llama.cpp sampler chain never exposes. So the chain of
 :class:`~oxillama_py.llama.Sampler` is mirrored here step by step, in llama.cpp's
-order: repetition penalty, top-k, top-p, min-p, temperature, softmax.
+order: logit bias, penalties (repetition, frequency, presence), top-k, top-p,
+min-p, temperature, softmax.
 """
 
 from __future__ import annotations
@@ -29,19 +30,31 @@ class Distribution:
             raise ValueError("speculative decoding supports temperature/top-k/top-p/min-p sampling, not mirostat")
         self.config = config
         self.n_vocab = n_vocab
+        biased = [(token, bias) for token, bias in config.logit_bias if bias != 0.0]
+        self._bias_ids = np.asarray([t for t, _ in biased], dtype=np.int64)
+        self._bias = np.asarray([b for _, b in biased], dtype=np.float32)
 
     @property
     def greedy(self) -> bool:
         return self.config.temperature == 0.0
 
     def _penalised(self, logits: npt.NDArray[np.float32], history: Sequence[int]) -> npt.NDArray[np.float32]:
+        """The row after the logit bias and llama.cpp's penalties over the last ``repeat_last_n`` tokens."""
         cfg = self.config
-        if cfg.repeat_penalty == 1.0 or not history or cfg.repeat_last_n == 0:
+        penalise = cfg.penalised and len(history) > 0
+        if not penalise and not self._bias_ids.size:
             return logits
-        window = np.unique(np.asarray(history[-cfg.repeat_last_n :], dtype=np.int64))
-        out = np.array(logits, copy=True)
-        values = out[window]
-        out[window] = np.where(values <= 0, values * cfg.repeat_penalty, values / cfg.repeat_penalty)
+        out = np.array(logits, dtype=np.float32, copy=True)
+        if self._bias_ids.size:
+            out[self._bias_ids] += self._bias
+        if penalise:
+            window, counts = np.unique(np.asarray(history[-cfg.repeat_last_n :], dtype=np.int64), return_counts=True)
+            values = out[window]
+            values = np.where(
+                values <= 0, values * np.float32(cfg.repeat_penalty), values / np.float32(cfg.repeat_penalty)
+            )
+            freq, present = np.float32(cfg.frequency_penalty), np.float32(cfg.presence_penalty)
+            out[window] = values - (counts.astype(np.float32) * freq + present)
         return out
 
     def argmax(self, logits: npt.NDArray[np.float32], history: Sequence[int]) -> int:

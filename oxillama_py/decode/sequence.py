@@ -79,9 +79,7 @@ class ActiveSequence:
         self.sampler = sampler  # None where tokens are chosen elsewhere (speculative verification)
         self.spec: SequenceSpeculation | None = None
         cfg = request.sampler
-        self._argmax = (
-            cfg.is_greedy and (cfg.repeat_penalty == 1.0 or cfg.repeat_last_n == 0) and request.grammar is None
-        )
+        self._argmax = cfg.is_greedy and not cfg.adjusts_logits and request.grammar is None
         self.generated: list[int] = []
         self.last_token = -1
         self.submitted = submitted

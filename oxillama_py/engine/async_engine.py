@@ -234,7 +234,8 @@ class AsyncEngine(ModelState, Reads):
 
         The options (:class:`~oxillama_py.options.GenerateKwargs`): the sampler
         overrides ``temperature``, ``top_p``, ``top_k``, ``min_p``,
-        ``repeat_penalty``, ``seed`` and ``sampler``; ``stop`` (a string or
+        ``repeat_penalty``, ``presence_penalty``, ``frequency_penalty``,
+        ``logit_bias``, ``seed`` and ``sampler``; ``stop`` (a string or
         strings that end the text, excluded from it); ``cancel_token``; and the
         progress options ``progress``, ``progress_throttle_ms``,
         ``progress_throttle_tokens``, ``progress_capture_text``, ``strict_progress``.

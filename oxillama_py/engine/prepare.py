@@ -86,6 +86,9 @@ def render_for_decode(
 
 def _requests(config: EngineConfig, model: Model, prompts: list[str], opts: GenerateOptions) -> list[Request]:
     """Tokenize and check every prompt against the context one request may use (blocking)."""
+    outside = [token for token, _ in opts.sampler.logit_bias if token >= model.n_vocab]
+    if outside:
+        raise ValueError(f"logit_bias token id {outside[0]} is not in the model's vocabulary of {model.n_vocab} tokens")
     grammars = [grammar_for(opts.grammar, index, len(prompts)) for index in range(len(prompts))]
     # The vocabulary is read once per model; a grammar it cannot meet fails here, before any decoding.
     matchers = [None if g is None else vocabulary(model).matcher(g.compiled) for g in grammars]

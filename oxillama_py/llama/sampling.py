@@ -61,9 +61,11 @@ class Sampler:
     llama.cpp's ``grammar_first`` order. Greedy decoding keeps the best token
     when the grammar takes it (one token to check, no mask) and otherwise takes
     the best allowed one. With ``top_k`` (or greedy) the chain only ever keeps the ``k``
-    best allowed tokens, so it is handed those (plus the allowed tokens of the
-    repetition-penalty window, whose logits the chain changes first): the same
-    choice as over the whole masked vocabulary, at a fraction of the cost.
+    best allowed tokens, so it is handed those (plus the allowed tokens whose
+    logits the chain changes first: the penalty window's and the biased ones,
+    as many more by raw logit as there are of them): the same choice as over
+    the whole masked vocabulary, at a fraction of the cost. The chain's order is
+    llama-cpp-python's: logit bias, penalties, then the sampling steps.
     """
 
     def __init__(self, model: Model, config: SamplerConfig, seed: int, matcher: Matcher | None = None) -> None:
@@ -75,18 +77,28 @@ class Sampler:
         self.matcher = matcher
         self._all: _Candidates | None = None
         greedy = config.temperature == 0.0
-        penalised = config.repeat_penalty != 1.0 and config.repeat_last_n > 0
-        self._plain_greedy = greedy and not penalised
+        penalised = config.penalised
+        self._plain_greedy = greedy and not config.adjusts_logits
         self._keep = 1 if greedy else (config.top_k if config.top_k > 0 and not config.mirostat else 0)
         self._window: deque[int] | None = deque(maxlen=config.repeat_last_n) if penalised else None
+        biased = [token for token, bias in config.logit_bias if bias != 0.0]
+        self._biased = np.asarray(biased, dtype=np.int64) if biased else None
 
         def add(sampler: object) -> None:
             llama_cpp.llama_sampler_chain_add(chain, sampler)
 
-        if config.repeat_penalty != 1.0:
+        if biased:
+            pairs = [(token, bias) for token, bias in config.logit_bias if bias != 0.0]
+            table = (llama_cpp.llama_logit_bias * len(pairs))(*(llama_cpp.llama_logit_bias(t, b) for t, b in pairs))
+            add(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(pairs), table))
+        if penalised:
             add(
                 llama_cpp.llama_sampler_init_penalties(
-                    model.n_vocab, config.repeat_last_n, config.repeat_penalty, 0.0, 0.0
+                    model.n_vocab,
+                    config.repeat_last_n,
+                    config.repeat_penalty,
+                    config.frequency_penalty,
+                    config.presence_penalty,
                 )
             )
         if greedy:
@@ -130,17 +142,26 @@ class Sampler:
 
     def _choose(self, logits: npt.NDArray[np.float32], matcher: Matcher) -> int:
         ids = np.flatnonzero(matcher.allowed())
-        window = np.unique(np.fromiter(self._window, dtype=np.int64)) if self._window else None
-        keep = self._keep + (0 if window is None else window.size)
+        changed = self._changed()
+        keep = self._keep + (0 if changed is None else changed.size)
         if self._keep and ids.size > keep:
+            # Only the changed tokens can move up or down: the k best after the change are among them
+            # and the k + len(changed) best unchanged by raw logit.
             best = ids[np.argpartition(logits[ids], -keep)[-keep:]]
-            ids = np.union1d(best, np.intersect1d(window, ids)) if window is not None else np.sort(best)
+            ids = np.union1d(best, np.intersect1d(changed, ids)) if changed is not None else np.sort(best)
         candidates = self._all
         assert candidates is not None
         candidates.resize(ids.size)
         candidates.fill(logits, ids.astype(np.int32))
         llama_cpp.llama_sampler_apply(self.ptr, candidates.pointer)
         return candidates.selected()
+
+    def _changed(self) -> npt.NDArray[np.int64] | None:
+        """The tokens whose logits the chain changes before choosing: the penalty window's and the biased."""
+        window = np.fromiter(self._window, dtype=np.int64) if self._window else None
+        if window is None:
+            return self._biased
+        return np.unique(window if self._biased is None else np.concatenate((window, self._biased)))
 
     def accept(self, token: int) -> None:
         """Record ``token`` as chosen: the chain's state, the penalty window and the grammar move past it."""

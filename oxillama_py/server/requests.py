@@ -4,18 +4,20 @@ The other half of the OpenAI shapes, the answers, is :mod:`.responses`.
 
 Known fields with a wrong type or value get a 400 naming the field; fields the
 engine cannot honour (``logprobs``, ``tools``, token-id prompts) get a 400 that
-says so; fields with no effect here (``user``, zero penalties) are accepted.
+says so; which fields are known, which are no-ops here and which are refused
+is :mod:`.fields`' table.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..options import GenerateKwargs
 from .errors import bad_request
+from .fields import CHAT_FIELDS, COMPLETION_FIELDS, check_fields, sampler_options
 
 __all__ = ["Job", "parse_chat", "parse_completion"]
 
@@ -43,6 +45,8 @@ class Job:
     echo: bool = False
     json: bool = False
     json_schema: dict[str, Any] | None = None
+    sampling: GenerateKwargs = field(default_factory=lambda: GenerateKwargs())
+    """The sampler fields given (penalties, ``logit_bias``, ``top_k``, ``min_p``), as engine options."""
 
     def generate_options(self) -> GenerateKwargs:
         """The engine's keyword options for this job."""
@@ -57,11 +61,13 @@ class Job:
             options["top_p"] = self.top_p
         if self.seed is not None:
             options["seed"] = self.seed
+        options.update(self.sampling)
         return options
 
 
 def parse_chat(body: object) -> Job:
     fields = _object(body)
+    check_fields(fields, CHAT_FIELDS)
     messages = fields.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty array of messages", "messages")
@@ -77,6 +83,7 @@ def parse_chat(body: object) -> Job:
 
 def parse_completion(body: object) -> Job:
     fields = _object(body)
+    check_fields(fields, COMPLETION_FIELDS)
     prompt = fields.get("prompt")
     if isinstance(prompt, str):
         prompts: tuple[str, ...] = (prompt,)
@@ -127,10 +134,6 @@ def _job(
             raise bad_request("'stream_options' must be an object", "stream_options")
         include_usage = _flag(options, "include_usage", "stream_options.include_usage")
         include_progress = _flag(options, "include_progress", "stream_options.include_progress")
-    for name in ("presence_penalty", "frequency_penalty"):
-        value = _opt_float(fields, name, -2.0, 2.0)
-        if value not in (None, 0.0):
-            raise bad_request(f"'{name}' is not supported by this server (leave it out or 0)", name)
     json_mode, json_schema = _response_format(fields.get("response_format"))
     return Job(
         kind=kind,
@@ -149,6 +152,7 @@ def _job(
         echo=echo,
         json=json_mode,
         json_schema=json_schema,
+        sampling=sampler_options(fields),
     )
 
 

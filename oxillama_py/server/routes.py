@@ -30,6 +30,7 @@ from ..engine import AsyncEngine
 from ..errors import GenerateError
 from .admission import Admission, ServerSettings, authorize, read_json
 from .errors import APIError, bad_request, engine_errors, shutting_down
+from .fields import check_vocabulary
 from .jobs import JobRun, open_job
 from .requests import Job, parse_chat, parse_completion
 from .responses import completion_body, model_card, stream_body
@@ -134,6 +135,7 @@ class Server:
     async def serve(self, request: Request, parse: Callable[[object], Job]) -> Response:
         authorize(request, self.api_key)
         job = parse(await read_json(request, self.settings.max_body_bytes))
+        check_vocabulary(job.sampling, self.engine.vocab_size())
         if job.model is not None and job.model != self.model_name:
             raise APIError(
                 404,
