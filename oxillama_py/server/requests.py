@@ -3,7 +3,7 @@
 The other half of the OpenAI shapes, the answers, is :mod:`.responses`.
 
 Known fields with a wrong type or value get a 400 naming the field; fields the
-engine cannot honour (``logprobs``, ``tools``, token-id prompts) get a 400 that
+engine cannot honour (``tools``, token-id prompts) get a 400 that
 says so; fields with no effect here (``user``, zero penalties) are accepted.
 """
 
@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from ..options import GenerateKwargs
 from .errors import bad_request
+from .logprobs import chat_logprobs, completion_logprobs, logprob_options
 
 __all__ = ["Job", "parse_chat", "parse_completion"]
 
@@ -43,6 +44,8 @@ class Job:
     echo: bool = False
     json: bool = False
     json_schema: dict[str, Any] | None = None
+    logprobs: int | None = None
+    """How many alternatives each token's log-probability comes with; ``None``: no log-probabilities."""
 
     def generate_options(self) -> GenerateKwargs:
         """The engine's keyword options for this job."""
@@ -57,6 +60,7 @@ class Job:
             options["top_p"] = self.top_p
         if self.seed is not None:
             options["seed"] = self.seed
+        options.update(logprob_options(self.logprobs, self.echo, self.max_tokens))
         return options
 
 
@@ -70,9 +74,7 @@ def parse_chat(body: object) -> Job:
     if max_tokens is None:
         max_tokens = _opt_int(fields, "max_tokens", 1)
     _unsupported(fields, "tools", "functions", "tool_choice", "function_call")
-    if fields.get("logprobs") not in (None, False):
-        raise bad_request("'logprobs' is not supported by this server", "logprobs")
-    return _job(fields, "chat", (), checked, max_tokens)
+    return _job(fields, "chat", (), checked, max_tokens, logprobs=chat_logprobs(fields))
 
 
 def parse_completion(body: object) -> Job:
@@ -86,18 +88,17 @@ def parse_completion(body: object) -> Job:
         raise bad_request("prompts given as token ids are not supported; send text", "prompt")
     else:
         raise bad_request("'prompt' must be a string or a non-empty array of strings", "prompt")
-    max_tokens = _opt_int(fields, "max_tokens", 1)
+    max_tokens = _opt_int(fields, "max_tokens", 0)
     echo = fields.get("echo", False)
     if not isinstance(echo, bool):
         raise bad_request("'echo' must be a boolean", "echo")
-    if fields.get("logprobs") is not None:
-        raise bad_request("'logprobs' is not supported by this server", "logprobs")
+    logprobs = completion_logprobs(fields, echo, max_tokens)
     if fields.get("suffix") not in (None, ""):
         raise bad_request("'suffix' is not supported by this server", "suffix")
     best_of = fields.get("best_of")
     if best_of is not None and best_of != fields.get("n", 1):
         raise bad_request("'best_of' is not supported by this server (leave it out or equal to n)", "best_of")
-    return _job(fields, "completion", prompts, (), max_tokens, echo=echo)
+    return _job(fields, "completion", prompts, (), max_tokens, echo=echo, logprobs=logprobs)
 
 
 def _job(
@@ -108,6 +109,7 @@ def _job(
     max_tokens: int | None,
     *,
     echo: bool = False,
+    logprobs: int | None = None,
 ) -> Job:
     model = fields.get("model")
     if model is not None and not isinstance(model, str):
@@ -149,6 +151,7 @@ def _job(
         echo=echo,
         json=json_mode,
         json_schema=json_schema,
+        logprobs=logprobs,
     )
 
 
