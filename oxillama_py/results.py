@@ -89,7 +89,7 @@ class TopLogprob:
     token_id: int
     token: str
     """The token's text (a control token as its own text, ``<eos>``; invalid UTF-8 as U+FFFD)."""
-    bytes: bytes
+    token_bytes: bytes
     """The token's exact bytes (a token may hold part of a UTF-8 character)."""
     logprob: float
     """Natural log of its probability under the model's raw distribution (log-softmax of the logits)."""
@@ -106,7 +106,7 @@ class TokenLogprob:
 
     token_id: int
     token: str
-    bytes: bytes
+    token_bytes: bytes
     logprob: float
     top_logprobs: tuple[TopLogprob, ...] = ()
     """The ``logprobs`` most likely tokens at this position, most likely first."""

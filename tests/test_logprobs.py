@@ -253,7 +253,7 @@ def test_server_chat_logprobs(client: Any, model: str, engine: Engine) -> None:
     expected = engine.chat(MESSAGES, 6, temperature=0, logprobs=5)
     assert expected.logprobs is not None and len(content) == len(expected.logprobs)
     for entry, lp in zip(content, expected.logprobs, strict=True):
-        assert entry.token == lp.token and bytes(entry.bytes) == lp.bytes and close(entry.logprob, lp.logprob)
+        assert entry.token == lp.token and bytes(entry.bytes) == lp.token_bytes and close(entry.logprob, lp.logprob)
         assert [t.token for t in entry.top_logprobs] == [t.token for t in lp.top_logprobs]
         assert all(close(a.logprob, b.logprob) for a, b in zip(entry.top_logprobs, lp.top_logprobs, strict=True))
     plain = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, temperature=0)

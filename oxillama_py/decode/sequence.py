@@ -1,4 +1,4 @@
-"""One request while it holds a slot: prompt progress, sampler, the text released so far.
+"""One request while it holds a slot: prompt progress, sampler, the text released so far, log-probabilities.
 
 Also the text's release rule (:class:`StopMatcher`). The scheduler admits and
 retires these; the runner places their tokens and picks the next ones.

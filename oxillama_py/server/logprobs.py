@@ -102,8 +102,10 @@ def _chat_entry(lp: TokenLogprob) -> dict[str, Any]:
     return {
         "token": lp.token,
         "logprob": lp.logprob,
-        "bytes": list(lp.bytes),
-        "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)} for t in lp.top_logprobs],
+        "bytes": list(lp.token_bytes),
+        "top_logprobs": [
+            {"token": t.token, "logprob": t.logprob, "bytes": list(t.token_bytes)} for t in lp.top_logprobs
+        ],
     }
 
 
@@ -134,7 +136,7 @@ class CompletionScores:
                 _append(body, lp.token, None, None, offset)
             else:
                 _append(body, lp.token, lp.logprob, _top(lp), offset)
-            offset += len(decoder.decode(lp.bytes))
+            offset += len(decoder.decode(lp.token_bytes))
         return body
 
     def tokens(self, logprobs: Sequence[TokenLogprob]) -> dict[str, Any]:
@@ -142,7 +144,7 @@ class CompletionScores:
         body = _empty()
         for lp in logprobs:
             _append(body, lp.token, lp.logprob, _top(lp), self._offset)
-            self._offset += len(self._decoder.decode(lp.bytes))
+            self._offset += len(self._decoder.decode(lp.token_bytes))
         return body
 
 
