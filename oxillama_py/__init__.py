@@ -30,7 +30,7 @@ from .grammar import Grammar
 from .lora import Lora
 from .options import BatchKwargs, GenerateKwargs
 from .progress import ProgressEvent, make_progress_adapter
-from .results import CompletionResult, FinishReason, SpeculativeStats, Timings, VerifyStep
+from .results import CompletionResult, FinishReason, SpeculativeStats, Timings, TokenLogprob, TopLogprob, VerifyStep
 from .stats import EngineStats, PrefixCacheStats
 from .tokenizer import Tokenizer
 
@@ -70,8 +70,10 @@ __all__ = [
     "SpeculativeStats",
     "TextStream",
     "Timings",
+    "TokenLogprob",
     "Tokenizer",
     "TokenizerError",
+    "TopLogprob",
     "TqdmProgress",
     "VerifyStep",
     "make_progress_adapter",

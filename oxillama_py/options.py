@@ -27,7 +27,18 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     from typing_extensions import Unpack
 
-__all__ = ["BatchKwargs", "GenerateKwargs", "GenerateOptions", "ProgressOptions", "Unpack", "resolve_options"]
+MAX_LOGPROBS = 20
+"""The most top alternatives a token's log-probability comes with (OpenAI's chat limit)."""
+
+__all__ = [
+    "MAX_LOGPROBS",
+    "BatchKwargs",
+    "GenerateKwargs",
+    "GenerateOptions",
+    "ProgressOptions",
+    "Unpack",
+    "resolve_options",
+]
 
 
 class GenerateKwargs(TypedDict, total=False):
@@ -67,6 +78,13 @@ class GenerateKwargs(TypedDict, total=False):
     a list gives each prompt of a batch its own (``None``: unconstrained)."""
     json: bool
     """Constrain the output to a JSON object (any)."""
+    logprobs: int | None
+    """Give each generated token its log-probability and this many most likely alternatives (0 to 20)
+    in ``CompletionResult.logprobs``: the model's raw distribution, before sampling filters, penalties
+    and grammars. ``None`` (the default): none, and no cost."""
+    prompt_logprobs: bool
+    """With ``logprobs``, also the prompt tokens' (``CompletionResult.prompt_logprobs``; the prompt is
+    prefilled whole, not from the prefix cache); allows ``max_tokens=0`` (score a text, generate nothing)."""
     speculative: bool | None
     """Speculate inside the batch (``True``; prompt lookup on an engine without ``speculative``), or not
     (``False``); ``None``: the engine's ``EngineConfig.speculative``."""
@@ -104,6 +122,9 @@ class GenerateOptions:
     """As the caller gave it; after :func:`resolve_options`, whether the call's unconstrained prompts speculate."""
     seed: int | None = None
     """The call's seed (its sampler's, else the engine's); ``None``: a random one per prompt."""
+    logprobs: int | None = None
+    """How many top alternatives each token's log-probability comes with; ``None``: no log-probabilities."""
+    prompt_logprobs: bool = False
 
     def seed_for(self, index: int) -> int:
         """The seed of prompt ``index``: ``seed + index``, so a seeded batch is reproducible and two
@@ -117,7 +138,8 @@ class GenerateOptions:
         unknown = set(options) - set(GenerateKwargs.__annotations__)
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-        check_int("max_tokens", max_tokens, low=1)
+        logprobs, prompt_logprobs = _logprobs(options)
+        check_int("max_tokens", max_tokens, low=0 if prompt_logprobs else 1)
         sampler = options.get("sampler")
         if sampler is not None:
             check_type("sampler", sampler, SamplerConfig, "a SamplerConfig")
@@ -151,7 +173,18 @@ class GenerateOptions:
         speculative = options.get("speculative")
         if speculative is not None:
             check_bool("speculative", speculative)
-        return cls(max_tokens, resolved, _stops(options.get("stop")), cancel_token, progress, grammar, speculative)
+        stops = _stops(options.get("stop"))
+        return cls(
+            max_tokens,
+            resolved,
+            stops,
+            cancel_token,
+            progress,
+            grammar,
+            speculative,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+        )
 
 
 def resolve_options(
@@ -164,7 +197,9 @@ def resolve_options(
     with mirostat sampling decodes plainly; where it is asked for
     (``speculative=True``, or an engine that speculates every request, named by
     ``speculating_engine``), mirostat is a ``ValueError``. A grammar speculates
-    like any other call: drafts are checked against it.
+    like any other call: drafts are checked against it, and so do ``logprobs``
+    (every verified row gives its token's). ``max_tokens=0`` (a prompt scored
+    with ``prompt_logprobs``) has nothing to draft: it decodes plainly.
     """
     opts = GenerateOptions.build(config.sampler, max_tokens, options)
     asked = "speculative=True" if opts.speculative else speculating_engine
@@ -174,9 +209,19 @@ def resolve_options(
         speculative = opts.speculative
     else:
         speculative = speculating_engine is not None or config.speculative is not None
-    speculative = speculative and not opts.sampler.mirostat
+    speculative = speculative and not opts.sampler.mirostat and max_tokens > 0
     seed = opts.sampler.seed if opts.sampler.seed is not None else config.seed
     return replace(opts, speculative=speculative, seed=seed)
+
+
+def _logprobs(options: GenerateKwargs) -> tuple[int | None, bool]:
+    logprobs = options.get("logprobs")
+    if logprobs is not None:
+        check_int("logprobs", logprobs, low=0, high=MAX_LOGPROBS)
+    prompt = check_bool("prompt_logprobs", options.get("prompt_logprobs", False))
+    if prompt and logprobs is None:
+        raise ValueError("prompt_logprobs=True needs logprobs= (how many top alternatives, 0 to 20)")
+    return logprobs, prompt
 
 
 def _stops(stop: object) -> tuple[str, ...]:

@@ -9,7 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-__all__ = ["CompletionResult", "FinishReason", "SpeculativeStats", "Timings", "VerifyStep"]
+__all__ = [
+    "CompletionResult",
+    "FinishReason",
+    "SpeculativeStats",
+    "Timings",
+    "TokenLogprob",
+    "TopLogprob",
+    "VerifyStep",
+]
 
 FinishReason: TypeAlias = Literal["stop", "length", "cancelled", "error"]
 """Why a generation ended: end of generation or a stop string, ``max_tokens``, a cancel, an error."""
@@ -75,6 +83,36 @@ class SpeculativeStats:
 
 
 @dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """One alternative at a position: a token and its log-probability."""
+
+    token_id: int
+    token: str
+    """The token's text (a control token as its own text, ``<eos>``; invalid UTF-8 as U+FFFD)."""
+    token_bytes: bytes
+    """The token's exact bytes (a token may hold part of a UTF-8 character)."""
+    logprob: float
+    """Natural log of its probability under the model's raw distribution (log-softmax of the logits)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A token of the text with its log-probability and the most likely tokens at its position.
+
+    The distribution is the model's own over the whole vocabulary, before any
+    sampling filter, penalty, bias or grammar (as OpenAI and llama.cpp report it):
+    a sampled or constrained token may have a low value.
+    """
+
+    token_id: int
+    token: str
+    token_bytes: bytes
+    logprob: float
+    top_logprobs: tuple[TopLogprob, ...] = ()
+    """The ``logprobs`` most likely tokens at this position, most likely first."""
+
+
+@dataclass(frozen=True, slots=True)
 class CompletionResult:
     """One prompt's completion, as returned by ``complete`` and ``complete_batch``."""
 
@@ -88,6 +126,11 @@ class CompletionResult:
     """Draft statistics, for generations of a :class:`~oxillama_py.SpeculativeEngine`."""
     cached_tokens: int = 0
     """Prompt tokens whose KV cells came from the prefix cache instead of a prefill."""
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    """One entry per token of ``token_ids``, with ``logprobs=k``; ``None`` when not asked."""
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    """One entry per prompt token (BOS included), with ``prompt_logprobs=True``; the first is ``None``
+    (nothing predicts it). ``None`` when not asked."""
 
     @property
     def tokens_per_sec(self) -> float:

@@ -73,7 +73,8 @@ BAD_CHAT = [
     pytest.param({"messages": MESSAGES, "stream": "yes"}, "stream", id="stream-type"),
     pytest.param({"messages": MESSAGES, "stream_options": {"include_usage": True}}, "stream_options", id="opts"),
     pytest.param({"messages": MESSAGES, "stop": 5}, "stop", id="stop-type"),
-    pytest.param({"messages": MESSAGES, "logprobs": True}, "logprobs", id="logprobs"),
+    pytest.param({"messages": MESSAGES, "logprobs": "yes"}, "logprobs", id="logprobs-type"),
+    pytest.param({"messages": MESSAGES, "top_logprobs": 3}, "top_logprobs", id="top-logprobs-alone"),
     pytest.param({"messages": MESSAGES, "tools": [{"type": "function"}]}, "tools", id="tools"),
     pytest.param({"messages": MESSAGES, "presence_penalty": 3.0}, "presence_penalty", id="penalty-range"),
 ]
@@ -94,7 +95,7 @@ def test_bad_chat_requests_are_400_before_decoding(server: ServerProcess, body: 
         ({"prompt": [[1, 2, 3]]}, "prompt"),
         ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
         ({"prompt": "x", "echo": "yes"}, "echo"),
-        ({"prompt": "x", "logprobs": 2}, "logprobs"),
+        ({"prompt": "x", "logprobs": 6}, "logprobs"),
     ],
 )
 def test_bad_completion_requests_are_400(server: ServerProcess, body: object, param: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..results import FinishReason, SpeculativeStats, VerifyStep
+from ..results import FinishReason, SpeculativeStats, TokenLogprob, VerifyStep
 
 __all__ = ["TokenEvent", "Step", "Finished", "FinishReason", "Event", "SpeculativeStats", "VerifyStep"]
 
@@ -19,6 +19,8 @@ class TokenEvent:
     index: int
     time: float
     sequence: int = 0
+    logprob: TokenLogprob | None = None
+    """Its log-probability and the top alternatives, for a request that asked for ``logprobs``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,8 @@ class Step:
     """The tokens one decode step produced for one request (several when speculating)."""
 
     tokens: tuple[TokenEvent, ...]
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    """The prompt's log-probabilities, on a request's first step (when it asked for them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,8 @@ class Finished:
     sequence: int = 0
     speculative: SpeculativeStats | None = field(default=None)
     cached_tokens: int = 0
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    """The prompt's log-probabilities, when no step carried them (nothing was generated)."""
 
 
 Event = Step | Finished

@@ -43,6 +43,10 @@ class Request:
     """Prefill the prompt into the prefix cache, pinned, and generate nothing (``cache_prefix``)."""
     speculative: bool = False
     """Draft and verify tokens inside the batch (the worker decides how many each step)."""
+    logprobs: int | None = None
+    """Give each generated token its log-probability and this many top alternatives (``None``: none)."""
+    prompt_logprobs: bool = False
+    """Also the prompt tokens' log-probabilities (every prompt row decoded with logits, no cached prefix)."""
     _sinks: list[MemoryObjectSendStream[Event]] = field(default_factory=list, init=False, repr=False)
     _loop: EventLoopToken | None = field(default=None, init=False, repr=False)
     _done: anyio.Event | None = field(default=None, init=False, repr=False)

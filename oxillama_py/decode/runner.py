@@ -58,12 +58,16 @@ class Runner:
         drafts = plan.drafts
         entries: list[BatchEntry] = []
         sampled: list[tuple[ActiveSequence, Placement]] = []
+        scored: list[tuple[ActiveSequence, int, int, int]] = []  # prompt rows whose logits are kept
         for seq in plan.generating:
             sampled.append((seq, place(entries, seq, [seq.last_token], True, drafts.get(seq))))
         for seq, chunk in plan.chunks:
             last = seq.n_prefilled + len(chunk) == len(seq.prompt)
             pin = seq.request.pin
-            placed = place(entries, seq, chunk, last and not pin, drafts.get(seq))
+            every = seq.prompt_logprobs is not None
+            placed = place(entries, seq, chunk, last and not pin, drafts.get(seq), every=every)
+            if every:
+                scored.append((seq, placed.index - len(chunk) + 1, seq.n_prefilled, len(chunk)))
             seq.n_prefilled += len(chunk)
             if last and not pin:
                 sampled.append((seq, placed))
@@ -73,16 +77,21 @@ class Runner:
         self.decode(entries)
         seconds = time.perf_counter() - began
         self.steps += 1
+        for seq, first, start, count in scored:
+            seq.score_prompt(ctx, first, start, count)
         for seq, placed in sampled:
             try:
                 if seq.spec is None:
-                    placed.chosen = [seq.pick(ctx, placed.index)]
-                    continue
-                tokens = seq.spec.step(ctx, placed, seq.generated, len(seq.prompt) + len(seq.generated))
+                    tokens = [seq.pick(ctx, placed.index)]
+                else:
+                    tokens = seq.spec.step(ctx, placed, seq.generated, len(seq.prompt) + len(seq.generated))
+                placed.logprobs = seq.logprobs_of(ctx, placed.index, tokens)
             except Exception as exc:
                 placed.error = exc
                 continue
             placed.chosen = tokens
+            if seq.spec is None:
+                continue
             rejected = len(placed.draft) - (len(tokens) - 1)
             if rejected > 0:  # the drafts the target did not take: this sequence's cells only
                 ctx.remove(seq.slot, seq.pos - rejected, -1)
@@ -134,14 +143,23 @@ class Runner:
 
 
 def place(
-    entries: list[BatchEntry], seq: ActiveSequence, tokens: list[int], sample: bool, draft: Draft | None
+    entries: list[BatchEntry],
+    seq: ActiveSequence,
+    tokens: list[int],
+    sample: bool,
+    draft: Draft | None,
+    *,
+    every: bool = False,
 ) -> Placement:
-    """Append ``seq``'s tokens of this step (logits on the last if ``sample``) and its draft (logits on all)."""
+    """Append ``seq``'s tokens of this step (logits on the last if ``sample``, on all if ``every``) and its
+    draft (logits on all)."""
     draft = draft or NO_DRAFT
     start = seq.pos
     slot = seq.slot
     last = len(tokens) - 1
-    entries.extend(BatchEntry(token, start + i, slot, sample and i == last) for i, token in enumerate(tokens))
+    entries.extend(
+        BatchEntry(token, start + i, slot, every or (sample and i == last)) for i, token in enumerate(tokens)
+    )
     index = len(entries) - 1
     entries.extend(BatchEntry(token, start + len(tokens) + j, slot, True) for j, token in enumerate(draft.tokens))
     seq.pos += len(tokens) + len(draft.tokens)

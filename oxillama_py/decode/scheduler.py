@@ -42,6 +42,10 @@ __all__ = ["Scheduler", "end_unstarted"]
 
 _log = logging.getLogger("oxillama_py.decode")
 
+SCORED_ROWS = 64
+"""Prompt rows with logits (a request's own prompt log-probabilities) per step, over all requests:
+each keeps a vocabulary's worth of floats in llama.cpp's output buffer (1 MB for Gemma)."""
+
 StartSequence = Callable[["Request", "Lease", float], "ActiveSequence"]
 
 
@@ -94,12 +98,19 @@ class Scheduler:
                 seq.on_grid = False
         generating = [seq for seq in running if not seq.prefilling]
         room = self.n_batch - len(generating)
+        scored_rows = SCORED_ROWS
         chunks: list[tuple[ActiveSequence, list[int]]] = []
         for seq in running:
             if room <= 0:
                 break
             if seq.prefilling:
-                chunk = seq.prompt[seq.n_prefilled : seq.n_prefilled + room]
+                take = room
+                if seq.prompt_logprobs is not None:  # every row keeps its logits: bounded per step
+                    take = min(take, scored_rows)
+                    if take <= 0:
+                        continue
+                    scored_rows -= take
+                chunk = seq.prompt[seq.n_prefilled : seq.n_prefilled + take]
                 chunks.append((seq, chunk))
                 room -= len(chunk)
         speculator = self.speculator
@@ -161,6 +172,8 @@ class Scheduler:
         cache = self.cache
         seq.block = cache.new_block()
         others = (Holder(s.slot, s.kv_tokens(), s.runs(), s.on_grid) for s in self.running)
+        if seq.prompt_logprobs is not None:  # its prompt's logits are wanted: every row is decoded
+            return
         prompt = np.asarray(seq.prompt, dtype=np.int32)
         reuse = cache.lookup(prompt, others, lone=not self.running, count=not seq.request.pin)
         if reuse is not None:
@@ -182,8 +195,9 @@ class Scheduler:
                 self._retire(seq, "error", placed.error)
                 continue
             events: list[TokenEvent] = []
-            for token in placed.chosen:
-                event = seq.advance(token, now)
+            logprobs = placed.logprobs
+            for i, token in enumerate(placed.chosen):
+                event = seq.advance(token, now, logprobs[i] if logprobs is not None else None)
                 if event is not None:
                     events.append(event)
                 if seq.reason is not None:
@@ -196,9 +210,9 @@ class Scheduler:
         """Publish one step's tokens of ``seq`` (with its end, if it ended)."""
         if seq.reason is None:
             if tokens:
-                seq.request.publish(Step(tokens))
+                seq.request.publish(Step(tokens, seq.take_prompt_logprobs()))
             return
-        self._retire(seq, seq.reason, step=Step(tokens) if tokens else None)
+        self._retire(seq, seq.reason, step=Step(tokens, seq.take_prompt_logprobs()) if tokens else None)
 
     def _retire(
         self,

@@ -1,4 +1,4 @@
-"""One request while it holds a slot: prompt progress, sampler, the text released so far.
+"""One request while it holds a slot: prompt progress, sampler, the text released so far, log-probabilities.
 
 Also the text's release rule (:class:`StopMatcher`). The scheduler admits and
 retires these; the runner places their tokens and picks the next ones.
@@ -14,10 +14,12 @@ import numpy.typing as npt
 
 from ..bus import Finished, FinishReason, Request, TokenEvent
 from ..llama.detokenizer import Detokenizer
+from ..llama.logprobs import token_logprob
 from .cells import Run
 
 if TYPE_CHECKING:
     from ..llama import Context, Model, Sampler
+    from ..results import TokenLogprob
     from .drafters import Draft
     from .ids import Lease
     from .speculation import SequenceSpeculation
@@ -89,6 +91,9 @@ class ActiveSequence:
         self._hit_stop = False
         self._detok = Detokenizer()
         self._stops = StopMatcher(request.stop)
+        self.prompt_logprobs: list[TokenLogprob | None] | None = [None] if request.prompt_logprobs else None
+        """The prompt's log-probabilities so far (the first token has none); ``None`` when not asked."""
+        self._prompt_sent = False
 
     def reuse(self, n_tokens: int, runs: tuple[Run, ...], on_grid: bool = True) -> None:
         """Start with the first ``n_tokens`` prompt cells already in the KV cache."""
@@ -126,6 +131,31 @@ class ActiveSequence:
         assert self.sampler is not None, "a sampled sequence needs its sampler chain"
         return self.sampler.sample(context.ptr, index)
 
+    def logprobs_of(self, context: Context, index: int, tokens: list[int]) -> list[TokenLogprob] | None:
+        """The log-probabilities of ``tokens``, chosen at rows ``index``, ``index + 1``... (when asked)."""
+        k = self.request.logprobs
+        if k is None:
+            return None
+        return [token_logprob(self.model, context.logits_array(index + i), t, k) for i, t in enumerate(tokens)]
+
+    def score_prompt(self, context: Context, first_row: int, start: int, count: int) -> None:
+        """Record the log-probability of each prompt token that rows ``first_row..`` (positions ``start..``) predict."""
+        scores = self.prompt_logprobs
+        k = self.request.logprobs
+        assert scores is not None and k is not None
+        prompt = self.prompt
+        for i in range(count):
+            following = start + i + 1
+            if following < len(prompt):
+                scores.append(token_logprob(self.model, context.logits_array(first_row + i), prompt[following], k))
+
+    def take_prompt_logprobs(self) -> tuple[TokenLogprob | None, ...] | None:
+        """The prompt's log-probabilities, once, after its prefill (for the first event that can carry them)."""
+        if self.prompt_logprobs is None or self._prompt_sent or self.prefilling:
+            return None
+        self._prompt_sent = True
+        return tuple(self.prompt_logprobs)
+
     def draft(self, k: int) -> Draft:
         """Up to ``k`` drafted tokens after the text so far (prompt, then generated), as far as the grammar allows."""
         assert self.spec is not None
@@ -145,14 +175,18 @@ class ActiveSequence:
     def remaining(self) -> int:
         return self.request.max_tokens - len(self.generated)
 
-    def advance(self, token: int, now: float) -> TokenEvent | None:
+    def advance(self, token: int, now: float, logprob: TokenLogprob | None = None) -> TokenEvent | None:
         """Take one sampled token; sets :attr:`reason` when the sequence is done.
 
         Returns the token's event, or ``None`` for an end-of-generation token,
-        which is not part of the output.
+        which is not part of the output (nor is any token of a prompt scored
+        with ``max_tokens=0``).
         """
         if self.first_token is None:
             self.first_token = now
+        if self.request.max_tokens == 0:
+            self.reason = "length"
+            return None
         if self.model.is_eog(token):
             self.reason = "stop"
             return None
@@ -165,7 +199,7 @@ class ActiveSequence:
         elif len(self.generated) >= self.request.max_tokens:
             self.reason = "length"
             piece += self._stops.push(self._detok.flush())[0] + self._stops.flush()
-        return TokenEvent(token, piece, len(self.generated) - 1, now, self.request.sequence)
+        return TokenEvent(token, piece, len(self.generated) - 1, now, self.request.sequence, logprob)
 
     def finished(self, reason: FinishReason, now: float, error: BaseException | None = None) -> Finished:
         tail = ""
@@ -183,6 +217,7 @@ class ActiveSequence:
             sequence=self.request.sequence,
             cached_tokens=self.cached_tokens,
             speculative=self.spec.stats(len(self.generated)) if self.spec is not None else None,
+            prompt_logprobs=self.take_prompt_logprobs(),
         )
 
     def close(self) -> None:

@@ -39,6 +39,7 @@ from .drafters import Draft, Drafter, PromptLookupDrafter
 
 if TYPE_CHECKING:
     from ..llama import Context, Model
+    from ..results import TokenLogprob
     from .draft_model import DraftModel
 
 __all__ = ["Candidate", "Placement", "SequenceSpeculation", "Speculator"]
@@ -58,6 +59,8 @@ class Placement:
     """The tokens this step gives the sequence (set by the runner once the batch is decoded)."""
     error: Exception | None = None
     """Why choosing them failed, if it did."""
+    logprobs: list[TokenLogprob] | None = None
+    """The chosen tokens' log-probabilities, for a request that asked (each from the row it was chosen at)."""
 
 
 class Candidate(Protocol):

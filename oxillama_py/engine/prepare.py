@@ -116,6 +116,8 @@ def _requests(config: EngineConfig, model: Model, prompts: list[str], opts: Gene
                 grammar=grammars[index],
                 matcher=matchers[index],
                 speculative=bool(opts.speculative),
+                logprobs=opts.logprobs,
+                prompt_logprobs=opts.prompt_logprobs,
             )
         )
     return requests
@@ -133,7 +135,7 @@ async def build_call(
     requests = await anyio.to_thread.run_sync(_requests, config, worker.model, prompts, opts)
     total = opts.max_tokens * len(prompts)
     callback, finaliser = make_progress_adapter(opts.progress.target, total)
-    collector = Collector(len(requests), on_complete)
+    collector = Collector(len(requests), on_complete, logprobs=opts.logprobs is not None)
     subscribers: list[Subscriber] = [collector, *extra]
     progress: ProgressSubscriber | None = None
     if callback is not None and finaliser is not None:

@@ -112,18 +112,19 @@ class Model:
                 capacity = -n
         raise TokenizerError(f"could not tokenize {len(data)} bytes of text")
 
-    def _piece(self, token: int) -> bytes:
+    def _piece(self, token: int, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(_PIECE_BYTES)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, _PIECE_BYTES, 0, False)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, _PIECE_BYTES, 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
         return buf.raw[:n]
 
-    def piece(self, token: int) -> bytes:
-        """The bytes of one token; control tokens render as nothing (as llama-cpp-python does)."""
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes of one token; control tokens render as nothing (as llama-cpp-python does),
+        or as their own text (``<eos>``) with ``special``."""
         with self._lifetime.use():
-            return self._piece(token)
+            return self._piece(token, special)
 
     def check_tokens(self, tokens: list[int]) -> None:
         for token in tokens:

@@ -21,10 +21,11 @@ import anyio
 from ..bus import Finished, Step, Subscriber
 from ..engine import AsyncEngine, Call
 from ..progress import ProgressEvent
-from ..results import CompletionResult, FinishReason
+from ..results import CompletionResult, FinishReason, TokenLogprob
+from .logprobs import listed_first_tokens
 from .requests import Job
 
-__all__ = ["End", "JobRun", "Piece", "open_job"]
+__all__ = ["End", "JobRun", "Piece", "PromptScores", "open_job"]
 
 COMPLETION_MAX_TOKENS = 16
 """OpenAI's default ``max_tokens`` for completions."""
@@ -34,6 +35,16 @@ COMPLETION_MAX_TOKENS = 16
 class Piece:
     choice: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """The log-probabilities of the tokens that released this text (a token releasing none waits for the next)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptScores:
+    """A choice's prompt log-probabilities, before any of its pieces."""
+
+    choice: int
+    logprobs: tuple[TokenLogprob | None, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +53,7 @@ class End:
     reason: FinishReason
 
 
-Item = Piece | End | ProgressEvent
+Item = Piece | PromptScores | End | ProgressEvent
 
 
 class Relay(Subscriber):
@@ -50,13 +61,24 @@ class Relay(Subscriber):
 
     def __init__(self) -> None:
         self.items: deque[Item] = deque()
+        self._held: dict[int, list[TokenLogprob]] = {}
 
     async def on_step(self, step: Step) -> None:
-        self.items.extend(Piece(token.sequence, token.piece) for token in step.tokens if token.piece)
+        if step.prompt_logprobs is not None and step.tokens:
+            self.items.append(PromptScores(step.tokens[0].sequence, step.prompt_logprobs))
+        held = self._held
+        for token in step.tokens:
+            if token.logprob is not None:
+                held.setdefault(token.sequence, []).append(token.logprob)
+            if token.piece:
+                self.items.append(Piece(token.sequence, token.piece, tuple(held.pop(token.sequence, ()))))
 
     async def on_finished(self, finished: Finished) -> None:
-        if finished.tail:
-            self.items.append(Piece(finished.sequence, finished.tail))
+        if finished.prompt_logprobs is not None:
+            self.items.append(PromptScores(finished.sequence, finished.prompt_logprobs))
+        held = tuple(self._held.pop(finished.sequence, ()))
+        if finished.tail or held:
+            self.items.append(Piece(finished.sequence, finished.tail, held))
         self.items.append(End(finished.sequence, finished.reason))
 
     def progress(self, event: ProgressEvent) -> None:
@@ -70,6 +92,8 @@ class JobRun:
     job: Job
     call: Call
     relay: Relay
+    first_tokens: list[str | None] | None = None
+    """With ``echo`` and ``logprobs``: each choice's first listed prompt token (``None``: an added BOS, not listed)."""
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -122,5 +146,9 @@ async def open_job(engine: AsyncEngine, job: Job, chat_max_tokens: int) -> JobRu
         call = await engine.prepare_chat(job.messages, max_tokens, n=job.n, subscribers=[relay], **options)
     else:
         max_tokens = COMPLETION_MAX_TOKENS if job.max_tokens is None else job.max_tokens
+        firsts = None
+        if job.echo and job.logprobs is not None:  # before the call: nothing may wait after its display is made
+            firsts = [first for first in await listed_first_tokens(engine, job.prompts) for _ in range(job.n)]
         call = await engine.prepare(job.prompts, max_tokens, n=job.n, subscribers=[relay], **options)
+        return JobRun(job, call, relay, firsts)
     return JobRun(job, call, relay)

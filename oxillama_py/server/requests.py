@@ -3,7 +3,7 @@
 The other half of the OpenAI shapes, the answers, is :mod:`.responses`.
 
 Known fields with a wrong type or value get a 400 naming the field; fields the
-engine cannot honour (``logprobs``, ``tools``, token-id prompts) get a 400 that
+engine cannot honour (token-id prompts and the refused fields) get a 400 that
 says so; which fields are known, which are no-ops here and which are refused
 is :mod:`.fields`' table.
 """
@@ -18,6 +18,7 @@ from typing import Any, Literal
 from ..options import GenerateKwargs
 from .errors import bad_request
 from .fields import CHAT_FIELDS, COMPLETION_FIELDS, check_fields, sampler_options
+from .logprobs import chat_logprobs, completion_logprobs, logprob_options
 
 __all__ = ["Job", "parse_chat", "parse_completion"]
 
@@ -47,6 +48,8 @@ class Job:
     json_schema: dict[str, Any] | None = None
     sampling: GenerateKwargs = field(default_factory=lambda: GenerateKwargs())
     """The sampler fields given (penalties, ``logit_bias``, ``top_k``, ``min_p``), as engine options."""
+    logprobs: int | None = None
+    """How many alternatives each token's log-probability comes with; ``None``: no log-probabilities."""
 
     def generate_options(self) -> GenerateKwargs:
         """The engine's keyword options for this job."""
@@ -62,6 +65,7 @@ class Job:
         if self.seed is not None:
             options["seed"] = self.seed
         options.update(self.sampling)
+        options.update(logprob_options(self.logprobs, self.echo, self.max_tokens))
         return options
 
 
@@ -76,9 +80,7 @@ def parse_chat(body: object) -> Job:
     if max_tokens is None:
         max_tokens = _opt_int(fields, "max_tokens", 1)
     _unsupported(fields, "tools", "functions", "tool_choice", "function_call")
-    if fields.get("logprobs") not in (None, False):
-        raise bad_request("'logprobs' is not supported by this server", "logprobs")
-    return _job(fields, "chat", (), checked, max_tokens)
+    return _job(fields, "chat", (), checked, max_tokens, logprobs=chat_logprobs(fields))
 
 
 def parse_completion(body: object) -> Job:
@@ -93,18 +95,17 @@ def parse_completion(body: object) -> Job:
         raise bad_request("prompts given as token ids are not supported; send text", "prompt")
     else:
         raise bad_request("'prompt' must be a string or a non-empty array of strings", "prompt")
-    max_tokens = _opt_int(fields, "max_tokens", 1)
+    max_tokens = _opt_int(fields, "max_tokens", 0)
     echo = fields.get("echo", False)
     if not isinstance(echo, bool):
         raise bad_request("'echo' must be a boolean", "echo")
-    if fields.get("logprobs") is not None:
-        raise bad_request("'logprobs' is not supported by this server", "logprobs")
+    logprobs = completion_logprobs(fields, echo, max_tokens)
     if fields.get("suffix") not in (None, ""):
         raise bad_request("'suffix' is not supported by this server", "suffix")
     best_of = fields.get("best_of")
     if best_of is not None and best_of != fields.get("n", 1):
         raise bad_request("'best_of' is not supported by this server (leave it out or equal to n)", "best_of")
-    return _job(fields, "completion", prompts, (), max_tokens, echo=echo)
+    return _job(fields, "completion", prompts, (), max_tokens, echo=echo, logprobs=logprobs)
 
 
 def _job(
@@ -115,6 +116,7 @@ def _job(
     max_tokens: int | None,
     *,
     echo: bool = False,
+    logprobs: int | None = None,
 ) -> Job:
     model = fields.get("model")
     if model is not None and not isinstance(model, str):
@@ -153,6 +155,7 @@ def _job(
         json=json_mode,
         json_schema=json_schema,
         sampling=sampler_options(fields),
+        logprobs=logprobs,
     )
 
 

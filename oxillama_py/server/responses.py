@@ -18,7 +18,8 @@ from ..errors import OxiLlamaError
 from ..progress import ProgressEvent
 from ..results import CompletionResult
 from .errors import APIError, server_error
-from .jobs import End, JobRun, Piece
+from .jobs import End, JobRun, Piece, PromptScores
+from .logprobs import CompletionScores, chat_object, completion_object
 from .requests import Job
 from .sse import DONE, event
 
@@ -63,6 +64,17 @@ def envelope(job: Job, model: str, *, chunk: bool) -> dict[str, Any]:
     }
 
 
+def choice_logprobs(run: JobRun, index: int, result: CompletionResult) -> dict[str, Any] | None:
+    """A whole choice's ``logprobs`` object, or ``None`` when the request did not ask."""
+    job = run.job
+    if job.logprobs is None:
+        return None
+    if job.kind == "chat":
+        return chat_object(result.logprobs or ())
+    first = run.first_tokens[index] if run.first_tokens else None
+    return completion_object(run.prompts[index], result, first, job.echo)
+
+
 def completion_body(run: JobRun, results: list[CompletionResult], model: str) -> dict[str, Any]:
     """The whole answer of a request that did not stream."""
     job = run.job
@@ -72,7 +84,7 @@ def completion_body(run: JobRun, results: list[CompletionResult], model: str) ->
                 "index": i,
                 "message": {"role": "assistant", "content": r.text},
                 "finish_reason": finish_reason(r),
-                "logprobs": None,
+                "logprobs": choice_logprobs(run, i, r),
             }
             for i, r in enumerate(results)
         ]
@@ -82,7 +94,7 @@ def completion_body(run: JobRun, results: list[CompletionResult], model: str) ->
                 "index": i,
                 "text": (run.prompts[i] if job.echo else "") + r.text,
                 "finish_reason": finish_reason(r),
-                "logprobs": None,
+                "logprobs": choice_logprobs(run, i, r),
             }
             for i, r in enumerate(results)
         ]
@@ -97,11 +109,11 @@ class _Chunks:
         self.envelope = envelope(job, model, chunk=True)
         self.usage_field: dict[str, Any] = {"usage": None} if job.include_usage else {}
 
-    def choice(self, index: int, text: str | None, reason: str | None) -> bytes:
+    def choice(self, index: int, text: str | None, reason: str | None, logprobs: dict[str, Any] | None = None) -> bytes:
         if self.job.kind == "chat":
             body: dict[str, Any] = {} if text is None else {"content": text}
-            return self.chunk({"index": index, "delta": body, "finish_reason": reason, "logprobs": None})
-        return self.chunk({"index": index, "text": text or "", "finish_reason": reason, "logprobs": None})
+            return self.chunk({"index": index, "delta": body, "finish_reason": reason, "logprobs": logprobs})
+        return self.chunk({"index": index, "text": text or "", "finish_reason": reason, "logprobs": logprobs})
 
     def role(self, index: int) -> bytes:
         return self.chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
@@ -125,15 +137,28 @@ async def stream_body(run: JobRun, model: str) -> AsyncGenerator[bytes, None]:
     if job.kind == "chat":
         for index in range(choices):
             yield chunks.role(index)
-    elif job.echo:
+    elif job.echo and job.logprobs is None:  # with log-probabilities: once the prompt is scored
         for index in range(choices):
             yield chunks.choice(index, run.prompts[index], None)
+    scores = [CompletionScores(prompt) for prompt in run.prompts] if job.logprobs is not None else []
     ended: set[int] = set()
     try:
         async with aclosing(run.events()) as events:
             async for item in events:
                 if isinstance(item, Piece):
-                    yield chunks.choice(item.choice, item.text, None)
+                    logprobs = None
+                    if scores:
+                        logprobs = (
+                            chat_object(item.logprobs)
+                            if job.kind == "chat"
+                            else scores[item.choice].tokens(item.logprobs)
+                        )
+                    yield chunks.choice(item.choice, item.text, None, logprobs)
+                elif isinstance(item, PromptScores):
+                    if job.echo and scores:
+                        first = run.first_tokens[item.choice] if run.first_tokens else None
+                        prompt = scores[item.choice].prompt(item.logprobs, first)
+                        yield chunks.choice(item.choice, run.prompts[item.choice], None, prompt)
                 elif isinstance(item, End):  # each choice's finish as it happens, as OpenAI sends it
                     if item.reason in ("stop", "length"):
                         ended.add(item.choice)
