@@ -39,6 +39,8 @@ SERVER_PARAMS = [
     ),
     pytest.param("trio", id="hypercorn-trio"),
 ]
+T = 120.0
+"""Seconds an HTTP call may take: the machine may be busy."""
 TEXTS = ["A cat sat on the mat.", "Quarterly revenue grew by four percent."]
 
 
@@ -52,8 +54,20 @@ def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def client(server: ServerProcess) -> Iterator[Any]:
-    with openai.OpenAI(base_url=server.api_url, api_key=KEY, max_retries=0, timeout=300) as c:
+    with openai.OpenAI(base_url=server.api_url, api_key=KEY, max_retries=0) as c:
         yield c
+
+
+def post(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.post(url, timeout=T, **kwargs)
+
+
+def get(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.get(url, timeout=T, **kwargs)
+
+
+def options(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.options(url, timeout=T, **kwargs)
 
 
 def model_name(server: ServerProcess) -> str:
@@ -62,7 +76,7 @@ def model_name(server: ServerProcess) -> str:
 
 def scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of ``/metrics``, parsed by prometheus_client's own parser."""
-    response = httpx.get(server.base_url + "/metrics", headers=AUTH, timeout=30)
+    response = get(server.base_url + "/metrics", headers=AUTH)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     samples = {}
@@ -88,7 +102,7 @@ def test_embeddings_float_and_base64_equal_the_library(server: ServerProcess, cl
     expected = np.stack([engine.embed_numpy(text) for text in TEXTS])
     floats = client.embeddings.create(model=model_name(server), input=TEXTS, encoding_format="float")
     default = client.embeddings.create(model=model_name(server), input=TEXTS)  # base64 on the wire, as openai asks
-    raw = httpx.post(
+    raw = post(
         server.api_url + "/embeddings", json={"input": TEXTS[0], "encoding_format": "base64"}, headers=AUTH
     ).json()
     assert isinstance(raw["data"][0]["embedding"], str)
@@ -138,7 +152,7 @@ def test_langchain_openai_embeddings(server: ServerProcess, engine: Engine) -> N
     ],
 )
 def test_embeddings_bad_input_is_a_400(server: ServerProcess, body: dict[str, Any], param: str) -> None:
-    response = httpx.post(server.api_url + "/embeddings", json=body, headers=AUTH, timeout=60)
+    response = post(server.api_url + "/embeddings", json=body, headers=AUTH)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
 
@@ -150,17 +164,17 @@ def test_embeddings_dimensions_equal_to_the_model_is_fine(server: ServerProcess,
 
 def test_tokenize_and_detokenize_as_llama_cpp(server: ServerProcess, engine: Engine) -> None:
     text = "Hello world, again"
-    plain = httpx.post(server.base_url + "/tokenize", json={"content": text}, headers=AUTH).json()
+    plain = post(server.base_url + "/tokenize", json={"content": text}, headers=AUTH).json()
     assert plain == {"tokens": engine.tokenize(text, add_special=False)}
-    special = httpx.post(server.base_url + "/tokenize", json={"content": text, "add_special": True}, headers=AUTH)
+    special = post(server.base_url + "/tokenize", json={"content": text, "add_special": True}, headers=AUTH)
     assert special.json()["tokens"] == engine.tokenize(text)
-    pieces = httpx.post(server.base_url + "/tokenize", json={"content": text, "with_pieces": True}, headers=AUTH)
+    pieces = post(server.base_url + "/tokenize", json={"content": text, "with_pieces": True}, headers=AUTH)
     assert [p["id"] for p in pieces.json()["tokens"]] == plain["tokens"]
     assert "".join(p["piece"] for p in pieces.json()["tokens"]) == text
-    back = httpx.post(server.base_url + "/detokenize", json={"tokens": plain["tokens"]}, headers=AUTH)
+    back = post(server.base_url + "/detokenize", json={"tokens": plain["tokens"]}, headers=AUTH)
     assert back.json() == {"content": text}
-    assert httpx.post(server.base_url + "/tokenize", json={"content": text}).status_code == 401
-    bad = httpx.post(server.base_url + "/detokenize", json={"tokens": [-1]}, headers=AUTH)
+    assert post(server.base_url + "/tokenize", json={"content": text}).status_code == 401
+    bad = post(server.base_url + "/detokenize", json={"tokens": [-1]}, headers=AUTH)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
 
 
@@ -200,7 +214,7 @@ def test_metrics_counters_move_by_the_requests(server: ServerProcess, client: An
     assert value(after, "oxillama:num_slots") == 1
     for counter in ("prefix_cache_hit_tokens", "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens"):
         assert (f"oxillama:{counter}_total", (("model_name", name),)) in after
-    assert httpx.get(server.base_url + "/metrics").status_code == 401  # behind the key by default
+    assert get(server.base_url + "/metrics").status_code == 401  # behind the key by default
 
 
 # -- CORS, request ids, logs, keepalive --------------------------------------------------------
@@ -211,14 +225,14 @@ def test_cors_preflight_from_the_allowed_origin_only(server: ServerProcess) -> N
         "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os, x-request-id",
     }
-    allowed = httpx.options(server.api_url + "/chat/completions", headers={"Origin": ORIGIN, **preflight})
+    allowed = options(server.api_url + "/chat/completions", headers={"Origin": ORIGIN, **preflight})
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == ORIGIN
     assert "POST" in allowed.headers["access-control-allow-methods"]
     assert "x-stainless-os" in allowed.headers["access-control-allow-headers"].lower()
-    other = httpx.options(server.api_url + "/chat/completions", headers={"Origin": "http://evil.example", **preflight})
+    other = options(server.api_url + "/chat/completions", headers={"Origin": "http://evil.example", **preflight})
     assert "access-control-allow-origin" not in other.headers
-    simple = httpx.get(server.api_url + "/models", headers={"Origin": ORIGIN, **AUTH})
+    simple = get(server.api_url + "/models", headers={"Origin": ORIGIN, **AUTH})
     assert simple.headers["access-control-allow-origin"] == ORIGIN
     assert "x-request-id" in simple.headers["access-control-expose-headers"].lower()
 
@@ -230,23 +244,22 @@ def log_lines(server: ServerProcess) -> list[dict[str, Any]]:
 
 def test_request_ids_on_every_response_and_in_the_log(server: ServerProcess) -> None:
     given = f"client-id-{server.backend}-{time.monotonic_ns()}"
-    ok = httpx.post(
+    ok = post(
         server.api_url + "/completions",
         json={"prompt": "Hello", "max_tokens": 2},
         headers={**AUTH, "X-Request-Id": given},
-        timeout=120,
     )
     assert ok.status_code == 200 and ok.headers["x-request-id"] == given
-    bad = httpx.post(server.api_url + "/completions", json={"prompt": 3}, headers=AUTH)
-    missing = httpx.get(server.base_url + "/no/such/page")
-    unauthorized = httpx.get(server.api_url + "/models")
-    insane = httpx.get(server.base_url + "/health", headers={"X-Request-Id": "has spaces\tand tabs"})
+    bad = post(server.api_url + "/completions", json={"prompt": 3}, headers=AUTH)
+    missing = get(server.base_url + "/no/such/page")
+    unauthorized = get(server.api_url + "/models")
+    insane = get(server.base_url + "/health", headers={"X-Request-Id": "has spaces\tand tabs"})
     with httpx.stream(
         "POST",
         server.api_url + "/completions",
         json={"prompt": "Hello", "max_tokens": 2, "stream": True},
         headers=AUTH,
-        timeout=120,
+        timeout=T,
     ) as stream:
         stream.read()
     ids = {r.headers.get("x-request-id") for r in (bad, missing, unauthorized, insane, stream)}
@@ -274,12 +287,11 @@ def test_a_queued_stream_gets_keepalive_comments(server: ServerProcess) -> None:
     """One slot: while a long request holds it, a streamed one waits and hears ``: keepalive``."""
     server.wait_idle()
     hold = threading.Thread(
-        target=httpx.post,
+        target=post,
         args=(server.api_url + "/completions",),
         kwargs={
             "json": {"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 48, "temperature": 0},
             "headers": AUTH,
-            "timeout": 300,
         },
     )
     hold.start()
@@ -290,7 +302,7 @@ def test_a_queued_stream_gets_keepalive_comments(server: ServerProcess) -> None:
             time.sleep(0.01)
         body = {"prompt": "Hello", "max_tokens": 2, "stream": True}
         lines = []
-        with httpx.stream("POST", server.api_url + "/completions", json=body, headers=AUTH, timeout=300) as response:
+        with httpx.stream("POST", server.api_url + "/completions", json=body, headers=AUTH, timeout=T) as response:
             for line in response.iter_lines():
                 lines.append(line)
         first_data = next(i for i, line in enumerate(lines) if line.startswith("data: "))
