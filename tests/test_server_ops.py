@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -334,3 +335,68 @@ def test_settings_are_checked() -> None:
         ServerSettings(keepalive_secs=-1)
     with pytest.raises(TypeError, match="metrics_public"):
         ServerSettings(metrics_public="yes")  # type: ignore[arg-type]
+
+
+def test_a_client_that_leaves_is_logged_as_cancelled(server: ServerProcess) -> None:
+    server.wait_idle()
+    given = f"leaving-{server.backend}-{time.monotonic_ns()}"
+    body = {"prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 400, "stream": True}
+    headers = {**AUTH, "X-Request-Id": given}
+    with httpx.stream("POST", server.api_url + "/completions", json=body, headers=headers, timeout=T) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                break  # one token, then hang up
+    deadline = time.monotonic() + T
+    while not (mine := [e for e in log_lines(server) if e.get("request_id") == given and e.get("route")]):
+        assert time.monotonic() < deadline, "no log line for the request that left"
+        time.sleep(0.05)
+    assert mine[0]["cancelled"] is True and mine[0]["status"] == 200
+    server.wait_idle()
+
+
+@pytest.mark.anyio
+async def test_keepalive_comments_fill_the_silences_of_a_stream() -> None:
+    """In process, no model: a body that waits gets ``: keepalive`` between its events, on every backend."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from oxillama_py.server.sse import DONE, EventStream, event
+
+    closed = []
+
+    async def body() -> Any:
+        yield event({"n": 1})
+        await anyio.sleep(0.35)
+        yield event({"n": 2})
+        yield DONE
+
+    async def endpoint(request: Any) -> EventStream:
+        return EventStream(body(), on_close=lambda: closed.append(True), keepalive=0.1)
+
+    app = Starlette(routes=[Route("/s", endpoint)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        text = (await http.get("/s")).text
+    first, rest = text.split('data: {"n":2}')
+    assert first.startswith('data: {"n":1}\n\n') and ": keepalive\n\n" in first
+    assert rest == "\n\ndata: [DONE]\n\n" and closed == [True]
+
+
+@pytest.mark.anyio
+async def test_an_unexpected_error_is_a_500_with_the_request_id(model_path: Path) -> None:
+    from starlette.routing import Route
+
+    app = create_app(EngineConfig(model_path))
+
+    async def boom(request: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    app.router.routes.append(Route("/boom", boom))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        response = await http.get("/boom", headers={"X-Request-Id": "bug-42"})
+    assert response.status_code == 500 and response.headers["x-request-id"] == "bug-42"
+    assert response.json()["error"] == {
+        "message": "internal server error",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
