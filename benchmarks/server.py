@@ -68,9 +68,9 @@ def command(name: str, args: Any, model: Path, port: int) -> tuple[list[str], st
     threads, slots, slot_ctx = str(args.threads), args.slots, args.slot_ctx
     host = ["--host", "127.0.0.1", "--port", str(port)]
     if name == "oxillama":
-        argv = [sys.executable, "-m", "oxillama_py", "serve", "--model", str(model), *host]
+        argv = [sys.executable, "-m", "oxillama_py", "serve", "--model", str(model), *host, "--log-level", "info"]
         argv += ["--max-concurrency", str(slots), "--threads", threads, "--n-ctx", str(slots * slot_ctx)]
-        return argv + (["--backend", args.backend] if args.backend else []), "/health"
+        return [*argv, "--log-format", "json", *(["--backend", args.backend] if args.backend else [])], "/health"
     if name == "llama_cpp_server":
         argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), *host]
         argv += ["--n_threads", threads, "--n_threads_batch", threads, "--n_ctx", str(slot_ctx)]

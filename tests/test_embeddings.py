@@ -103,3 +103,24 @@ async def test_embeddings_mixed_into_a_running_batch(small: Engine) -> None:
         assert generated[i].startswith(PREDICTABLE[prompt]), (prompt, generated[i], solo[i])
     for rows in embedded:
         assert all(float(a @ b) > 0.999 for a, b in zip(rows, alone, strict=True))
+
+
+@pytest.mark.anyio
+async def test_embed_tokens_equals_embedding_the_text(aengine: AsyncEngine) -> None:
+    """Token ids are embedded as given: the text's own tokens give the text's embedding, on every backend."""
+    texts = ["Hello world", "A longer sentence about the weather in spring."]
+    token_lists = [await aengine.tokenize(text) for text in texts]
+    rows = await aengine.embed_tokens_numpy(token_lists)
+    assert rows.dtype == np.float32 and rows.shape == (2, aengine.hidden_size())
+    np.testing.assert_allclose(rows, await aengine.embed_batch_numpy(texts), atol=1e-5)
+    assert (await aengine.embed_tokens_numpy([])).shape == (0, aengine.hidden_size())
+    with pytest.raises(ValueError, match="empty"):
+        await aengine.embed_tokens_numpy([[]])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        await aengine.embed_tokens_numpy([[1, 10**9]])
+    with pytest.raises(TypeError, match="ints"):
+        await aengine.embed_tokens_numpy([[1, "2"]])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="token_lists"):
+        await aengine.embed_tokens_numpy("text")  # type: ignore[arg-type]
+    with pytest.raises(KvCacheFullError):
+        await aengine.embed_tokens_numpy([[2] * (aengine.config.slot_ctx + 1)])

@@ -52,6 +52,31 @@ class Reads(EngineBase):
         checked = check_sequence("texts", texts, "a sequence of str")
         return await self._read([check_text(text) for text in checked], logits=False)
 
+    async def embed_tokens_numpy(self, token_lists: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
+        """:meth:`embed_batch_numpy` for inputs already tokenized: each list is decoded as given (no BOS added).
+
+        ``embed_tokens_numpy([await engine.tokenize(text)])`` equals
+        ``embed_batch_numpy([text])``; the OpenAI server's token-id inputs take this path.
+        """
+        checked = check_sequence("token_lists", token_lists, "a sequence of token-id sequences")
+        lists = [list(check_sequence(f"token_lists[{i}]", t, "a sequence of ints")) for i, t in enumerate(checked)]
+        worker = await self._ready()
+        budget = self.config.slot_ctx
+        vocab = worker.model.n_vocab
+        for i, tokens in enumerate(lists):
+            if not tokens:
+                raise ValueError(f"token_lists[{i}] is empty")
+            for token in tokens:
+                if isinstance(token, bool) or not isinstance(token, int):
+                    raise TypeError(f"token_lists[{i}] must hold ints, got {type(token).__name__} {token!r}")
+                if not 0 <= token < vocab:
+                    raise ValueError(f"token id {token} in token_lists[{i}] is outside the vocabulary (0..{vocab - 1})")
+            if len(tokens) > budget:
+                raise KvCacheFullError(
+                    f"an input of {len(tokens)} tokens does not fit the {budget} context cells one request may use"
+                )
+        return await self._read_tokens(lists, logits=False)
+
     async def embeddings_dlpack(self, text: str) -> npt.NDArray[np.float32]:
         """:meth:`embed_numpy`'s vector as a ``(1, hidden_size())`` array, which DLPack consumers take without a copy.
 
@@ -89,6 +114,14 @@ class Reads(EngineBase):
         if not texts:
             return np.zeros((0, worker.model.n_vocab if logits else worker.model.n_embd), dtype=np.float32)
         tokens = await anyio.to_thread.run_sync(_tokens, self.config, worker.model, texts)
+        return await self._read_tokens(tokens, logits=logits)
+
+    async def _read_tokens(self, tokens: list[list[int]], *, logits: bool) -> npt.NDArray[np.float32]:
+        if self.config.max_concurrency >= 256:
+            raise GenerateError("no sequence id is left for embeddings or logits: lower max_concurrency below 256")
+        worker = await self._ready()
+        if not tokens:
+            return np.zeros((0, worker.model.n_vocab if logits else worker.model.n_embd), dtype=np.float32)
         return await wait_future(worker.read(tokens, logits=logits))
 
 

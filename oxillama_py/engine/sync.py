@@ -155,6 +155,7 @@ class Engine:
     embed = _blocking(AsyncEngine.embed)
     embed_numpy = _blocking(AsyncEngine.embed_numpy)
     embed_batch_numpy = _blocking(AsyncEngine.embed_batch_numpy)
+    embed_tokens_numpy = _blocking(AsyncEngine.embed_tokens_numpy)
     embeddings_dlpack = _blocking(AsyncEngine.embeddings_dlpack)
     logits = _blocking(AsyncEngine.logits)
     logits_dlpack = _blocking(AsyncEngine.logits_dlpack)

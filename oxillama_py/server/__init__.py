@@ -5,7 +5,9 @@ and uvicorn or hypercorn to run it. One module per concept: :mod:`.routes`
 (the application, its lifespan and its handlers), :mod:`.admission`
 (settings, key, body limit, 429), :mod:`.requests` and :mod:`.responses`
 (OpenAI's shapes), :mod:`.sse` (event streams), :mod:`.jobs` (a request as
-one engine call), :mod:`.errors` (OpenAI's error body), :mod:`.cli` (the
+one engine call), :mod:`.errors` (OpenAI's error body), :mod:`.embeddings`
+(embeddings, tokenize, detokenize), :mod:`.metrics` (``/metrics``),
+:mod:`.observe` (request ids, the line per request), :mod:`.cli` (the
 command).
 """
 

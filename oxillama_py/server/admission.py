@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,12 @@ class ServerSettings:
     retry_after_secs: int = 1
     replica: str | None = None
     """Which copy of the app this is (set by :mod:`oxillama_py.ray`): shown in ``/health``."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins whose web pages may call the server (CORS); ``("*",)`` allows any; empty: no CORS headers."""
+    metrics_public: bool = False
+    """Serve ``/metrics`` without the API key (for a Prometheus that has none)."""
+    keepalive_secs: float = 15.0
+    """A stream sends a comment line after this many seconds with nothing else sent (0: never)."""
 
     def __post_init__(self) -> None:
         for name in ("max_queue", "max_body_bytes", "default_max_tokens", "retry_after_secs"):
@@ -51,6 +58,14 @@ class ServerSettings:
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
             if value < (0 if name == "max_queue" else 1):
                 raise ValueError(f"{name} must be positive, got {value}")
+        if isinstance(self.cors_origins, str) or not all(isinstance(o, str) and o for o in self.cors_origins):
+            raise TypeError("cors_origins must be a tuple of non-empty origin strings")
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        if not isinstance(self.metrics_public, bool):
+            raise TypeError(f"metrics_public must be a bool, got {type(self.metrics_public).__name__}")
+        keepalive = self.keepalive_secs
+        if isinstance(keepalive, bool) or not isinstance(keepalive, (int, float)) or not 0 <= keepalive < math.inf:
+            raise ValueError(f"keepalive_secs must be a number >= 0 (0: off), got {keepalive!r}")
         for name in ("model_name", "api_key", "replica"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):

@@ -21,6 +21,7 @@ import anyio
 from ..config import EngineConfig, PromptLookup
 from ..errors import OxiLlamaError
 from .admission import ServerSettings
+from .observe import configure_logging, startup_line
 from .routes import create_app
 
 __all__ = ["main"]
@@ -59,7 +60,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default=None, help="required bearer token (default: $OXILLAMA_API_KEY, or none)")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
     parser.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds running requests get at shutdown")
-    parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
+        help="info: a line per request; debug: llama.cpp's own messages too",
+    )
+    parser.add_argument("--log-format", default="text", choices=("text", "json"), help="json: one object a line")
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN call the server (repeatable; '*' for any; default: no CORS)",
+    )
+    parser.add_argument("--metrics-public", action="store_true", help="serve /metrics without the API key")
+    parser.add_argument(
+        "--sse-keepalive",
+        type=float,
+        default=15.0,
+        metavar="SECS",
+        help="a stream sends a comment line after SECS with nothing else sent (0: never)",
+    )
     ray = parser.add_argument_group("Ray Serve (pip install 'oxillama-py[ray]')")
     ray.add_argument("--ray", action="store_true", help="deploy the app as Ray Serve replicas instead")
     scale = ray.add_mutually_exclusive_group()
@@ -94,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             api_key=args.api_key,
             max_queue=args.max_queue,
             max_body_bytes=args.max_body_bytes,
+            cors_origins=tuple(args.cors_origin or ()),
+            metrics_public=args.metrics_public,
+            keepalive_secs=args.sse_keepalive,
         )
         if args.shutdown_grace < 0:
             raise ValueError(f"--shutdown-grace must be >= 0, got {args.shutdown_grace}")
@@ -109,9 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"error: --backend {args.backend} needs {missing}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("oxillama_py").setLevel("DEBUG" if args.log_level == "debug" else "WARNING")
-    print(f"oxillama_py: serving on http://{args.host}:{args.port} ({args.backend})", file=sys.stderr, flush=True)
+    configure_logging(args.log_level, args.log_format)
+    line = f"oxillama_py: serving on http://{args.host}:{args.port} ({args.backend})"
+    print(startup_line(line, args.log_format), file=sys.stderr, flush=True)
     try:
         if args.backend == "trio":
             _run_hypercorn(app, args.host, args.port, args.shutdown_grace, args.log_level)
@@ -172,8 +197,9 @@ def _run_uvicorn(app: Any, host: str, port: int, grace: float, log_level: str, u
         loop="none",  # anyio.run below brings the loop (uvloop or not)
         lifespan="on",
         log_level=log_level,
+        log_config=None,  # its loggers propagate to ours (configure_logging): one format for all lines
         timeout_graceful_shutdown=math.ceil(grace),
-        access_log=log_level in ("debug", "info"),
+        access_log=False,  # the app logs a richer line per request
     )
     server = uvicorn.Server(config)
     # uvicorn handles SIGINT/SIGTERM itself (graceful shutdown), then re-raises the signal to the
@@ -194,7 +220,10 @@ def _run_hypercorn(app: Any, host: str, port: int, grace: float, log_level: str)
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = grace
     config.loglevel = log_level.upper()
-    config.accesslog = "-" if log_level in ("debug", "info") else None
+    config.accesslog = None  # the app logs a richer line per request
+    errors = logging.getLogger("hypercorn.error")  # propagates to ours (configure_logging)
+    errors.setLevel(log_level.upper())
+    config.errorlog = errors
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

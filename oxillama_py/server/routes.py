@@ -21,6 +21,8 @@ from typing import TypeVar
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -29,9 +31,12 @@ from ..config import EngineConfig
 from ..engine import AsyncEngine
 from ..errors import GenerateError
 from .admission import Admission, ServerSettings, authorize, read_json
+from .embeddings import detokenize_answer, embeddings_answer, tokenize_answer
 from .errors import APIError, bad_request, engine_errors, shutting_down
 from .fields import check_vocabulary
 from .jobs import JobRun, open_job
+from .metrics import CONTENT_TYPE, Metrics
+from .observe import RequestContext, current_request
 from .requests import Job, parse_chat, parse_completion
 from .responses import completion_body, model_card, stream_body
 from .sse import EventStream
@@ -83,10 +88,27 @@ def create_app(
         Route("/v1/models/{name:path}", server.model, methods=["GET"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/v1/embeddings", server.embeddings, methods=["POST"]),
+        Route("/tokenize", server.tokenize, methods=["POST"]),
+        Route("/detokenize", server.detokenize, methods=["POST"]),
+        Route("/metrics", server.metrics_page, methods=["GET"]),
     ]
+    middleware = [Middleware(RequestContext, on_response=server.metrics.count_request)]
+    if settings.cors_origins:  # the methods and headers OpenAI's clients send (x-stainless-*, X-Request-Id...)
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["*"],
+                expose_headers=["X-Request-Id", "Retry-After"],
+                max_age=600,
+            )
+        )
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=middleware,
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _internal_error},
     )
     app.state.server = server
@@ -120,6 +142,7 @@ class Server:
         self.api_key = settings.key()
         self.model_name = settings.served_name(engine.config)
         self.stopping = False
+        self.metrics = Metrics(engine, self.model_name)
 
     @property
     def shutting_down(self) -> bool:
@@ -159,22 +182,56 @@ class Server:
             self.admission.release(count)
             raise
         if job.stream:
-            return EventStream(stream_body(run, self.model_name), on_close=lambda: self.admission.release(count))
+            return EventStream(
+                stream_body(run, self.model_name),
+                on_close=lambda: self.admission.release(count),
+                keepalive=self.settings.keepalive_secs,
+            )
         try:
             results = await _until_disconnect(request, lambda: engine_errors(run.results()))
         finally:
             self.admission.release(count)
         if results is None:  # the client went away; nobody reads this
+            info = current_request()
+            if info is not None:
+                info.cancelled = True
             return Response(status_code=499)
         return JSONResponse(completion_body(run, results, self.model_name))
 
     async def _open(self, job: Job) -> JobRun:
         try:
-            return await open_job(self.engine, job, self.settings.default_max_tokens)
+            tap = self.metrics.tap(job.n, current_request())
+            return await open_job(self.engine, job, self.settings.default_max_tokens, observers=[tap])
         except GenerateError:
             if self.shutting_down:  # the engine closed under us: the server is going away, not failing
                 raise shutting_down() from None
             raise
+
+    async def embeddings(self, request: Request) -> Response:
+        authorize(request, self.api_key)
+        body = await read_json(request, self.settings.max_body_bytes)
+        if self.shutting_down:
+            raise shutting_down()
+        answer = await embeddings_answer(self.engine, body, self.model_name)
+        info = current_request()
+        if info is not None:
+            info.prompt_tokens = answer["usage"]["prompt_tokens"]
+        return JSONResponse(answer)
+
+    async def tokenize(self, request: Request) -> Response:
+        authorize(request, self.api_key)
+        return JSONResponse(await tokenize_answer(self.engine, await read_json(request, self.settings.max_body_bytes)))
+
+    async def detokenize(self, request: Request) -> Response:
+        authorize(request, self.api_key)
+        body = await read_json(request, self.settings.max_body_bytes)
+        return JSONResponse(await detokenize_answer(self.engine, body))
+
+    async def metrics_page(self, request: Request) -> Response:
+        """Prometheus' text format; behind the key unless ``metrics_public``."""
+        if not self.settings.metrics_public:
+            authorize(request, self.api_key)
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
 
     async def models(self, request: Request) -> Response:
         authorize(request, self.api_key)
