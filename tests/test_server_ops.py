@@ -429,3 +429,24 @@ def test_metrics_fold_finished_calls(model_path: Path) -> None:
     families = {f.name: f for f in parser.text_string_to_metric_families(text)}
     assert families["oxillama:spec_decode_num_accepted_tokens"].samples[0].value == 3
     assert families["oxillama:num_slots"].samples[0].value == 8  # not loaded: the config's slots
+
+
+@pytest.mark.anyio
+async def test_the_request_line_in_process(model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No model: the access line's fields, the JSON format, and a path that tries to fake a second line."""
+    import logging
+
+    from oxillama_py.server.observe import JsonFormatter, RequestIdFilter
+
+    app = create_app(EngineConfig(model_path))
+    caplog.set_level(logging.INFO, logger="oxillama_py.server.access")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        await http.get("/v1/models", headers={"X-Request-Id": "in-process-1"})
+        await http.get("/nothing%0AERROR forged", headers={"X-Request-Id": "in-process-2"})
+    first, second = (r for r in caplog.records if r.name == "oxillama_py.server.access")
+    RequestIdFilter().filter(first)  # outside the request now: the line carries its id in its fields
+    line = json.loads(JsonFormatter().format(first))
+    assert line["request_id"] == "in-process-1" and line["route"] == "/v1/models" and line["status"] == 200
+    assert set(line) >= {"time", "level", "logger", "message", "method", "prompt_tokens", "completion_tokens"}
+    assert set(line) >= {"time_to_first_token", "total_secs", "cancelled"}
+    assert "\n" not in second.getMessage() and "\\x0a" in second.getMessage()
