@@ -400,3 +400,53 @@ async def test_an_unexpected_error_is_a_500_with_the_request_id(model_path: Path
         "param": None,
         "code": None,
     }
+
+
+def test_metrics_fold_finished_calls(model_path: Path) -> None:
+    """No model: terminal events folded in as the tap does (prompts once per prompt, drafts, cache hits)."""
+    from oxillama_py import AsyncEngine
+    from oxillama_py.bus import Finished
+    from oxillama_py.results import SpeculativeStats
+    from oxillama_py.server.metrics import Metrics
+
+    metrics = Metrics(AsyncEngine(EngineConfig(model_path)), "m")
+    spec = SpeculativeStats(drafted=5, accepted=3, target_calls=2, emitted=4)
+    ends = [  # one prompt, n=2: both choices share the prompt's 7 tokens
+        Finished("length", 2.0, 7, submitted=0.0, admitted=0.5, first_token=1.0, sequence=0, cached_tokens=4),
+        Finished("stop", 3.0, 7, submitted=0.0, admitted=0.5, first_token=1.5, sequence=1, speculative=spec),
+        None,
+    ]
+    metrics.record(ends, {0: [1.0, 1.25, 2.0], 1: [1.5]}, 2)
+    assert (metrics.prompt_tokens, metrics.generation_tokens, metrics.cached_tokens) == (7, 4, 4)
+    assert (metrics.drafted, metrics.accepted) == (5, 3)
+    assert metrics.finished == {"length": 1, "stop": 1}
+    assert (metrics.ttft.count, metrics.ttft.sum) == (2, 2.5)
+    assert (metrics.itl.count, metrics.itl.sum) == (2, 1.0)
+    assert (metrics.e2e.count, metrics.queue.count) == (2, 2)
+    buckets = dict(metrics.itl.buckets())
+    assert buckets["0.2"] == 0 and buckets["0.3"] == 1 and buckets["0.75"] == 2 and buckets["+Inf"] == 2
+    text = metrics.exposition().decode()
+    families = {f.name: f for f in parser.text_string_to_metric_families(text)}
+    assert families["oxillama:spec_decode_num_accepted_tokens"].samples[0].value == 3
+    assert families["oxillama:num_slots"].samples[0].value == 8  # not loaded: the config's slots
+
+
+@pytest.mark.anyio
+async def test_the_request_line_in_process(model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No model: the access line's fields, the JSON format, and a path that tries to fake a second line."""
+    import logging
+
+    from oxillama_py.server.observe import JsonFormatter, RequestIdFilter
+
+    app = create_app(EngineConfig(model_path))
+    caplog.set_level(logging.INFO, logger="oxillama_py.server.access")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        await http.get("/v1/models", headers={"X-Request-Id": "in-process-1"})
+        await http.get("/nothing%0AERROR forged", headers={"X-Request-Id": "in-process-2"})
+    first, second = (r for r in caplog.records if r.name == "oxillama_py.server.access")
+    RequestIdFilter().filter(first)  # outside the request now: the line carries its id in its fields
+    line = json.loads(JsonFormatter().format(first))
+    assert line["request_id"] == "in-process-1" and line["route"] == "/v1/models" and line["status"] == 200
+    assert set(line) >= {"time", "level", "logger", "message", "method", "prompt_tokens", "completion_tokens"}
+    assert set(line) >= {"time_to_first_token", "total_secs", "cancelled"}
+    assert "\n" not in second.getMessage() and "\\x0a" in second.getMessage()

@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="ORIGIN",
-        help="let web pages from ORIGIN call the server (repeatable; '*' for any; default: no CORS)",
+        help="let web pages from ORIGIN call the server (repeatable; '*' for any; none: no CORS)",
     )
     parser.add_argument("--metrics-public", action="store_true", help="serve /metrics without the API key")
     parser.add_argument(

@@ -65,7 +65,7 @@ class RequestInfo:
         return {
             "request_id": self.id,
             "method": self.method,
-            "route": self.route or self.path,
+            "route": self.route or _printable(self.path),
             "status": self.status,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -73,6 +73,13 @@ class RequestInfo:
             "total_secs": round(time.perf_counter() - self.started, 6),
             "cancelled": self.cancelled,
         }
+
+
+def _printable(path: str) -> str:
+    """A path a client chose, with no character that could fake a second log line."""
+    if path.isprintable():
+        return path
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in path)
 
 
 def current_request() -> RequestInfo | None:
