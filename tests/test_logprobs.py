@@ -129,17 +129,18 @@ def test_score_a_prompt_with_max_tokens_zero(engine: Engine) -> None:
 
 def test_speculative_rows_give_logprobs(engine: Engine) -> None:
     """A speculating call gives every emitted token its value, from the row that verified it."""
-    prompt = "a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j k l m"
-    plain = engine.complete(prompt, 12, temperature=0, logprobs=3, speculative=False)
-    spec = engine.complete(prompt, 12, temperature=0, logprobs=3, speculative=True)
+    prompt = "a b c d e f g h i j a b c d e f g h i j a b c"
+    plain = engine.complete(prompt, 8, temperature=0, logprobs=3, speculative=False)
+    spec = engine.complete(prompt, 8, temperature=0, logprobs=3, speculative=True)
     assert spec.logprobs is not None and plain.logprobs is not None
+    assert spec.speculative is not None and spec.speculative.accepted > 0  # rows verified drafts
     assert [lp.token_id for lp in spec.logprobs] == list(spec.token_ids)
     for lp in spec.logprobs:
         check_sorted(lp, 3)
         assert lp.token_id == lp.top_logprobs[0].token_id  # greedy: the verified token is the row's best
-    if spec.token_ids == plain.token_ids:  # multi-row verification moves logits a little, not the values' scale
-        for a, b in zip(spec.logprobs, plain.logprobs, strict=True):
-            assert abs(a.logprob - b.logprob) < 0.25
+    assert spec.token_ids == plain.token_ids  # a copy: greedy is the same on both numeric paths
+    for a, b in zip(spec.logprobs, plain.logprobs, strict=True):  # a multi-row decode moves logits a little
+        assert abs(a.logprob - b.logprob) < 0.1
 
 
 def test_chat_logprobs(engine: Engine) -> None:
