@@ -30,7 +30,7 @@ from .grammar import Grammar
 from .lora import Lora
 from .options import BatchKwargs, GenerateKwargs
 from .progress import ProgressEvent, make_progress_adapter
-from .results import CompletionResult, FinishReason, SpeculativeStats, Timings, VerifyStep
+from .results import CompletionResult, FinishReason, SpeculativeStats, Timings, ToolCall, VerifyStep
 from .stats import EngineStats, PrefixCacheStats
 from .tokenizer import Tokenizer
 
@@ -72,6 +72,7 @@ __all__ = [
     "Timings",
     "Tokenizer",
     "TokenizerError",
+    "ToolCall",
     "TqdmProgress",
     "VerifyStep",
     "make_progress_adapter",

@@ -6,10 +6,11 @@ imports nothing of the package.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
-__all__ = ["CompletionResult", "FinishReason", "SpeculativeStats", "Timings", "VerifyStep"]
+__all__ = ["CompletionResult", "FinishReason", "SpeculativeStats", "Timings", "ToolCall", "VerifyStep"]
 
 FinishReason: TypeAlias = Literal["stop", "length", "cancelled", "error"]
 """Why a generation ended: end of generation or a stop string, ``max_tokens``, a cancel, an error."""
@@ -75,6 +76,22 @@ class SpeculativeStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model made, in OpenAI's terms (``chat(..., tools=...)``)."""
+
+    id: str
+    """``call_...``: what the tool's answer names as its ``tool_call_id``."""
+    name: str
+    arguments: str
+    """The arguments as JSON text (an object valid against the function's ``parameters``, unless the
+    answer was cut short by ``max_tokens``)."""
+
+    def parse_arguments(self) -> Any:
+        """The arguments as Python values (``json.loads``)."""
+        return json.loads(self.arguments)
+
+
+@dataclass(frozen=True, slots=True)
 class CompletionResult:
     """One prompt's completion, as returned by ``complete`` and ``complete_batch``."""
 
@@ -88,6 +105,8 @@ class CompletionResult:
     """Draft statistics, for generations of a :class:`~oxillama_py.SpeculativeEngine`."""
     cached_tokens: int = 0
     """Prompt tokens whose KV cells came from the prefix cache instead of a prefill."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The calls of a ``chat(..., tools=...)`` answer (``text`` is then the answer's text, often empty)."""
 
     @property
     def tokens_per_sec(self) -> float:

@@ -3,7 +3,7 @@
 The other half of the OpenAI shapes, the answers, is :mod:`.responses`.
 
 Known fields with a wrong type or value get a 400 naming the field; fields the
-engine cannot honour (``logprobs``, ``tools``, token-id prompts) get a 400 that
+engine cannot honour (``logprobs``, the legacy ``functions``, token-id prompts) get a 400 that
 says so; fields with no effect here (``user``, zero penalties) are accepted.
 """
 
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..options import GenerateKwargs
 from .errors import bad_request
+from .tool_calls import ToolFields, message_tool_fields, parse_tool_fields
 
 __all__ = ["Job", "parse_chat", "parse_completion"]
 
@@ -30,7 +31,7 @@ class Job:
     model: str | None
     prompts: tuple[str, ...]
     """Completion prompts (one entry for a chat: unused)."""
-    messages: tuple[dict[str, str], ...]
+    messages: tuple[dict[str, Any], ...]
     n: int
     max_tokens: int | None
     temperature: float | None
@@ -43,6 +44,8 @@ class Job:
     echo: bool = False
     json: bool = False
     json_schema: dict[str, Any] | None = None
+    tools: ToolFields = field(default_factory=ToolFields)
+    """``tools``, ``tool_choice``, ``parallel_tool_calls`` (:mod:`.tool_calls`)."""
 
     def generate_options(self) -> GenerateKwargs:
         """The engine's keyword options for this job."""
@@ -69,10 +72,13 @@ def parse_chat(body: object) -> Job:
     max_tokens = _opt_int(fields, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _opt_int(fields, "max_tokens", 1)
-    _unsupported(fields, "tools", "functions", "tool_choice", "function_call")
+    tools = parse_tool_fields(fields)
     if fields.get("logprobs") not in (None, False):
         raise bad_request("'logprobs' is not supported by this server", "logprobs")
-    return _job(fields, "chat", (), checked, max_tokens)
+    job = _job(fields, "chat", (), checked, max_tokens)
+    if tools.constrains and (job.json or job.json_schema is not None):
+        raise bad_request("'response_format' cannot be combined with 'tools' unless tool_choice is 'none'", "tools")
+    return replace(job, tools=tools)
 
 
 def parse_completion(body: object) -> Job:
@@ -104,7 +110,7 @@ def _job(
     fields: Mapping[str, Any],
     kind: Literal["chat", "completion"],
     prompts: tuple[str, ...],
-    messages: tuple[dict[str, str], ...],
+    messages: tuple[dict[str, Any], ...],
     max_tokens: int | None,
     *,
     echo: bool = False,
@@ -179,14 +185,17 @@ def _object(body: object) -> Mapping[str, Any]:
     return body
 
 
-def _message(index: int, message: object) -> dict[str, str]:
+def _message(index: int, message: object) -> dict[str, Any]:
     param = f"messages[{index}]"
     if not isinstance(message, dict):
         raise bad_request(f"{param} must be an object with 'role' and 'content'", param)
     role = message.get("role")
-    if role not in ("system", "developer", "user", "assistant"):
-        raise bad_request(f"{param}.role {role!r} is not supported (system, developer, user, assistant)", param)
+    if role not in ("system", "developer", "user", "assistant", "tool"):
+        raise bad_request(f"{param}.role {role!r} is not supported (system, developer, user, assistant, tool)", param)
+    extra = message_tool_fields(param, message)
     content = message.get("content")
+    if content is None and "tool_calls" in extra:
+        content = ""
     if isinstance(content, list):  # OpenAI's content parts: text only here
         texts = []
         for part in content:
@@ -196,13 +205,7 @@ def _message(index: int, message: object) -> dict[str, str]:
         content = "".join(texts)
     if not isinstance(content, str):
         raise bad_request(f"{param}.content must be a string", f"{param}.content")
-    return {"role": role, "content": content}
-
-
-def _unsupported(fields: Mapping[str, Any], *names: str) -> None:
-    for name in names:
-        if fields.get(name) not in (None, [], "none"):
-            raise bad_request(f"'{name}' is not supported by this server", name)
+    return {"role": role, "content": content, **extra}
 
 
 def _flag(fields: Mapping[str, Any], name: str, param: str) -> bool:

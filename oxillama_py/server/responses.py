@@ -21,6 +21,7 @@ from .errors import APIError, server_error
 from .jobs import End, JobRun, Piece
 from .requests import Job
 from .sse import DONE, event
+from .tool_calls import ToolStream, assistant_message, tool_finish
 
 __all__ = ["completion_body", "finish_reason", "model_card", "stream_body", "usage"]
 
@@ -28,8 +29,8 @@ _log = logging.getLogger("oxillama_py.server")
 
 
 def finish_reason(result: CompletionResult) -> str:
-    """OpenAI knows two endings: a cancelled or failed choice never reaches a client as a result."""
-    return "length" if result.finish_reason == "length" else "stop"
+    """OpenAI's endings: a cancelled or failed choice never reaches a client as a result."""
+    return tool_finish("length" if result.finish_reason == "length" else "stop", bool(result.tool_calls))
 
 
 def usage(job: Job, results: list[CompletionResult]) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def completion_body(run: JobRun, results: list[CompletionResult], model: str) ->
         choices: list[dict[str, Any]] = [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": r.text},
+                "message": assistant_message(r),
                 "finish_reason": finish_reason(r),
                 "logprobs": None,
             }
@@ -92,16 +93,29 @@ def completion_body(run: JobRun, results: list[CompletionResult], model: str) ->
 class _Chunks:
     """The chunks of one stream: one envelope, chat deltas or completion texts."""
 
-    def __init__(self, job: Job, model: str) -> None:
+    def __init__(self, job: Job, model: str, choices: int) -> None:
         self.job = job
         self.envelope = envelope(job, model, chunk=True)
         self.usage_field: dict[str, Any] = {"usage": None} if job.include_usage else {}
+        self.tools = [ToolStream() for _ in range(choices)] if job.tools.constrains else None
+
+    def pieces(self, index: int, text: str) -> list[bytes]:
+        """The chunks of a piece of text: itself, or what it adds to a tool-format answer."""
+        if self.tools is None:
+            return [self.choice(index, text, None)]
+        return [self.delta(index, delta, None) for delta in self.tools[index].deltas(text)]
+
+    def end(self, index: int, reason: str) -> bytes:
+        calls = self.tools is not None and self.tools[index].has_calls
+        return self.choice(index, None, tool_finish(reason, calls))
 
     def choice(self, index: int, text: str | None, reason: str | None) -> bytes:
         if self.job.kind == "chat":
-            body: dict[str, Any] = {} if text is None else {"content": text}
-            return self.chunk({"index": index, "delta": body, "finish_reason": reason, "logprobs": None})
+            return self.delta(index, {} if text is None else {"content": text}, reason)
         return self.chunk({"index": index, "text": text or "", "finish_reason": reason, "logprobs": None})
+
+    def delta(self, index: int, body: dict[str, Any], reason: str | None) -> bytes:
+        return self.chunk({"index": index, "delta": body, "finish_reason": reason, "logprobs": None})
 
     def role(self, index: int) -> bytes:
         return self.chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
@@ -120,8 +134,8 @@ async def stream_body(run: JobRun, model: str) -> AsyncGenerator[bytes, None]:
     with an ``error`` event instead of a status code.
     """
     job = run.job
-    chunks = _Chunks(job, model)
     choices = len(run.prompts)
+    chunks = _Chunks(job, model, choices)
     if job.kind == "chat":
         for index in range(choices):
             yield chunks.role(index)
@@ -133,11 +147,12 @@ async def stream_body(run: JobRun, model: str) -> AsyncGenerator[bytes, None]:
         async with aclosing(run.events()) as events:
             async for item in events:
                 if isinstance(item, Piece):
-                    yield chunks.choice(item.choice, item.text, None)
+                    for chunk in chunks.pieces(item.choice, item.text):
+                        yield chunk
                 elif isinstance(item, End):  # each choice's finish as it happens, as OpenAI sends it
                     if item.reason in ("stop", "length"):
                         ended.add(item.choice)
-                        yield chunks.choice(item.choice, None, item.reason)
+                        yield chunks.end(item.choice, item.reason)
                 elif isinstance(item, ProgressEvent):
                     yield event(asdict(item), "progress")
         results = run.finished()
