@@ -30,7 +30,16 @@ from .grammar import Grammar
 from .lora import Lora
 from .options import BatchKwargs, GenerateKwargs
 from .progress import ProgressEvent, make_progress_adapter
-from .results import CompletionResult, FinishReason, SpeculativeStats, Timings, TokenLogprob, TopLogprob, VerifyStep
+from .results import (
+    CompletionResult,
+    FinishReason,
+    SpeculativeStats,
+    Timings,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
+    VerifyStep,
+)
 from .stats import EngineStats, PrefixCacheStats
 from .tokenizer import Tokenizer
 
@@ -74,6 +83,7 @@ __all__ = [
     "Tokenizer",
     "TokenizerError",
     "TopLogprob",
+    "ToolCall",
     "TqdmProgress",
     "VerifyStep",
     "make_progress_adapter",

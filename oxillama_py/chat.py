@@ -18,13 +18,16 @@ from functools import lru_cache
 from typing import Any, NoReturn, Protocol
 
 from .checks import check_type, describe
+from .tools.history import check_calls
 
 __all__ = ["BUILTIN_TEMPLATES", "ChatTemplate", "Message", "check_messages", "resolve_template"]
 
 Message = Mapping[str, Any]
-"""``{"role": "system" | "developer" | "user" | "assistant", "content": str}``."""
+"""``{"role": "system" | "developer" | "user" | "assistant", "content": str}``; with tools, also an
+assistant's ``{"role": "assistant", "content": str | None, "tool_calls": [...]}`` and a tool's answer
+``{"role": "tool", "tool_call_id": str, "content": str}`` (OpenAI's shapes)."""
 
-ROLES = frozenset({"system", "developer", "user", "assistant"})
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 # Each built-in folds a system message the way its model family expects, and names
 # the marker that ends a turn: a stop string where the model would print it as text.
@@ -102,6 +105,11 @@ class ChatTemplate:
     source: str
     stop: tuple[str, ...] = ()
 
+    @property
+    def takes_tools(self) -> bool:
+        """Whether the template reads ``tools`` (Hugging Face templates of tool-calling models do)."""
+        return _reads_tools(self.source)
+
     def render(
         self,
         messages: Sequence[Message],
@@ -109,9 +117,14 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
         bos_token: str = "",
         eos_token: str = "",
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
-        """The prompt text; a template's own ``raise_exception`` surfaces as ``ValueError``."""
+        """The prompt text; a template's own ``raise_exception`` surfaces as ``ValueError``.
+
+        ``tools`` (OpenAI's ``tools`` entries) reach the template as ``tools``, as transformers passes them.
+        """
         checked = check_messages(messages)
+        extra = {} if tools is None else {"tools": tools}
         try:
             text: str = _compile(self.source).render(
                 messages=checked,
@@ -119,6 +132,7 @@ class ChatTemplate:
                 bos_token=bos_token,
                 eos_token=eos_token,
                 raise_exception=_raise_exception,
+                **extra,
             )
         except _TemplateRaised as exc:
             raise ValueError(f"chat template {self.name!r} rejected the messages: {exc}") from None
@@ -191,7 +205,7 @@ def template_for(vocabulary: Vocabulary, chosen: str | None) -> ChatTemplate:
 
 
 def render_messages(
-    vocabulary: Vocabulary, messages: list[dict[str, str]], chosen: str | None, *, add_generation_prompt: bool
+    vocabulary: Vocabulary, messages: list[dict[str, Any]], chosen: str | None, *, add_generation_prompt: bool
 ) -> str:
     """The conversation as the template writes it, BOS text included (blocking: reads the vocabulary)."""
     return template_for(vocabulary, chosen).render(
@@ -208,8 +222,9 @@ def _stops_in(source: str) -> tuple[str, ...]:
     return tuple(marker for marker in markers if marker in source)
 
 
-def check_messages(messages: object) -> list[dict[str, str]]:
-    """Plain ``{"role", "content"}`` dicts, or ``ValueError``/``TypeError`` naming the bad message."""
+def check_messages(messages: object) -> list[dict[str, Any]]:
+    """Plain ``{"role", "content"}`` dicts (with the tool fields where given), or ``ValueError``/``TypeError``
+    naming the bad message."""
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
         raise TypeError(f"messages must be a list of {{'role', 'content'}} dicts, got {describe(messages)}")
     if not messages:
@@ -222,9 +237,22 @@ def check_messages(messages: object) -> list[dict[str, str]]:
         content = message.get("content")
         if role not in ROLES:
             raise ValueError(f"messages[{index}] has unknown role {role!r}; roles are {', '.join(sorted(ROLES))}")
+        calls = message.get("tool_calls") if role == "assistant" else None
+        if calls and content is None:
+            content = ""  # an assistant turn that only calls tools
         if not isinstance(content, str):
             raise ValueError(f"messages[{index}]['content'] must be a str, got {type(content).__name__}")
-        checked.append({"role": role, "content": content})
+        item: dict[str, Any] = {"role": role, "content": content}
+        if calls:
+            item["tool_calls"] = check_calls(f"messages[{index}]['tool_calls']", calls)
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str):
+                raise ValueError(f"messages[{index}]['tool_call_id'] must be the str id of the call it answers")
+            item["tool_call_id"] = call_id
+            if isinstance(message.get("name"), str):
+                item["name"] = message["name"]
+        checked.append(item)
     return checked
 
 
@@ -242,6 +270,13 @@ def _tojson(value: object, indent: int | None = None) -> str:
 
 def _strftime_now(format: str) -> str:
     return datetime.now().strftime(format)
+
+
+@lru_cache(maxsize=32)
+def _reads_tools(source: str) -> bool:
+    from jinja2 import meta
+
+    return "tools" in meta.find_undeclared_variables(_compile(source).environment.parse(source))
 
 
 @lru_cache(maxsize=32)

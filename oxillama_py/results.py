@@ -6,8 +6,9 @@ imports nothing of the package.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 __all__ = [
     "CompletionResult",
@@ -15,6 +16,7 @@ __all__ = [
     "SpeculativeStats",
     "Timings",
     "TokenLogprob",
+    "ToolCall",
     "TopLogprob",
     "VerifyStep",
 ]
@@ -113,6 +115,22 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model made, in OpenAI's terms (``chat(..., tools=...)``)."""
+
+    id: str
+    """``call_...``: what the tool's answer names as its ``tool_call_id``."""
+    name: str
+    arguments: str
+    """The arguments as JSON text (an object valid against the function's ``parameters``, unless the
+    answer was cut short by ``max_tokens``)."""
+
+    def parse_arguments(self) -> Any:
+        """The arguments as Python values (``json.loads``)."""
+        return json.loads(self.arguments)
+
+
+@dataclass(frozen=True, slots=True)
 class CompletionResult:
     """One prompt's completion, as returned by ``complete`` and ``complete_batch``."""
 
@@ -131,6 +149,8 @@ class CompletionResult:
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
     """One entry per prompt token (BOS included), with ``prompt_logprobs=True``; the first is ``None``
     (nothing predicts it). ``None`` when not asked."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The calls of a ``chat(..., tools=...)`` answer (``text`` is then the answer's text, often empty)."""
 
     @property
     def tokens_per_sec(self) -> float:

@@ -28,6 +28,8 @@ from ..checks import check_bool, check_sequence, check_type
 from ..config import EngineConfig
 from ..options import BatchKwargs, GenerateKwargs, GenerateOptions, Unpack, resolve_options
 from ..results import CompletionResult
+from ..tools import ToolChoice
+from ..tools.pieces import TextOfAnswer
 from .call import Call
 from .files import hub_config, model_from_hub_origin, plan_restore
 from .lifetime import Lifetime
@@ -36,6 +38,7 @@ from .prepare import build_call, check_n, check_prompt, check_prompts, check_tem
 from .reads import Reads
 from .snapshot_file import SnapshotInfo, snapshot_info
 from .stream import TextStream
+from .tool_options import Tools, tool_options
 
 __all__ = ["AsyncEngine"]
 
@@ -204,26 +207,42 @@ class AsyncEngine(ModelState, Reads):
         *,
         n: int = 1,
         chat_template: str | None = None,
+        tools: Tools = None,
+        tool_choice: ToolChoice | dict[str, object] | None = None,
+        parallel_tool_calls: bool | None = None,
         subscribers: Sequence[Subscriber] = (),
         **options: Unpack[GenerateKwargs],
     ) -> Call:
         """:meth:`prepare` for a conversation, rendered as :meth:`chat` renders it (its stop strings added)."""
         checked, count = check_messages(messages), check_n(n)
+        plan, options = tool_options(tools, tool_choice, parallel_tool_calls, options)
         opts = self._options(max_tokens, options)
         template = check_template(chat_template)
         worker = await self._ready()
-        prompt, used = await anyio.to_thread.run_sync(render_for_decode, self.config, worker.model, checked, template)
+        prompt, used = await anyio.to_thread.run_sync(
+            render_for_decode, self.config, worker.model, checked, template, plan
+        )
         stop = opts.stop + tuple(s for s in used.stop if s not in opts.stop)
-        return await build_call(self.config, worker, [prompt] * count, replace(opts, stop=stop), subscribers)
+        call = await build_call(self.config, worker, [prompt] * count, replace(opts, stop=stop), subscribers)
+        return call if plan is None else replace(call, tools=plan)
 
-    async def count_chat_tokens(self, messages: Sequence[Message], *, chat_template: str | None = None) -> int:
+    async def count_chat_tokens(
+        self,
+        messages: Sequence[Message],
+        *,
+        chat_template: str | None = None,
+        tools: Tools = None,
+        tool_choice: ToolChoice | dict[str, object] | None = None,
+        parallel_tool_calls: bool | None = None,
+    ) -> int:
         """How many tokens :meth:`chat` would prefill for ``messages`` (BOS included)."""
         checked = check_messages(messages)
+        plan, _ = tool_options(tools, tool_choice, parallel_tool_calls, {})
         template = check_template(chat_template)
         model = (await self._ready()).model
 
         def count() -> int:
-            prompt, _ = render_for_decode(self.config, model, checked, template)
+            prompt, _ = render_for_decode(self.config, model, checked, template, plan)
             return len(model.tokenize(prompt))
 
         return await anyio.to_thread.run_sync(count)
@@ -314,6 +333,9 @@ class AsyncEngine(ModelState, Reads):
         max_tokens: int = 128,
         *,
         chat_template: str | None = None,
+        tools: Tools = None,
+        tool_choice: ToolChoice | dict[str, object] | None = None,
+        parallel_tool_calls: bool | None = None,
         **options: Unpack[GenerateKwargs],
     ) -> CompletionResult:
         """Answer a conversation: ``messages`` rendered with the chat template, then :meth:`complete`.
@@ -324,8 +346,25 @@ class AsyncEngine(ModelState, Reads):
         engine config's, else the model's own, else the built-in its vocabulary
         points to (Gemma's turn format for the default model). Every option of
         :meth:`generate` applies.
+
+        ``tools`` (OpenAI's function tools), ``tool_choice`` (``"none"``,
+        ``"auto"``, the default, ``"required"`` or
+        ``{"type": "function", "function": {"name": ...}}``) and
+        ``parallel_tool_calls`` let the model call functions: the calls are in
+        the result's ``tool_calls`` (arguments valid against each function's
+        ``parameters``), and its ``text`` is the answer's text. The history may
+        hold assistant ``tool_calls`` and ``role: "tool"`` answers.
         """
-        (result,) = await (await self.prepare_chat(messages, max_tokens, chat_template=chat_template, **options)).run()
+        call = await self.prepare_chat(
+            messages,
+            max_tokens,
+            chat_template=chat_template,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            **options,
+        )
+        (result,) = await call.run()
         return result
 
     def stream_chat(
@@ -334,17 +373,34 @@ class AsyncEngine(ModelState, Reads):
         max_tokens: int = 128,
         *,
         chat_template: str | None = None,
+        tools: Tools = None,
+        tool_choice: ToolChoice | dict[str, object] | None = None,
+        parallel_tool_calls: bool | None = None,
         **options: Unpack[GenerateKwargs],
     ) -> TextStream:
-        """:meth:`chat`'s text as pieces, with :meth:`stream`'s semantics."""
+        """:meth:`chat`'s text as pieces, with :meth:`stream`'s semantics.
+
+        With ``tools``, the pieces are the answer's text only (a call writes
+        none): :meth:`chat` returns the calls.
+        """
         checked = check_messages(messages)
-        self._options(max_tokens, options)  # bad arguments raise here, before any work
+        plan, checked_options = tool_options(tools, tool_choice, parallel_tool_calls, options)
+        self._options(max_tokens, checked_options)  # bad arguments raise here, before any work
         template = check_template(chat_template)
 
         def prepare(buffer: PieceBuffer) -> Awaitable[Call]:
-            return self.prepare_chat(checked, max_tokens, chat_template=template, subscribers=[buffer], **options)
+            return self.prepare_chat(
+                checked,
+                max_tokens,
+                chat_template=template,
+                tools=tools,
+                tool_choice=tool_choice,
+                parallel_tool_calls=parallel_tool_calls,
+                subscribers=[buffer],
+                **options,
+            )
 
-        return TextStream(prepare)
+        return TextStream(prepare, TextOfAnswer() if plan is not None and plan.constrains else None)
 
     async def apply_chat_template(
         self,
@@ -352,13 +408,17 @@ class AsyncEngine(ModelState, Reads):
         *,
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
+        tools: Tools = None,
+        tool_choice: ToolChoice | dict[str, object] | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> str:
-        """The prompt :meth:`chat` would decode (BOS included as the template writes it)."""
+        """The prompt :meth:`chat` would decode (BOS included as the template writes it), tools described."""
         checked = check_messages(messages)
+        plan, _ = tool_options(tools, tool_choice, parallel_tool_calls, {})
         template = check_template(chat_template)
         model = (await self._ready()).model
         return await anyio.to_thread.run_sync(
-            partial(render_chat, self.config, model, checked, template, generation=add_generation_prompt)
+            partial(render_chat, self.config, model, checked, template, generation=add_generation_prompt, tools=plan)
         )
 
     # -- internals ----------------------------------------------------------------------

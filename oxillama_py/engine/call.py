@@ -16,6 +16,7 @@ from ..bus.collect import Collector
 from ..errors import GenerateError, GenerationCancelled, OxiLlamaError
 from ..progress import ProgressSubscriber
 from ..results import CompletionResult
+from ..tools import ToolPlan, read_answer
 
 __all__ = ["Call"]
 
@@ -31,6 +32,9 @@ class Call:
     strict_progress: bool
     prompts: tuple[str, ...] = ()
     """The text each request continues, in request order (a chat's rendered prompt)."""
+    tools: ToolPlan | None = None
+    """A chat's tools: when they constrain the answer, its results are read as the tool format
+    (text unwrapped, calls in ``tool_calls``)."""
 
     async def run(self) -> list[CompletionResult]:
         """Decode every request to its end (the caller's cancel scope cancels them)."""
@@ -44,7 +48,10 @@ class Call:
         progress = self.progress
         if progress is not None and self.strict_progress and progress.error is not None:
             raise progress.error
-        return [self.collector.result(f) for f in finished]
+        results = [self.collector.result(f) for f in finished]
+        if self.tools is not None and self.tools.constrains:
+            return [read_answer(result) for result in results]
+        return results
 
 
 def _raise_for(finished: list[Finished]) -> None:

@@ -9,12 +9,13 @@ so the caller that starts the generation is the one that finalises it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import anyio.to_thread
 
 from ..bus import Generation, Request, Subscriber
 from ..bus.collect import Collector
-from ..chat import ChatTemplate, render_messages, resolve_template, template_for
+from ..chat import ChatTemplate, resolve_template, template_for
 from ..checks import check_int, check_sequence, check_type
 from ..config import EngineConfig
 from ..decode import DecodeWorker
@@ -25,7 +26,9 @@ from ..llama.model import Model
 from ..options import GenerateOptions
 from ..progress import ProgressSubscriber, make_progress_adapter
 from ..results import CompletionResult
+from ..tools import ToolPlan
 from .call import Call
+from .tool_prompt import tool_conversation
 
 __all__ = [
     "build_call",
@@ -63,21 +66,40 @@ def check_template(name_or_source: object) -> str | None:
 
 
 def render_chat(
-    config: EngineConfig, model: Model, messages: list[dict[str, str]], template: str | None, *, generation: bool
+    config: EngineConfig,
+    model: Model,
+    messages: list[dict[str, Any]],
+    template: str | None,
+    *,
+    generation: bool,
+    tools: ToolPlan | None = None,
 ) -> str:
     """The prompt as the template writes it (BOS text included); ``template`` falls back to the config's."""
     name_or_source = template if template is not None else config.chat_template
-    return render_messages(model, messages, name_or_source, add_generation_prompt=generation)
+    chat_template = template_for(model, name_or_source)
+    shaped, listed = tool_conversation(chat_template, messages, tools)
+    return chat_template.render(
+        shaped,
+        add_generation_prompt=generation,
+        bos_token=model.special_text(model.bos),
+        eos_token=model.special_text(model.eos),
+        tools=listed,
+    )
 
 
 def render_for_decode(
-    config: EngineConfig, model: Model, messages: list[dict[str, str]], template: str | None
+    config: EngineConfig,
+    model: Model,
+    messages: list[dict[str, Any]],
+    template: str | None,
+    tools: ToolPlan | None = None,
 ) -> tuple[str, ChatTemplate]:
     """The rendered prompt without the BOS text that tokenizing adds again, and its template (blocking)."""
     chat_template = template_for(model, template if template is not None else config.chat_template)
     bos = model.special_text(model.bos)
+    shaped, listed = tool_conversation(chat_template, messages, tools)
     prompt = chat_template.render(
-        messages, add_generation_prompt=True, bos_token=bos, eos_token=model.special_text(model.eos)
+        shaped, add_generation_prompt=True, bos_token=bos, eos_token=model.special_text(model.eos), tools=listed
     )
     if model.add_bos and bos and prompt.startswith(bos):
         prompt = prompt[len(bos) :]

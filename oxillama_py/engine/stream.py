@@ -24,9 +24,9 @@ __all__ = ["TextStream"]
 class TextStream:
     """Text pieces as they are decoded; joined, they equal ``generate()``'s text."""
 
-    def __init__(self, prepare: Callable[[PieceBuffer], Awaitable[Call]]) -> None:
+    def __init__(self, prepare: Callable[[PieceBuffer], Awaitable[Call]], buffer: PieceBuffer | None = None) -> None:
         self._prepare = prepare
-        self._buffer = PieceBuffer()
+        self._buffer = PieceBuffer() if buffer is None else buffer
         self._call: Call | None = None
         self._closed = False
 

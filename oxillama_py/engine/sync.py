@@ -27,10 +27,12 @@ from ..config import EngineConfig
 from ..errors import GenerateError
 from ..options import GenerateKwargs, Unpack
 from ..stats import EngineStats
+from ..tools import ToolChoice
 from .async_engine import AsyncEngine
 from .files import NO_PICKLE, hub_config, model_from_hub_origin, plan_restore
 from .snapshot_file import snapshot_info
 from .stream import TextStream
+from .tool_options import Tools
 
 __all__ = ["Backend", "Engine"]
 
@@ -191,10 +193,22 @@ class Engine:
         max_tokens: int = 128,
         *,
         chat_template: str | None = None,
+        tools: Tools = None,
+        tool_choice: ToolChoice | dict[str, object] | None = None,
+        parallel_tool_calls: bool | None = None,
         **options: Unpack[GenerateKwargs],
     ) -> Iterator[str]:
         """See :meth:`AsyncEngine.stream_chat`; closing the iterator cancels the generation."""
-        return self._iterate(self._async.stream_chat(messages, max_tokens, chat_template=chat_template, **options))
+        stream = self._async.stream_chat(
+            messages,
+            max_tokens,
+            chat_template=chat_template,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            **options,
+        )
+        return self._iterate(stream)
 
     def _iterate(self, stream: TextStream) -> Iterator[str]:
         """Pieces of an already validated stream, pumped on the loop thread from the first ``next()``."""

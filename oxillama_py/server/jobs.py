@@ -141,10 +141,11 @@ async def open_job(engine: AsyncEngine, job: Job, chat_max_tokens: int, observer
         options["progress"] = relay.progress
     if job.kind == "chat":
         max_tokens = job.max_tokens
+        tools = job.tools.options()
         if max_tokens is None:
-            used = await engine.count_chat_tokens(job.messages)
+            used = await engine.count_chat_tokens(job.messages, **tools)
             max_tokens = max(1, min(chat_max_tokens, engine.config.slot_ctx - used))
-        call = await engine.prepare_chat(job.messages, max_tokens, n=job.n, subscribers=subscribers, **options)
+        call = await engine.prepare_chat(job.messages, max_tokens, n=job.n, subscribers=subscribers, **tools, **options)
     else:
         max_tokens = COMPLETION_MAX_TOKENS if job.max_tokens is None else job.max_tokens
         firsts = None

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..options import GenerateKwargs
 from .errors import bad_request
 from .fields import CHAT_FIELDS, COMPLETION_FIELDS, check_fields, sampler_options
 from .logprobs import chat_logprobs, completion_logprobs, logprob_options
+from .tool_calls import ToolFields, message_tool_fields, parse_tool_fields
 
 __all__ = ["Job", "parse_chat", "parse_completion"]
 
@@ -33,7 +34,7 @@ class Job:
     model: str | None
     prompts: tuple[str, ...]
     """Completion prompts (one entry for a chat: unused)."""
-    messages: tuple[dict[str, str], ...]
+    messages: tuple[dict[str, Any], ...]
     n: int
     max_tokens: int | None
     temperature: float | None
@@ -50,6 +51,8 @@ class Job:
     """The sampler fields given (penalties, ``logit_bias``, ``top_k``, ``min_p``), as engine options."""
     logprobs: int | None = None
     """How many alternatives each token's log-probability comes with; ``None``: no log-probabilities."""
+    tools: ToolFields = field(default_factory=ToolFields)
+    """``tools``, ``tool_choice``, ``parallel_tool_calls`` (:mod:`.tool_calls`)."""
 
     def generate_options(self) -> GenerateKwargs:
         """The engine's keyword options for this job."""
@@ -79,8 +82,11 @@ def parse_chat(body: object) -> Job:
     max_tokens = _opt_int(fields, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _opt_int(fields, "max_tokens", 1)
-    _unsupported(fields, "tools", "functions", "tool_choice", "function_call")
-    return _job(fields, "chat", (), checked, max_tokens, logprobs=chat_logprobs(fields))
+    tools = parse_tool_fields(fields)
+    job = _job(fields, "chat", (), checked, max_tokens, logprobs=chat_logprobs(fields))
+    if tools.constrains and (job.json or job.json_schema is not None):
+        raise bad_request("'response_format' cannot be combined with 'tools' unless tool_choice is 'none'", "tools")
+    return replace(job, tools=tools)
 
 
 def parse_completion(body: object) -> Job:
@@ -112,7 +118,7 @@ def _job(
     fields: Mapping[str, Any],
     kind: Literal["chat", "completion"],
     prompts: tuple[str, ...],
-    messages: tuple[dict[str, str], ...],
+    messages: tuple[dict[str, Any], ...],
     max_tokens: int | None,
     *,
     echo: bool = False,
@@ -186,14 +192,17 @@ def _object(body: object) -> Mapping[str, Any]:
     return body
 
 
-def _message(index: int, message: object) -> dict[str, str]:
+def _message(index: int, message: object) -> dict[str, Any]:
     param = f"messages[{index}]"
     if not isinstance(message, dict):
         raise bad_request(f"{param} must be an object with 'role' and 'content'", param)
     role = message.get("role")
-    if role not in ("system", "developer", "user", "assistant"):
-        raise bad_request(f"{param}.role {role!r} is not supported (system, developer, user, assistant)", param)
+    if role not in ("system", "developer", "user", "assistant", "tool"):
+        raise bad_request(f"{param}.role {role!r} is not supported (system, developer, user, assistant, tool)", param)
+    extra = message_tool_fields(param, message)
     content = message.get("content")
+    if content is None and "tool_calls" in extra:
+        content = ""
     if isinstance(content, list):  # OpenAI's content parts: text only here
         texts = []
         for part in content:
@@ -203,13 +212,7 @@ def _message(index: int, message: object) -> dict[str, str]:
         content = "".join(texts)
     if not isinstance(content, str):
         raise bad_request(f"{param}.content must be a string", f"{param}.content")
-    return {"role": role, "content": content}
-
-
-def _unsupported(fields: Mapping[str, Any], *names: str) -> None:
-    for name in names:
-        if fields.get(name) not in (None, [], "none"):
-            raise bad_request(f"'{name}' is not supported by this server", name)
+    return {"role": role, "content": content, **extra}
 
 
 def _flag(fields: Mapping[str, Any], name: str, param: str) -> bool:

@@ -22,6 +22,7 @@ from .jobs import End, JobRun, Piece, PromptScores
 from .logprobs import CompletionScores, chat_object, completion_object
 from .requests import Job
 from .sse import DONE, event
+from .tool_calls import ToolStream, assistant_message, tool_finish
 
 __all__ = ["completion_body", "finish_reason", "model_card", "stream_body", "usage"]
 
@@ -29,8 +30,8 @@ _log = logging.getLogger("oxillama_py.server")
 
 
 def finish_reason(result: CompletionResult) -> str:
-    """OpenAI knows two endings: a cancelled or failed choice never reaches a client as a result."""
-    return "length" if result.finish_reason == "length" else "stop"
+    """OpenAI's endings: a cancelled or failed choice never reaches a client as a result."""
+    return tool_finish("length" if result.finish_reason == "length" else "stop", bool(result.tool_calls))
 
 
 def usage(job: Job, results: list[CompletionResult]) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def completion_body(run: JobRun, results: list[CompletionResult], model: str) ->
         choices: list[dict[str, Any]] = [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": r.text},
+                "message": assistant_message(r),
                 "finish_reason": finish_reason(r),
                 "logprobs": choice_logprobs(run, i, r),
             }
@@ -104,16 +105,31 @@ def completion_body(run: JobRun, results: list[CompletionResult], model: str) ->
 class _Chunks:
     """The chunks of one stream: one envelope, chat deltas or completion texts."""
 
-    def __init__(self, job: Job, model: str) -> None:
+    def __init__(self, job: Job, model: str, choices: int) -> None:
         self.job = job
         self.envelope = envelope(job, model, chunk=True)
         self.usage_field: dict[str, Any] = {"usage": None} if job.include_usage else {}
+        self.tools = [ToolStream() for _ in range(choices)] if job.tools.constrains else None
+
+    def pieces(self, index: int, text: str, logprobs: dict[str, Any] | None = None) -> list[bytes]:
+        """The chunks of a piece of text: itself, or what it adds to a tool-format answer."""
+        if self.tools is None:
+            return [self.choice(index, text, None, logprobs)]
+        return [self.delta(index, delta, None) for delta in self.tools[index].deltas(text)]
+
+    def end(self, index: int, reason: str) -> bytes:
+        calls = self.tools is not None and self.tools[index].has_calls
+        return self.choice(index, None, tool_finish(reason, calls))
 
     def choice(self, index: int, text: str | None, reason: str | None, logprobs: dict[str, Any] | None = None) -> bytes:
         if self.job.kind == "chat":
-            body: dict[str, Any] = {} if text is None else {"content": text}
-            return self.chunk({"index": index, "delta": body, "finish_reason": reason, "logprobs": logprobs})
+            return self.delta(index, {} if text is None else {"content": text}, reason, logprobs)
         return self.chunk({"index": index, "text": text or "", "finish_reason": reason, "logprobs": logprobs})
+
+    def delta(
+        self, index: int, body: dict[str, Any], reason: str | None, logprobs: dict[str, Any] | None = None
+    ) -> bytes:
+        return self.chunk({"index": index, "delta": body, "finish_reason": reason, "logprobs": logprobs})
 
     def role(self, index: int) -> bytes:
         return self.chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
@@ -132,8 +148,8 @@ async def stream_body(run: JobRun, model: str) -> AsyncGenerator[bytes, None]:
     with an ``error`` event instead of a status code.
     """
     job = run.job
-    chunks = _Chunks(job, model)
     choices = len(run.prompts)
+    chunks = _Chunks(job, model, choices)
     if job.kind == "chat":
         for index in range(choices):
             yield chunks.role(index)
@@ -153,7 +169,8 @@ async def stream_body(run: JobRun, model: str) -> AsyncGenerator[bytes, None]:
                             if job.kind == "chat"
                             else scores[item.choice].tokens(item.logprobs)
                         )
-                    yield chunks.choice(item.choice, item.text, None, logprobs)
+                    for chunk in chunks.pieces(item.choice, item.text, logprobs):
+                        yield chunk
                 elif isinstance(item, PromptScores):
                     if job.echo and scores:
                         first = run.first_tokens[item.choice] if run.first_tokens else None
@@ -162,7 +179,7 @@ async def stream_body(run: JobRun, model: str) -> AsyncGenerator[bytes, None]:
                 elif isinstance(item, End):  # each choice's finish as it happens, as OpenAI sends it
                     if item.reason in ("stop", "length"):
                         ended.add(item.choice)
-                        yield chunks.choice(item.choice, None, item.reason)
+                        yield chunks.end(item.choice, item.reason)
                 elif isinstance(item, ProgressEvent):
                     yield event(asdict(item), "progress")
         results = run.finished()
