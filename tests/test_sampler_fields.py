@@ -76,33 +76,32 @@ def test_positive_bias_forces_a_token(engine: Engine) -> None:
 
 def test_grammar_path_is_exact_with_penalties_and_bias(engine: Engine) -> None:
     """The grammar's shortlist (top-k by raw logit) still holds the chain's choice when the fields move logits."""
-    for fields in ({"presence_penalty": 2.0}, {"frequency_penalty": 0.5}):
-        free = engine.generate(PROMPT, N, temperature=0, **fields)
-        assert TEXT.fullmatch(free), free
-        assert engine.generate(PROMPT, N, temperature=0, regex=TEXT.pattern, **fields) == free
+    free = engine.generate(PROMPT, N, temperature=0, presence_penalty=2.0)
+    assert TEXT.fullmatch(free), free
+    assert engine.generate(PROMPT, N, temperature=0, regex=TEXT.pattern, presence_penalty=2.0) == free
     plain = engine.complete(PROMPT, N, temperature=0)
     banned = plain.token_ids[0]
     free = engine.complete(PROMPT, N, temperature=0, logit_bias={banned: -100})
-    constrained = engine.complete(PROMPT, N, temperature=0, regex=r"[a-zA-Z ,.\n]+", logit_bias={banned: -100})
+    constrained = engine.complete(PROMPT, N, temperature=0, regex=TEXT.pattern, logit_bias={banned: -100})
     assert banned not in constrained.token_ids
     assert constrained.text == free.text[: len(constrained.text)]
     # A token far outside the raw top-k, forced by its bias: under a grammar, sampled (top-k 40) and greedy.
     forced = one_token(engine, " dragon")
     for temperature in (0.0, 0.8):
         result = engine.complete(
-            PROMPT, 5, temperature=temperature, top_k=40, seed=5, regex=TEXT.pattern, logit_bias={forced: 100}
+            PROMPT, 3, temperature=temperature, top_k=40, seed=5, regex=TEXT.pattern, logit_bias={forced: 100}
         )
-        assert result.token_ids == (forced,) * 5
+        assert result.token_ids == (forced,) * 3
 
 
 def test_speculation_verifies_with_the_same_fields(engine: Engine) -> None:
     banned = engine.complete(PROMPT, 1, temperature=0).token_ids[0]
-    for fields in ({"presence_penalty": 2.0}, {"frequency_penalty": 0.5, "logit_bias": {banned: -100}}):
-        plain = engine.generate(PROMPT, N, temperature=0, speculative=False, **fields)
-        assert engine.generate(PROMPT, N, temperature=0, speculative=True, **fields) == plain
+    fields: dict[str, Any] = {"presence_penalty": 2.0, "frequency_penalty": 0.5, "logit_bias": {banned: -100}}
+    plain = engine.generate(PROMPT, N, temperature=0, speculative=False, **fields)
+    assert engine.generate(PROMPT, N, temperature=0, speculative=True, **fields) == plain
     forced = one_token(engine, " dragon")
-    result = engine.complete(PROMPT, 5, temperature=0.8, seed=2, speculative=True, logit_bias={forced: 100})
-    assert result.token_ids == (forced,) * 5
+    result = engine.complete(PROMPT, 3, temperature=0.8, seed=2, speculative=True, logit_bias={forced: 100})
+    assert result.token_ids == (forced,) * 3
 
 
 @pytest.mark.anyio
