@@ -76,33 +76,32 @@ def test_positive_bias_forces_a_token(engine: Engine) -> None:
 
 def test_grammar_path_is_exact_with_penalties_and_bias(engine: Engine) -> None:
     """The grammar's shortlist (top-k by raw logit) still holds the chain's choice when the fields move logits."""
-    for fields in ({"presence_penalty": 2.0}, {"frequency_penalty": 0.5}):
-        free = engine.generate(PROMPT, N, temperature=0, **fields)
-        assert TEXT.fullmatch(free), free
-        assert engine.generate(PROMPT, N, temperature=0, regex=TEXT.pattern, **fields) == free
+    free = engine.generate(PROMPT, N, temperature=0, presence_penalty=2.0)
+    assert TEXT.fullmatch(free), free
+    assert engine.generate(PROMPT, N, temperature=0, regex=TEXT.pattern, presence_penalty=2.0) == free
     plain = engine.complete(PROMPT, N, temperature=0)
     banned = plain.token_ids[0]
     free = engine.complete(PROMPT, N, temperature=0, logit_bias={banned: -100})
-    constrained = engine.complete(PROMPT, N, temperature=0, regex=r"[a-zA-Z ,.\n]+", logit_bias={banned: -100})
+    constrained = engine.complete(PROMPT, N, temperature=0, regex=TEXT.pattern, logit_bias={banned: -100})
     assert banned not in constrained.token_ids
     assert constrained.text == free.text[: len(constrained.text)]
     # A token far outside the raw top-k, forced by its bias: under a grammar, sampled (top-k 40) and greedy.
     forced = one_token(engine, " dragon")
     for temperature in (0.0, 0.8):
         result = engine.complete(
-            PROMPT, 5, temperature=temperature, top_k=40, seed=5, regex=TEXT.pattern, logit_bias={forced: 100}
+            PROMPT, 3, temperature=temperature, top_k=40, seed=5, regex=TEXT.pattern, logit_bias={forced: 100}
         )
-        assert result.token_ids == (forced,) * 5
+        assert result.token_ids == (forced,) * 3
 
 
 def test_speculation_verifies_with_the_same_fields(engine: Engine) -> None:
     banned = engine.complete(PROMPT, 1, temperature=0).token_ids[0]
-    for fields in ({"presence_penalty": 2.0}, {"frequency_penalty": 0.5, "logit_bias": {banned: -100}}):
-        plain = engine.generate(PROMPT, N, temperature=0, speculative=False, **fields)
-        assert engine.generate(PROMPT, N, temperature=0, speculative=True, **fields) == plain
+    fields: dict[str, Any] = {"presence_penalty": 2.0, "frequency_penalty": 0.5, "logit_bias": {banned: -100}}
+    plain = engine.generate(PROMPT, N, temperature=0, speculative=False, **fields)
+    assert engine.generate(PROMPT, N, temperature=0, speculative=True, **fields) == plain
     forced = one_token(engine, " dragon")
-    result = engine.complete(PROMPT, 5, temperature=0.8, seed=2, speculative=True, logit_bias={forced: 100})
-    assert result.token_ids == (forced,) * 5
+    result = engine.complete(PROMPT, 3, temperature=0.8, seed=2, speculative=True, logit_bias={forced: 100})
+    assert result.token_ids == (forced,) * 3
 
 
 @pytest.mark.anyio
@@ -146,3 +145,90 @@ def test_sampler_config_reads_back() -> None:
     assert config.adjusts_logits and config.penalised
     assert not SamplerConfig(presence_penalty=1, repeat_last_n=0).penalised
     assert not SamplerConfig(logit_bias={1: 0.0}).adjusts_logits
+
+
+def model_free_sampler(config: SamplerConfig, n_vocab: int, seed: int, matcher: object = None) -> Any:
+    from types import SimpleNamespace
+
+    from oxillama_py.llama.sampling import Sampler
+
+    return Sampler(SimpleNamespace(n_vocab=n_vocab), config, seed=seed, matcher=matcher)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_the_grammar_shortlist_is_the_whole_chain_with_bias_and_penalties(greedy: bool) -> None:
+    """The shortlist ``Sampler`` hands the chain under a grammar (top-k by raw logit, plus the penalty window and
+    the biased tokens) gives the token llama.cpp's chain picks over the whole masked vocabulary (no model needed)."""
+    from types import SimpleNamespace
+
+    import llama_cpp
+    import numpy as np
+
+    from oxillama_py.llama.sampling import _Candidates
+
+    n_vocab = 4000
+    rng = np.random.default_rng(1)
+    full = _Candidates(n_vocab)
+    for trial in range(120):
+        logits = (rng.standard_normal(n_vocab) * 3).astype(np.float32)
+        allowed = rng.random(n_vocab) < (0.02 if trial % 3 == 0 else 0.5)
+        allowed[int(rng.integers(n_vocab))] = True
+        biased = rng.choice(n_vocab, size=20, replace=False)
+        bias = {int(t): float(b) for t, b in zip(biased, rng.uniform(-100, 100, size=20), strict=True)}
+        if trial % 2:  # push the best allowed tokens down: their places go to tokens beyond the raw top-k
+            best = np.flatnonzero(allowed)[np.argsort(logits[allowed])[-60:]]
+            bias = {int(t): -50.0 for t in best[rng.random(best.size) < 0.7]}
+        config = SamplerConfig(
+            temperature=0.0 if greedy else 0.8,
+            top_k=40,
+            top_p=0.9,
+            min_p=0.05,
+            repeat_penalty=1.1,
+            repeat_last_n=16,
+            presence_penalty=1.5,
+            frequency_penalty=0.7,
+            logit_bias=bias,
+        )
+        history = [int(t) for t in rng.choice(np.flatnonzero(logits > 2), size=12)]
+        matcher = SimpleNamespace(allowed=lambda a=allowed: a, consume=lambda token: None, error=lambda: "")
+        ours = model_free_sampler(config, n_vocab, trial, matcher)
+        theirs = model_free_sampler(config, n_vocab, trial)
+        for token in history:
+            ours.accept(token)
+            llama_cpp.llama_sampler_accept(theirs.ptr, token)
+        full.resize(n_vocab)
+        full.fill(np.where(allowed, logits, np.float32(-np.inf)).astype(np.float32))
+        llama_cpp.llama_sampler_apply(theirs.ptr, full.pointer)
+        assert ours._choose(logits, matcher) == full.selected(), trial
+        ours.close()
+        theirs.close()
+
+
+def test_speculation_s_distribution_is_the_chain_s() -> None:
+    """Speculation's numpy mirror of the chain applies the bias and the penalties as llama.cpp does (greedy)."""
+    import llama_cpp
+    import numpy as np
+
+    from oxillama_py.decode.distribution import Distribution
+    from oxillama_py.llama.sampling import _Candidates
+
+    n_vocab = 3000
+    rng = np.random.default_rng(2)
+    full = _Candidates(n_vocab)
+    for trial in range(100):
+        logits = (rng.standard_normal(n_vocab) * 2).astype(np.float32)
+        likely = np.argsort(logits)[-6:]
+        biased = rng.choice(np.argsort(logits)[-40:], size=6, replace=False)
+        bias = {int(t): float(b) for t, b in zip(biased, rng.uniform(-3, 3, size=6), strict=True)}
+        config = SamplerConfig(
+            temperature=0.0, repeat_penalty=1.1, repeat_last_n=8, presence_penalty=0.3, frequency_penalty=0.6
+        ).with_overrides(logit_bias=bias)
+        history = [int(t) for t in rng.choice(likely, size=20)]  # repeats, some beyond the window
+        chain = model_free_sampler(config, n_vocab, trial)
+        for token in history:
+            llama_cpp.llama_sampler_accept(chain.ptr, token)
+        full.resize(n_vocab)
+        full.fill(logits)
+        llama_cpp.llama_sampler_apply(chain.ptr, full.pointer)
+        assert Distribution(config, n_vocab).argmax(logits, history) == full.selected(), trial
+        chain.close()

@@ -81,14 +81,13 @@ class Sampler:
         self._plain_greedy = greedy and not config.adjusts_logits
         self._keep = 1 if greedy else (config.top_k if config.top_k > 0 and not config.mirostat else 0)
         self._window: deque[int] | None = deque(maxlen=config.repeat_last_n) if penalised else None
-        biased = [token for token, bias in config.logit_bias if bias != 0.0]
-        self._biased = np.asarray(biased, dtype=np.int64) if biased else None
+        pairs = [(token, bias) for token, bias in config.logit_bias if bias != 0.0]
+        self._biased = np.asarray([token for token, _ in pairs], dtype=np.int64) if pairs else None
 
         def add(sampler: object) -> None:
             llama_cpp.llama_sampler_chain_add(chain, sampler)
 
-        if biased:
-            pairs = [(token, bias) for token, bias in config.logit_bias if bias != 0.0]
+        if pairs:
             table = (llama_cpp.llama_logit_bias * len(pairs))(*(llama_cpp.llama_logit_bias(t, b) for t, b in pairs))
             add(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(pairs), table))
         if penalised:
