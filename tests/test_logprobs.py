@@ -36,6 +36,8 @@ openai = pytest.importorskip("openai", reason="the server tests drive it with th
 PROMPT = "The capital of France is"
 TOL = 1e-3
 MESSAGES = [{"role": "user", "content": "Name the capital of France."}]
+LONG_PROMPT = " ".join(f"Item {i} is a {('red', 'green', 'blue')[i % 3]} box." for i in range(25))
+"""216 tokens: its prompt rows are scored in several decode steps (64 rows each)."""
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +45,20 @@ def llama_reference(model_path: Path) -> dict[str, Any]:
     """llama-cpp-python's greedy completion of ``PROMPT`` with ``logprobs=5, echo=True``, and its raw first row."""
     from llama_cpp import Llama
 
-    llm = Llama(str(model_path), logits_all=True, n_ctx=128, seed=0, verbose=False)
+    llm = Llama(str(model_path), logits_all=True, n_ctx=256, seed=0, verbose=False)
     try:
         out: Any = llm.create_completion(PROMPT, max_tokens=8, temperature=0, logprobs=5, echo=True)
         choice = out["choices"][0]
         prompt_ids = llm.tokenize(PROMPT.encode())
         first_row = Llama.logits_to_logprobs(np.asarray(llm.scores[0]))  # after BOS: predicts the first text token
+        llm.reset()  # a reused Llama would decode only the new suffix
+        long: Any = llm.create_completion(LONG_PROMPT, max_tokens=1, temperature=0, logprobs=0, echo=True)
         return {
             "text": choice["text"],
             "logprobs": choice["logprobs"],
             "prompt_ids": prompt_ids,
             "first_text_token": float(first_row[prompt_ids[1]]),
+            "long": long["choices"][0]["logprobs"]["token_logprobs"],
         }
     finally:
         llm.close()
@@ -102,6 +107,16 @@ def test_library_equals_llama_cpp_python(engine: Engine, llama_reference: dict[s
         assert entry is not None and entry.token_id == llama_reference["prompt_ids"][j]
         assert close(entry.logprob, ref["token_logprobs"][j - 1])
         check_top({t.token: t.logprob for t in entry.top_logprobs}, ref["top_logprobs"][j - 1], 5)
+
+
+def test_long_prompt_scored_across_steps(engine: Engine, llama_reference: dict[str, Any]) -> None:
+    """A prompt scored over several decode steps lines up with llama-cpp-python's one-batch values."""
+    result = engine.complete(LONG_PROMPT, 1, temperature=0, logprobs=0, prompt_logprobs=True)
+    assert result.prompt_logprobs is not None and result.prompt_tokens > 3 * 64
+    ours = [lp.logprob for lp in result.prompt_logprobs[2:] if lp is not None]
+    ref = llama_reference["long"][1 : len(ours) + 1]
+    assert len(ours) == len(ref) == result.prompt_tokens - 2
+    assert all(close(a, b) for a, b in zip(ours, ref, strict=True))
 
 
 def test_sampled_and_constrained_logprobs_are_the_raw_distribution(engine: Engine) -> None:
