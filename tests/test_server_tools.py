@@ -12,6 +12,7 @@ through an httpx hook, and what they send is checked to be what
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -67,6 +68,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.clients: list[httpx.Client] = []
 
     def __call__(self, request: httpx.Request) -> None:
         if request.content:
@@ -76,7 +78,9 @@ class Recorder:
         self(request)
 
     def sync_client(self) -> httpx.Client:
-        return httpx.Client(event_hooks={"request": [self]}, timeout=300)
+        client = httpx.Client(event_hooks={"request": [self]}, timeout=300)
+        self.clients.append(client)
+        return client
 
     def async_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(event_hooks={"request": [self.async_hook]}, timeout=300)
@@ -86,6 +90,14 @@ class Recorder:
 
     def function_fields(self) -> set[str]:
         return {key for body in self.bodies for tool in body.get("tools", []) for key in tool["function"]}
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    recording = Recorder()
+    yield recording
+    for client in recording.clients:
+        client.close()
 
 
 def model_name(server: ServerProcess) -> str:
@@ -224,7 +236,7 @@ def test_bad_tool_fields_are_400_naming_the_field(server: ServerProcess, extra: 
 # -- the client libraries ----------------------------------------------------------------------------------
 
 
-def test_langchain_bind_tools_and_structured_output(server: ServerProcess) -> None:
+def test_langchain_bind_tools_and_structured_output(server: ServerProcess, recorder: Recorder) -> None:
     langchain_openai = pytest.importorskip("langchain_openai", reason="langchain-openai is a test extra")
     from langchain_core.tools import tool
 
@@ -233,7 +245,6 @@ def test_langchain_bind_tools_and_structured_output(server: ServerProcess) -> No
         """The weather in a city."""
         return "sunny"
 
-    recorder = Recorder()
     llm = langchain_openai.ChatOpenAI(
         model=model_name(server),
         base_url=server.api_url,
@@ -253,7 +264,7 @@ def test_langchain_bind_tools_and_structured_output(server: ServerProcess) -> No
     assert recorder.function_fields() <= {"name", "description", "parameters"}
 
 
-def test_pydantic_ai_agent_with_output_type(server: ServerProcess) -> None:
+def test_pydantic_ai_agent_with_output_type(server: ServerProcess, recorder: Recorder) -> None:
     pytest.importorskip("pydantic_ai", reason="pydantic-ai-slim[openai] is a test extra")
     from pydantic_ai import Agent
     from pydantic_ai.providers.openai import OpenAIProvider
@@ -263,18 +274,21 @@ def test_pydantic_ai_agent_with_output_type(server: ServerProcess) -> None:
     except ImportError:  # pydantic-ai before 1.0
         from pydantic_ai.models.openai import OpenAIModel as ChatModel  # type: ignore[assignment]
 
-    recorder = Recorder()
-    client = openai.AsyncOpenAI(
-        base_url=server.api_url, api_key="unused", max_retries=0, http_client=recorder.async_client()
-    )
-    agent = Agent(ChatModel(model_name(server), provider=OpenAIProvider(openai_client=client)), output_type=Weather)
-    result = agent.run_sync("What is the weather in Paris?", model_settings={"max_tokens": 80, "temperature": 0})
+    async def main() -> Any:
+        async with openai.AsyncOpenAI(
+            base_url=server.api_url, api_key="unused", max_retries=0, http_client=recorder.async_client()
+        ) as client:
+            model = ChatModel(model_name(server), provider=OpenAIProvider(openai_client=client))
+            agent = Agent(model, output_type=Weather)
+            return await agent.run("What is the weather in Paris?", model_settings={"max_tokens": 80, "temperature": 0})
+
+    result = asyncio.run(main())
     assert isinstance(result.output, Weather) and result.output.city
     assert recorder.bodies[0]["tool_choice"] == "required"  # the output comes back through a tool
     assert recorder.fields() <= PYDANTIC_AI_FIELDS, recorder.fields()
 
 
-def test_openai_agents_function_tool(server: ServerProcess) -> None:
+def test_openai_agents_function_tool(server: ServerProcess, recorder: Recorder) -> None:
     agents = pytest.importorskip("agents", reason="openai-agents is a test extra")
     agents.set_tracing_disabled(True)
     asked: list[str] = []
@@ -285,28 +299,29 @@ def test_openai_agents_function_tool(server: ServerProcess) -> None:
         asked.append(city)
         return f"18 C and sunny in {city}"
 
-    recorder = Recorder()
-    client = openai.AsyncOpenAI(
-        base_url=server.api_url, api_key="unused", max_retries=0, http_client=recorder.async_client()
-    )
-    agent = agents.Agent(
-        name="weather",
-        instructions="Answer with the weather tool.",
-        tools=[get_weather],
-        model=agents.OpenAIChatCompletionsModel(model=model_name(server), openai_client=client),
-        model_settings=agents.ModelSettings(max_tokens=60, temperature=0, tool_choice="required"),
-        tool_use_behavior="stop_on_first_tool",  # the tool's answer is the agent's (a 270M model calls again)
-    )
-    result = agents.Runner.run_sync(agent, "What is the weather in Paris?", max_turns=3)
+    async def main() -> Any:
+        async with openai.AsyncOpenAI(
+            base_url=server.api_url, api_key="unused", max_retries=0, http_client=recorder.async_client()
+        ) as client:
+            agent = agents.Agent(
+                name="weather",
+                instructions="Answer with the weather tool.",
+                tools=[get_weather],
+                model=agents.OpenAIChatCompletionsModel(model=model_name(server), openai_client=client),
+                model_settings=agents.ModelSettings(max_tokens=60, temperature=0, tool_choice="required"),
+                tool_use_behavior="stop_on_first_tool",  # the tool's answer is the agent's (a 270M model calls again)
+            )
+            return await agents.Runner.run(agent, "What is the weather in Paris?", max_turns=3)
+
+    result = asyncio.run(main())
     assert len(asked) == 1 and asked[0]
     assert result.final_output == f"18 C and sunny in {asked[0]}"
     assert recorder.fields() <= AGENTS_FIELDS, recorder.fields()
     assert recorder.function_fields() <= {"name", "description", "parameters", "strict"}
 
 
-def test_instructor_tools_and_json_schema_modes(server: ServerProcess) -> None:
+def test_instructor_tools_and_json_schema_modes(server: ServerProcess, recorder: Recorder) -> None:
     instructor = pytest.importorskip("instructor", reason="instructor is a test extra")
-    recorder = Recorder()
     for mode in (instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA):
         client = instructor.from_openai(
             openai.OpenAI(base_url=server.api_url, api_key="unused", http_client=recorder.sync_client()), mode=mode

@@ -213,11 +213,12 @@ async def test_required_and_named_always_call_with_valid_arguments(aengine: Asyn
 
 
 def test_sync_engine_and_auto(engine: Engine) -> None:
-    result = engine.chat(QUESTION, 60, tools=[WEATHER], temperature=0)
-    assert isinstance(result, CompletionResult) and result.finish_reason == "stop"
+    result = engine.chat(QUESTION, 40, tools=[WEATHER], temperature=0)
+    assert isinstance(result, CompletionResult)
     if result.tool_calls:  # "auto": the model chose a call, constrained to the end
+        assert result.finish_reason == "stop"
         assert_valid_call(result.tool_calls[0], "get_weather")
-    else:
+    else:  # or words, unwrapped from {"response": ...} (this model's choice here)
         assert result.text and not result.text.startswith('{"')
     # An answer in words, streamed, is the same text unwrapped from its JSON as it arrives.
     greeting = [{"role": "user", "content": "Say hello to me in French, in words."}]

@@ -1,6 +1,6 @@
 """Tool turns in a conversation: an assistant's earlier ``tool_calls`` and ``role: "tool"`` answers.
 
-Checked into one normal form (OpenAI's: arguments as JSON text), and turned
+Checked into one normal form (OpenAI's, arguments as given), and turned
 into the form Hugging Face templates read (arguments as a dict) for the
 templates that take ``tools``.
 """
@@ -17,7 +17,8 @@ __all__ = ["check_calls", "has_tool_turns", "template_messages"]
 
 
 def check_calls(where: str, calls: object) -> list[dict[str, Any]]:
-    """An assistant message's ``tool_calls``: ``[{"id", "type": "function", "function": {"name", "arguments"}}]``."""
+    """An assistant message's ``tool_calls``: ``[{"id", "type": "function", "function": {"name", "arguments"}}]``
+    (the arguments as given: JSON text or a dict)."""
     if isinstance(calls, (str, bytes, Mapping)) or not isinstance(calls, Sequence):
         raise ValueError(f"{where} must be a list of tool calls, got {describe(calls)}")
     checked = []
@@ -29,11 +30,8 @@ def check_calls(where: str, calls: object) -> list[dict[str, Any]]:
         if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
             raise ValueError(f"{at}.function must be a dict with a 'name'")
         arguments = function.get("arguments", "{}")
-        if not isinstance(arguments, str):
-            try:
-                arguments = json.dumps(arguments, ensure_ascii=False)
-            except (TypeError, ValueError):
-                raise ValueError(f"{at}.function.arguments must be JSON text or a dict") from None
+        if not isinstance(arguments, (str, Mapping)):  # JSON text (OpenAI's) or a dict (transformers')
+            raise ValueError(f"{at}.function.arguments must be JSON text or a dict, got {describe(arguments)}")
         call_id = call.get("id")
         if call_id is None:
             call_id = f"call_{index}"
@@ -58,10 +56,12 @@ def template_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         calls = []
         for call in message["tool_calls"]:
             function = call["function"]
-            try:
-                arguments = json.loads(function["arguments"])
-            except ValueError:
-                arguments = function["arguments"]
+            arguments = function["arguments"]
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments)
+                except ValueError:
+                    pass
             calls.append({**call, "function": {"name": function["name"], "arguments": arguments}})
         out.append({**message, "tool_calls": calls})
     return out
