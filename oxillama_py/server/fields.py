@@ -88,6 +88,7 @@ CHAT_FIELDS: dict[str, Status] = {
 COMPLETION_FIELDS: dict[str, Status] = {
     **_COMMON,
     "prompt": "honoured",
+    "response_format": "honoured",  # an extension here: constrained completions
     "echo": "honoured",
     "best_of": "honoured",  # equal to n only: more candidates than choices is refused
     "suffix": "refused",
