@@ -7,6 +7,7 @@ templates that take ``tools``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -58,10 +59,8 @@ def template_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, A
             function = call["function"]
             arguments = function["arguments"]
             if isinstance(arguments, str):
-                try:
+                with contextlib.suppress(ValueError):  # not JSON: the template gets the text
                     arguments = json.loads(arguments)
-                except ValueError:
-                    pass
             calls.append({**call, "function": {"name": function["name"], "arguments": arguments}})
         out.append({**message, "tool_calls": calls})
     return out
