@@ -52,13 +52,19 @@ def llama_reference(model_path: Path) -> dict[str, Any]:
         prompt_ids = llm.tokenize(PROMPT.encode())
         first_row = Llama.logits_to_logprobs(np.asarray(llm.scores[0]))  # after BOS: predicts the first text token
         llm.reset()  # a reused Llama would decode only the new suffix
-        long: Any = llm.create_completion(LONG_PROMPT, max_tokens=1, temperature=0, logprobs=0, echo=True)
+        # The long prompt's values as create_completion(echo=True) computes them (its own
+        # logits_to_logprobs over each row), without its Python sort of the vocabulary per token.
+        long_ids = llm.tokenize(LONG_PROMPT.encode())
+        llm.eval(long_ids)
+        long = [None] + [
+            float(Llama.logits_to_logprobs(np.asarray(llm.scores[k - 1]))[long_ids[k]]) for k in range(2, len(long_ids))
+        ]
         return {
             "text": choice["text"],
             "logprobs": choice["logprobs"],
             "prompt_ids": prompt_ids,
             "first_text_token": float(first_row[prompt_ids[1]]),
-            "long": long["choices"][0]["logprobs"]["token_logprobs"],
+            "long": long,
         }
     finally:
         llm.close()

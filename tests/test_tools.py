@@ -8,12 +8,13 @@ function's ``parameters``, even sampled at temperature 1.0.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import anyio
 import pytest
 
-from oxillama_py import AsyncEngine, CompletionResult, Engine, ToolCall
+from oxillama_py import AsyncEngine, CompletionResult, Engine, EngineConfig, ToolCall
 from oxillama_py.tools import AnswerReader, ArgumentsDelta, CallStart, TextDelta, plan_tools
 
 jsonschema = pytest.importorskip("jsonschema", reason="validating tool-call arguments needs jsonschema (test extra)")
@@ -230,8 +231,8 @@ def test_sync_engine_and_auto(engine: Engine) -> None:
     assert plain.tool_calls == () and plain.text == engine.chat(greeting, 20, temperature=0).text
 
 
-def test_fifty_sampled_calls_validate(engine: Engine) -> None:
-    """5 signatures x 10 seeds at T=1.0, decoded together: every call's arguments validate."""
+def test_fifty_sampled_calls_validate(config: EngineConfig) -> None:
+    """5 signatures x 10 seeds at T=1.0, decoded together in one batch of 50: every call's arguments validate."""
     asks = {
         "get_weather": "Is it raining in Lyon?",
         "book_flight": "Book me a flight from Paris to New York for two.",
@@ -239,6 +240,7 @@ def test_fifty_sampled_calls_validate(engine: Engine) -> None:
         "search_products": "Find cheap eco running shoes.",
         "set_thermostat": "Make the bedroom warmer tonight.",
     }
+    engine = Engine(replace(config, max_concurrency=50, n_ctx=50 * 512))
     aengine = engine.async_engine()
     results: dict[str, list[CompletionResult]] = {}
 
@@ -260,7 +262,8 @@ def test_fifty_sampled_calls_validate(engine: Engine) -> None:
             for name in asks:
                 group.start_soon(one, name)
 
-    anyio.run(main)
+    with engine:
+        anyio.run(main)
     calls = 0
     for name, answers in results.items():
         for result in answers:
