@@ -17,8 +17,8 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, NoReturn, Protocol
 
+from .chat_tools import check_calls
 from .checks import check_type, describe
-from .tools.history import check_calls
 
 __all__ = ["BUILTIN_TEMPLATES", "ChatTemplate", "Message", "check_messages", "resolve_template"]
 

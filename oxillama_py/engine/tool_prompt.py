@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..chat import ChatTemplate
+from ..chat_tools import has_tool_turns, template_messages
 from ..tools import ToolPlan
 from ..tools.generic import plain_messages, system_text
-from ..tools.history import has_tool_turns, template_messages
 
 __all__ = ["tool_conversation"]
 

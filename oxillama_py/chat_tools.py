@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..checks import describe
+from .checks import describe
 
 __all__ = ["check_calls", "has_tool_turns", "template_messages"]
 
