@@ -30,7 +30,7 @@ from figures import Server
 LEVELS = (1, 4, 8, 16)
 CONTENDERS = ("oxillama", "llama_cpp_server", "llama_server")
 PRIMARY = "oxillama"
-TARGETS = {"llama_cpp_server": 2.5, "llama_server": 0.9}  # oxillama / contender, aggregate tok/s at 8 clients
+TARGETS = {"llama_cpp_server": 2.5, "llama_server": 1.0}  # oxillama / contender, aggregate tok/s at 8 clients
 TARGET_LEVEL = 8
 PROMPT = "Request {number}. List of one hundred interesting facts about {topic}:\n1."
 READY_TIMEOUT = 300.0

@@ -217,6 +217,10 @@ def test_bad_values_are_named(server: ServerProcess, extra: dict[str, Any], para
 
 def test_best_of_other_than_n_is_refused(server: ServerProcess) -> None:
     assert error_of(post(server, "completions", {**BASE["completions"], "best_of": 3}))["param"] == "best_of"
+    assert error_of(post(server, "completions", {**BASE["completions"], "best_of": True}))["param"] == "best_of"
+    for n in (None, 1):  # null is the same as leaving n out
+        response = post(server, "completions", {**BASE["completions"], "best_of": 1, "n": n})
+        assert response.status_code == 200, response.text
 
 
 def completion_text(server: ServerProcess, **fields: Any) -> str:

@@ -187,6 +187,35 @@ def test_openai_streamed_tool_calls(server: ServerProcess, client: Any) -> None:
     assert whole.choices[0].message.tool_calls[0].function.arguments == arguments
 
 
+def test_streamed_calls_start_with_null_content_and_carry_logprobs_and_ignore_stop(
+    server: ServerProcess, client: Any
+) -> None:
+    """A streamed tool answer: content ``null`` in the role chunk, every token's value in some chunk,
+    and a stop string that the JSON holds (``","``, ``"\\n"``) does not cut the call's arguments."""
+    stream = client.chat.completions.create(
+        model=model_name(server),
+        messages=QUESTION,
+        tools=TOOLS,
+        tool_choice="required",
+        max_tokens=60,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        stop=[",", "\n", '"'],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    deltas = [c.choices[0] for c in chunks if c.choices]
+    assert deltas[0].delta.role == "assistant" and deltas[0].delta.content is None
+    scored = [entry for d in deltas if d.logprobs is not None for entry in d.logprobs.content]
+    assert len(scored) == chunks[-1].usage.completion_tokens
+    assert all(entry.logprob <= 0 and len(entry.top_logprobs) == 2 for entry in scored)
+    arguments = "".join(d.delta.tool_calls[0].function.arguments for d in deltas if d.delta.tool_calls)
+    jsonschema.validate(json.loads(arguments), WEATHER_PARAMETERS)
+    assert deltas[-1].finish_reason == "tool_calls"
+
+
 def test_openai_second_turn_with_the_tool_answer(server: ServerProcess, client: Any) -> None:
     model = model_name(server)
     first = client.chat.completions.create(

@@ -213,6 +213,14 @@ async def test_required_and_named_always_call_with_valid_arguments(aengine: Asyn
     assert_valid_call(named.tool_calls[0], "add")
 
 
+def test_stop_strings_do_not_cut_a_constrained_call(engine: Engine) -> None:
+    """The grammar ends a tool answer: stop strings the JSON holds leave the arguments whole."""
+    stopped = engine.chat(QUESTION, 60, tools=[WEATHER, ADD], tool_choice="required", temperature=0, stop=[",", '"'])
+    plain = engine.chat(QUESTION, 60, tools=[WEATHER, ADD], tool_choice="required", temperature=0)
+    assert stopped.tool_calls and [c.arguments for c in stopped.tool_calls] == [c.arguments for c in plain.tool_calls]
+    assert_valid_call(stopped.tool_calls[0])
+
+
 def test_sync_engine_and_auto(engine: Engine) -> None:
     result = engine.chat(QUESTION, 40, tools=[WEATHER], temperature=0)
     assert isinstance(result, CompletionResult)

@@ -3,6 +3,7 @@
 Tools that constrain the answer are a constraint of their own, so they and
 ``grammar`` / ``json_schema`` / ``regex`` / ``json`` are either-or (with
 ``tool_choice="none"`` the tools constrain nothing and the others apply).
+Their grammar also ends the answer, so ``stop`` strings do not apply to it.
 """
 
 from __future__ import annotations
@@ -34,4 +35,6 @@ def tool_options(
             f"tools constrain the answer to calls, so they cannot be combined with {', '.join(given)} "
             "(give tool_choice='none' to use tools only as a description)"
         )
-    return plan, {**options, "grammar": plan.grammar()}
+    # The grammar decides where a constrained answer ends: a stop string (often "\n", which the JSON
+    # may hold between its tokens) would cut a call's arguments short.
+    return plan, {**options, "grammar": plan.grammar(), "stop": None}

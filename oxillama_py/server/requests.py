@@ -108,8 +108,9 @@ def parse_completion(body: object) -> Job:
     logprobs = completion_logprobs(fields, echo, max_tokens)
     if fields.get("suffix") not in (None, ""):
         raise bad_request("'suffix' is not supported by this server", "suffix")
-    best_of = fields.get("best_of")
-    if best_of is not None and best_of != fields.get("n", 1):
+    best_of = _opt_int(fields, "best_of", 1, MAX_N)
+    n = fields.get("n")
+    if best_of is not None and best_of != (1 if n is None else n):
         raise bad_request("'best_of' is not supported by this server (leave it out or equal to n)", "best_of")
     return _job(fields, "completion", prompts, (), max_tokens, echo=echo, logprobs=logprobs)
 

@@ -115,7 +115,10 @@ class _Chunks:
         """The chunks of a piece of text: itself, or what it adds to a tool-format answer."""
         if self.tools is None:
             return [self.choice(index, text, None, logprobs)]
-        return [self.delta(index, delta, None) for delta in self.tools[index].deltas(text)]
+        deltas = self.tools[index].deltas(text)
+        if logprobs is not None and not deltas:  # a piece of the JSON frame: its tokens' values still go out
+            deltas = [{}]
+        return [self.delta(index, delta, None, logprobs if i == 0 else None) for i, delta in enumerate(deltas)]
 
     def end(self, index: int, reason: str) -> bytes:
         calls = self.tools is not None and self.tools[index].has_calls
@@ -132,7 +135,8 @@ class _Chunks:
         return self.chunk({"index": index, "delta": body, "finish_reason": reason, "logprobs": logprobs})
 
     def role(self, index: int) -> bytes:
-        return self.chunk({"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
+        content = None if self.tools is not None else ""  # an answer that may be calls starts as OpenAI's do
+        return self.chunk({"index": index, "delta": {"role": "assistant", "content": content}, "finish_reason": None})
 
     def chunk(self, choice: dict[str, Any]) -> bytes:
         return event({**self.envelope, "choices": [choice], **self.usage_field})
