@@ -31,6 +31,7 @@ __all__ = [
     "STREAM_OPTIONS_FIELDS",
     "check_fields",
     "check_vocabulary",
+    "number",
     "sampler_options",
 ]
 
@@ -182,7 +183,7 @@ def sampler_options(fields: Mapping[str, Any]) -> GenerateKwargs:
     """The sampler fields of a body as the engine's keyword options (only those given)."""
     options: GenerateKwargs = {}
     for name in ("presence_penalty", "frequency_penalty"):
-        value = _number(fields, name, -2.0, 2.0)
+        value = number(fields, name, -2.0, 2.0)
         if value is not None:
             options[name] = value
     top_k = fields.get("top_k")
@@ -192,10 +193,10 @@ def sampler_options(fields: Mapping[str, Any]) -> GenerateKwargs:
         if top_k < -1:
             raise bad_request(f"'top_k' must be >= 0 (or -1: off), got {top_k}", "top_k")
         options["top_k"] = max(top_k, 0)  # vLLM's -1 and llama.cpp's 0 both mean no top-k
-    min_p = _number(fields, "min_p", 0.0, 1.0)
+    min_p = number(fields, "min_p", 0.0, 1.0)
     if min_p is not None:
         options["min_p"] = min_p
-    repetition = _number(fields, "repetition_penalty", 0.0, math.inf, low_open=True)
+    repetition = number(fields, "repetition_penalty", 0.0, math.inf, low_open=True)
     if repetition is not None:
         options["repeat_penalty"] = repetition
     bias = fields.get("logit_bias")
@@ -228,13 +229,15 @@ def _logit_bias(value: object) -> dict[int, float]:
     return biases
 
 
-def _number(fields: Mapping[str, Any], name: str, low: float, high: float, *, low_open: bool = False) -> float | None:
+def number(fields: Mapping[str, Any], name: str, low: float, high: float, *, low_open: bool = False) -> float | None:
+    """A finite number field in ``[low, high]`` (``(low, high]`` when ``low_open``), or ``None`` when left out."""
     value = fields.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise bad_request(f"'{name}' must be a number", name)
     if value < low or value > high or (low_open and value == low):
-        bound = f"> {low}" if math.isinf(high) else f"in [{low}, {high}]"
+        opening = "(" if low_open else "["
+        bound = f"> {low}" if math.isinf(high) else f"in {opening}{low}, {high}]"
         raise bad_request(f"'{name}' must be {bound}, got {value}", name)
     return float(value)

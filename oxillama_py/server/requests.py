@@ -10,14 +10,13 @@ is :mod:`.fields`' table.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..options import GenerateKwargs
 from .errors import bad_request
-from .fields import CHAT_FIELDS, COMPLETION_FIELDS, check_fields, sampler_options
+from .fields import CHAT_FIELDS, COMPLETION_FIELDS, check_fields, number, sampler_options
 from .logprobs import chat_logprobs, completion_logprobs, logprob_options
 from .tool_calls import ToolFields, message_tool_fields, parse_tool_fields
 
@@ -151,8 +150,8 @@ def _job(
         messages=messages,
         n=n if n is not None else 1,
         max_tokens=max_tokens,
-        temperature=_opt_float(fields, "temperature", 0.0, 2.0),
-        top_p=_opt_float(fields, "top_p", 0.0, 1.0, low_open=True),
+        temperature=number(fields, "temperature", 0.0, 2.0),
+        top_p=number(fields, "top_p", 0.0, 1.0, low_open=True),
         seed=_opt_int(fields, "seed", 0, 2**32 - 1),
         stop=_stop(fields.get("stop")),
         stream=stream,
@@ -235,20 +234,6 @@ def _opt_int(fields: Mapping[str, Any], name: str, low: int, high: int | None = 
         bound = f">= {low}" if high is None else f"between {low} and {high}"
         raise bad_request(f"'{name}' must be {bound}, got {value}", name)
     return value
-
-
-def _opt_float(
-    fields: Mapping[str, Any], name: str, low: float, high: float, *, low_open: bool = False
-) -> float | None:
-    value = fields.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise bad_request(f"'{name}' must be a number", name)
-    if value < low or value > high or (low_open and value == low):
-        opening = "(" if low_open else "["
-        raise bad_request(f"'{name}' must be in {opening}{low}, {high}], got {value}", name)
-    return float(value)
 
 
 def _stop(stop: object) -> tuple[str, ...]:
