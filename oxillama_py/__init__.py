@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from .cancel import CancellationToken
-from .compat import deprecated_name
+from .compat import StreamingCallback, TokenCallback, deprecated_name
 from .config import EngineConfig, PromptLookup, SamplerConfig, SpeculativeConfig
 from .engine import AsyncEngine, AsyncSpeculativeEngine, Engine, SpeculativeEngine, TextStream
 from .engine.snapshot_file import HubOrigin, SnapshotInfo
@@ -77,7 +77,9 @@ __all__ = [
     "SpeculativeConfig",
     "SpeculativeEngine",
     "SpeculativeStats",
+    "StreamingCallback",
     "TextStream",
+    "TokenCallback",
     "Timings",
     "TokenLogprob",
     "Tokenizer",

@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
 __all__ = [
     "CollectTokens",
     "EngineConfigNames",
+    "FieldsOnClass",
     "SamplerConfigNames",
     "StreamingCallback",
     "TokenCallback",
@@ -107,6 +108,23 @@ class SamplerConfigNames:
     def repetition_penalty_window(self: _SamplerFields) -> int:
         """``repeat_last_n``, as upstream oxillama-py names it."""
         return self.repeat_last_n
+
+
+class FieldsOnClass(type):
+    """A metaclass that answers a dataclass's field names on the class itself, with their ``Field``.
+
+    Upstream's stubs declare ``SpeculativeConfig.target`` and its siblings as
+    class attributes, and its tests look for them there; a dataclass field
+    without a plain default is only an instance attribute. Reading one on the
+    class gives its :class:`dataclasses.Field` (name, type, default), which
+    describes it without inventing a value.
+    """
+
+    def __getattr__(cls, name: str) -> Any:
+        found = cls.__dict__.get("__dataclass_fields__", {}).get(name)
+        if found is None:
+            raise AttributeError(f"type object {cls.__name__!r} has no attribute {name!r}")
+        return found
 
 
 # -- callbacks ----------------------------------------------------------------------------
@@ -208,6 +226,10 @@ UPSTREAM: Mapping[str, str] = {
     "callback.TokenCallback": "oxillama_py.callback:TokenCallback",
     "tqdm_helper.TqdmProgress": "oxillama_py.tqdm_helper:TqdmProgress",
     "tqdm_helper.CollectTokens": "oxillama_py.tqdm_helper:CollectTokens",
+    "StreamingCallback, TokenCallback (top level)": "oxillama_py:StreamingCallback",
+    "SpeculativeConfig.target, .draft, .num_speculative, .seed": "oxillama_py.compat:FieldsOnClass",
+    "utils.decode_from_logits(logits, temperature=, top_k=, top_p=, seed=)": "oxillama_py.utils:decode_from_logits",
+    "progress._build_bridge(obj, max_tokens)": "oxillama_py.progress:_build_bridge",
     # call shapes and methods of native classes, where they live
     "make_progress_adapter(obj, max_tokens) -> finaliser(error)": "oxillama_py.progress:make_progress_adapter",
     "Engine.is_loaded()": "oxillama_py:Engine.is_loaded",

@@ -14,7 +14,7 @@ from dataclasses import KW_ONLY, dataclass, field, fields, replace
 from typing import Any, TypeAlias
 
 from .checks import check_bool, check_int, check_number, check_path_like, check_type, describe
-from .compat import EngineConfigNames, SamplerConfigNames, take_alias
+from .compat import EngineConfigNames, FieldsOnClass, SamplerConfigNames, take_alias
 
 __all__ = [
     "SamplerConfig",
@@ -330,7 +330,7 @@ Drafter: TypeAlias = EngineConfig | PromptLookup
 
 
 @dataclass(frozen=True)
-class SpeculativeConfig:
+class SpeculativeConfig(metaclass=FieldsOnClass):
     """A target model and its drafter: a smaller GGUF model or :class:`PromptLookup`.
 
     ``num_speculative`` is the most tokens drafted per step; the engine adapts

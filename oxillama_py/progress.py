@@ -20,7 +20,8 @@ from typing import Any, ClassVar, Protocol
 
 from .bus.events import Event, Finished, Step, TokenEvent
 from .bus.subscriber import Outcome, Subscriber
-from .checks import check_int, check_number, check_type, describe, is_number
+from .checks import check_int, check_type, describe, is_number
+from .throttle import DEFAULT_THROTTLE_MS, DEFAULT_THROTTLE_TOKENS, ThrottleGate, check_throttle
 
 __all__ = [
     "check_progress",
@@ -34,9 +35,6 @@ __all__ = [
     "DEFAULT_THROTTLE_TOKENS",
     "check_throttle",
 ]
-
-DEFAULT_THROTTLE_MS = 50.0
-DEFAULT_THROTTLE_TOKENS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +293,31 @@ def make_progress_adapter(
     return obj, _Finaliser(_no_finaliser)  # type: ignore[return-value]
 
 
+def _build_bridge(
+    obj: object, max_tokens: int
+) -> tuple[Callable[[tuple[int, float, bool, str]], None], ProgressFinaliser]:
+    """Upstream's entry for its Rust decoder: ``(callback, finaliser)`` fed ``(tokens, elapsed, is_final, text)``.
+
+    Kept for code written against upstream that drives a display from its
+    own loop (upstream's tests call it); this library's engines publish
+    :class:`ProgressEvent` objects through :func:`make_progress_adapter`
+    instead. ``None`` gives no-op callables. The ETA is upstream's: the
+    remaining budget at the average rate, once two tokens are in.
+    """
+    callback, finaliser = make_progress_adapter(obj, max_tokens)
+    if callback is None or finaliser is None:
+        return (lambda tick: None), _Finaliser(_no_finaliser)
+    target = callback
+
+    def tick(values: tuple[int, float, bool, str]) -> None:
+        tokens, elapsed, is_final, text = values
+        rate = tokens / elapsed if elapsed > 0 else 0.0
+        eta = (max_tokens - tokens) / rate if tokens >= 2 and rate > 0 else None
+        target(ProgressEvent(tokens, max_tokens, elapsed, rate, eta, bool(is_final), text))
+
+    return tick, finaliser
+
+
 def check_progress(obj: object) -> str:
     """Which adapter ``obj`` needs (``"none"``, ``"tqdm"``, ``"widget"``, ``"callable"``), touching nothing.
 
@@ -314,43 +337,6 @@ def check_progress(obj: object) -> str:
         "progress must be None, a tqdm bar, an ipywidgets IntProgress/FloatProgress, "
         f"or a callable taking a ProgressEvent, got {describe(obj)}"
     )
-
-
-def check_throttle(throttle_ms: float | None, throttle_tokens: int | None) -> None:
-    """Reject bad throttle settings before any work starts (``TypeError`` for a wrong type)."""
-    if throttle_ms is not None:
-        check_number("progress_throttle_ms", throttle_ms, low=0)
-    if throttle_tokens is not None:
-        check_int("progress_throttle_tokens", throttle_tokens, low=1)
-
-
-class ThrottleGate:
-    """Open for the first token, then when either ``ms`` or ``tokens`` have passed."""
-
-    __slots__ = ("_last_count", "_last_time", "interval", "tokens")
-
-    def __init__(self, throttle_ms: float | None = None, throttle_tokens: int | None = None) -> None:
-        check_throttle(throttle_ms, throttle_tokens)
-        self.interval = (DEFAULT_THROTTLE_MS if throttle_ms is None else float(throttle_ms)) / 1000.0
-        self.tokens = DEFAULT_THROTTLE_TOKENS if throttle_tokens is None else throttle_tokens
-        self._last_time: float | None = None
-        self._last_count = 0
-
-    def ready(self, now: float, count: int) -> bool:
-        if count <= self._last_count:
-            return False
-        if self._last_time is None:
-            return True
-        return now - self._last_time >= self.interval or count - self._last_count >= self.tokens
-
-    @property
-    def unthrottled(self) -> bool:
-        """With no time gate, every token opens the gate: coalescing would drop events."""
-        return self.interval == 0.0
-
-    def mark(self, now: float, count: int) -> None:
-        self._last_time = now
-        self._last_count = count
 
 
 class ProgressSubscriber(Subscriber):

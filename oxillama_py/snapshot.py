@@ -1,6 +1,11 @@
 """Upstream oxillama-py's ``snapshot`` module: its spellings over :meth:`Engine.snapshot` and :meth:`Engine.restore`.
 
 The file format itself is :mod:`oxillama_py.engine.snapshot_file`.
+
+Limitations: a snapshot keeps the prefix cache's cells (what the engine holds
+between calls), not generations in flight. Only attention KV caches
+round-trip; recurrent models (Mamba) have no prefix cache here, so their
+snapshots hold the config and adapters only. Adapters are saved by path.
 """
 
 from __future__ import annotations

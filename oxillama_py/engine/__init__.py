@@ -6,7 +6,8 @@ pulled stream (:mod:`.stream`), the async surface by concept
 (:mod:`.async_engine` for generation and chat, :mod:`.model_state`,
 :mod:`.reads`), the snapshot file (:mod:`.snapshot_file`) and the files a
 restore reads (:mod:`.files`), the facade (:mod:`.sync`), and the engines configured to
-speculate every request (:mod:`.speculative`). See
+speculate every request (:mod:`.speculative`), and upstream's wrapper of a
+foreign engine (:mod:`.wrapped`). See
 ``docs/architecture.rst``.
 """
 
@@ -15,5 +16,16 @@ from .call import Call
 from .speculative import AsyncSpeculativeEngine, SpeculativeEngine
 from .stream import TextStream
 from .sync import Backend, Engine
+from .wrapped import WrappedEngine, WrappedStream
 
-__all__ = ["AsyncEngine", "AsyncSpeculativeEngine", "Backend", "Call", "Engine", "SpeculativeEngine", "TextStream"]
+__all__ = [
+    "AsyncEngine",
+    "AsyncSpeculativeEngine",
+    "Backend",
+    "Call",
+    "Engine",
+    "SpeculativeEngine",
+    "TextStream",
+    "WrappedEngine",
+    "WrappedStream",
+]

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from functools import partial
 from types import TracebackType
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import anyio
 import anyio.to_thread
@@ -56,6 +56,23 @@ class AsyncEngine(ModelState, Reads):
     use if :meth:`load_model` was not called; :meth:`aclose` (or ``async with``)
     stops the thread and frees the model.
     """
+
+    _wrapper: ClassVar[tuple[type[AsyncEngine], Callable[[object], bool]] | None] = None
+    """The class of ``AsyncEngine(x)`` for an engine-like ``x`` that is not ours, and its test (:mod:`.wrapped`)."""
+
+    def __init_subclass__(cls, *, wraps: Callable[[object], bool] | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if wraps is not None:
+            AsyncEngine._wrapper = (cls, wraps)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> AsyncEngine:
+        given = args[0] if args else kwargs.get("config")
+        foreign = given is not None and not isinstance(given, EngineConfig) and not hasattr(given, "async_engine")
+        if cls is AsyncEngine and foreign and AsyncEngine._wrapper is not None:
+            wrapper, accepts = AsyncEngine._wrapper
+            if accepts(given):
+                return object.__new__(wrapper)  # upstream's AsyncEngine(any engine); its __init__ runs next
+        return object.__new__(cls)
 
     def __init__(self, config: EngineConfig | _Facade | None = None) -> None:
         self._speculating_engine: str | None = None
