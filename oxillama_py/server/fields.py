@@ -17,6 +17,7 @@ keyword options.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -190,8 +191,8 @@ def sampler_options(fields: Mapping[str, Any]) -> GenerateKwargs:
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, int):
             raise bad_request("'top_k' must be an integer", "top_k")
-        if top_k < -1:
-            raise bad_request(f"'top_k' must be >= 0 (or -1: off), got {top_k}", "top_k")
+        if not -1 <= top_k < 2**31:
+            raise bad_request(f"'top_k' must be in [0, 2147483647] (or -1: off), got {top_k}", "top_k")
         options["top_k"] = max(top_k, 0)  # vLLM's -1 and llama.cpp's 0 both mean no top-k
     min_p = number(fields, "min_p", 0.0, 1.0)
     if min_p is not None:
@@ -234,10 +235,17 @@ def number(fields: Mapping[str, Any], name: str, low: float, high: float, *, low
     value = fields.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
         raise bad_request(f"'{name}' must be a number", name)
+    # an int beyond a float (10**400) compares exactly with the bounds below, and no bound lets it through
     if value < low or value > high or (low_open and value == low):
         opening = "(" if low_open else "["
         bound = f"> {low}" if math.isinf(high) else f"in {opening}{low}, {high}]"
         raise bad_request(f"'{name}' must be {bound}, got {value}", name)
+    if value > sys.float_info.max:  # an int past every float, where the upper bound is open
+        raise bad_request(f"'{name}' is too large", name)
     return float(value)
