@@ -420,6 +420,37 @@ class Scale(Figure):
         return {"ray_over_process": check}
 
 
+class Routing(Figure):
+    name, title = "routing", "Prefix-aware routing on Ray Serve"
+    facts = (
+        "{d[settings][users]} chat users at once, each with its own system prompt (~{tokens} tokens) and "
+        "{d[settings][turns]} turns of {d[max_tokens]} greedy tokens; no-shared-prefix throughput: "
+        "{d[settings][clients]} chats at once with prompts that share no prefix"
+    )
+    after = (
+        "Ray set-ups: 2 replicas x 1 llama.cpp thread behind the app's ingress; the process: 2 threads, twice the KV."
+    )
+    setups: ClassVar[dict[str, str]] = {
+        "process": "1 process, 2 threads",
+        "pow2": "Ray, 2 replicas, power of two choices",
+        "prefix": "Ray, 2 replicas, prefix-aware",
+    }
+
+    def columns(self, d: Data) -> list[Column]:
+        res = [d["results"][name] for name in self.setups]
+        share = [{k: v * 100 for k, v in r["hit_share"].items() if k != "samples"} for r in res]
+        return [
+            Column("set-up", list(self.setups.values())),
+            Column("prompt tokens from the prefix cache (%)", share, 1, "prefix-cache hit share (%)"),
+            Column("TTFT p50 (ms)", [r["ttft_p50_ms"] for r in res], 0, "time to first token (ms)"),
+            Column("TTFT p95 (ms)", [r["ttft_p95_ms"] for r in res], 0, "time to first token (ms)"),
+            Column("no shared prefix: tok/s", [r["unique_tok_per_sec"] for r in res], 1, "aggregate tok/s"),
+        ]
+
+    def values(self, d: Data) -> Data:
+        return {"tokens": round(d["results"]["process"]["prompt_tokens_first_turn"])}
+
+
 FIGURES: dict[str, Figure] = {cls.name: cls() for cls in Figure.__subclasses__()}
 
 
@@ -537,6 +568,8 @@ TARGETS: list[tuple[Path, str, tuple[str, ...]]] = [
     (DOCS / "speculative.rst", "", ("speculative",)),
     (DOCS / "speculative.rst", "speculative_batch", ("speculative_batch",)),
     (DOCS / "scaling.rst", "", ("scale",)),
+    (DOCS / "scaling.rst", "routing", ("routing",)),
+    (README, "routing", ("routing",)),
 ]
 
 

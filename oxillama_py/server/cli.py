@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     ray.add_argument(
         "--num-cpus", type=float, default=1.0, help="Ray CPUs each replica reserves (--threads defaults to it)"
     )
+    ray.add_argument(
+        "--router",
+        choices=("prefix", "pow2"),
+        default=None,
+        help="prefix: a prompt goes to the replica holding its prefix (default); pow2: Serve's default router",
+    )
     return parser
 
 
@@ -123,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.shutdown_grace < 0:
             raise ValueError(f"--shutdown-grace must be >= 0, got {args.shutdown_grace}")
         ray_used = args.ray or args.replicas is not None or args.autoscale is not None or args.address is not None
+        ray_used = ray_used or args.router is not None
         if ray_used:
             return _serve_on_ray(args, config, settings)
         app = create_app(config, settings)
@@ -149,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve_on_ray(args: argparse.Namespace, config: EngineConfig, settings: ServerSettings) -> int:
     if not args.ray:
-        raise ValueError("--replicas, --autoscale and --address need --ray")
+        raise ValueError("--replicas, --autoscale, --address and --router need --ray")
     if args.backend != "asyncio":
         raise ValueError("--backend does not apply with --ray: Serve runs each replica's own asyncio loop")
     try:
@@ -169,6 +176,7 @@ def _serve_on_ray(args: argparse.Namespace, config: EngineConfig, settings: Serv
         autoscale=autoscale,
         num_cpus=args.num_cpus,
         n_threads=args.threads,
+        router=args.router or "prefix",
     )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     serve_until_signal(ray_config, address=args.address, host=args.host, port=args.port)
