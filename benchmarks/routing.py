@@ -22,7 +22,7 @@ from server import running
 
 SETUPS = ("process", "pow2", "prefix")
 USERS, TURNS, CLIENTS = 8, 6, 16
-CTX, CACHE = 12288, 6144  # per replica; the one process has twice both (the same memory in all)
+CTX, CACHE = 8192, 4096  # per replica; the one process has twice both (the same memory in all)
 TARGETS = {"hit_share": 0.85, "ttft_p50": 1.3, "unique_tok_per_sec": 0.9}
 
 
@@ -42,7 +42,7 @@ def system_prompt(user: int, round_no: int) -> str:
     rules = " ".join(
         f"Guideline {k} of {user}.{round_no}: when the question touches {topic}, give one concrete detail, "
         f"name a source of type {k % 7}, and keep it under {20 + k} words."
-        for k in range(28)
+        for k in range(19)
     )
     return f"Session {round_no * 100 + user}. You are assistant {user}, an expert on {topic}. {rules}"
 
@@ -146,7 +146,7 @@ def analyse(contenders: list[h.Contender]) -> dict[str, Any]:
 
 
 def main() -> int:
-    run = h.start("routing", __doc__, rounds=(3, 1), max_tokens=(24, 8), info_threads=2)
+    run = h.start("routing", __doc__, rounds=(2, 1), max_tokens=(16, 8), info_threads=2)
     commands: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="oxillama-routing-bench-") as tmp:
 
