@@ -420,6 +420,34 @@ class Scale(Figure):
         return {"ray_over_process": check}
 
 
+class Adapters(Figure):
+    name, title = "adapters", "LoRA adapters as models"
+    facts = (
+        "{d[settings][requests]} requests queued at once, base model and two adapters interleaved, "
+        "{d[max_tokens]} greedy tokens each, {d[settings][slots]} slots per engine"
+    )
+    after = (
+        "The per-adapter engines share one load of the weights ({d[settings][engines_sharing_weights]} engines in "
+        "the process); the groups engine serves the queued requests of one adapter, switches with apply_lora, and "
+        "serves the next."
+    )
+    setups: ClassVar[dict[str, str]] = {
+        "engines": "an engine per adapter, all threads each",
+        "engines_split": "an engine per adapter, threads split",
+        "groups": "one engine, adapter groups in turn",
+    }
+
+    def columns(self, d: Data) -> list[Column]:
+        ttft = [d["ttft_secs"][name] for name in self.setups]
+        return [
+            Column("set-up", list(self.setups.values())),
+            Column("threads", [str(d["settings"]["threads"][name]) for name in self.setups]),
+            Column("aggregate tok/s", [d["tok_per_sec"][n] for n in self.setups], panel="tok/s (median, min-max)"),
+            Column("TTFT p50 (ms)", [t["p50"] * 1000 for t in ttft], 0, "time to first token (ms)"),
+            Column("TTFT p95 (ms)", [t["p95"] * 1000 for t in ttft], 0, "time to first token (ms)"),
+        ]
+
+
 FIGURES: dict[str, Figure] = {cls.name: cls() for cls in Figure.__subclasses__()}
 
 
@@ -532,11 +560,13 @@ TARGETS: list[tuple[Path, str, tuple[str, ...]]] = [
     (README, "structured", ("structured",)),
     (README, "prefix_cache", ("prefix_cache",)),
     (README, "speculative_batch", ("speculative_batch",)),
+    (README, "adapters", ("adapters",)),
     (DOCS / "batching.rst", "", ("batching",)),
     (DOCS / "prefix-cache.rst", "", ("prefix_cache",)),
     (DOCS / "speculative.rst", "", ("speculative",)),
     (DOCS / "speculative.rst", "speculative_batch", ("speculative_batch",)),
     (DOCS / "scaling.rst", "", ("scale",)),
+    (DOCS / "models.rst", "", ("adapters",)),
 ]
 
 
