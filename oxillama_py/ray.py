@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import signal
 import socket
 import threading
@@ -32,21 +33,20 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("oxillama_py.ray needs Ray Serve: pip install 'oxillama-py[ray]'") from exc
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message
 
 from .chat import Message as ChatMessage
 from .checks import check_int, check_number, check_type
 from .config import EngineConfig
-from .engine import AsyncEngine
 from .ray_ingress import (
     ENGINE_DEPLOYMENT,
     STATS_MESSAGE,
     Forwarded,
     OxiLlamaIngress,
     Routed,
-    prefix_cache_stats,
     remote_options,
 )
+from .ray_replica import AppLifespan, NameReplica, ReplicaModels, build_registry
 from .results import CompletionResult
 from .server import ServerSettings, create_app
 
@@ -100,6 +100,9 @@ class RayServeConfig:
     route_prefix: str = "/"
     router: str = "prefix"
     imbalance: int | None = None
+    models: tuple[tuple[str, EngineConfig], ...] = ()
+    adapters: tuple[tuple[str, str | os.PathLike[str], float], ...] = ()
+    max_loaded_models: int | None = None
 
     def __post_init__(self) -> None:
         check_type("engine", self.engine, EngineConfig, "an EngineConfig")
@@ -118,6 +121,7 @@ class RayServeConfig:
             raise ValueError(f"router must be one of {', '.join(map(repr, ROUTERS))}, got {self.router!r}")
         if self.imbalance is not None:
             check_int("imbalance", self.imbalance, low=0)
+        _check_models(self.models, self.adapters, self.max_loaded_models)
         if self.n_threads is not None:
             check_int("n_threads", self.n_threads, low=1)
         if not check_type("name", self.name, str, "a non-empty str"):
@@ -177,63 +181,6 @@ class RayServeConfig:
         }
 
 
-class _Lifespan:
-    """An ASGI app's lifespan, run by hand: started before the replica serves, stopped when it goes."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.events: asyncio.Queue[Message] = asyncio.Queue()
-        self.replies: asyncio.Queue[Message] = asyncio.Queue()
-        self.task: asyncio.Future[None] | None = None
-
-    async def _reply(self, event: str) -> None:
-        assert self.task is not None
-        await self.events.put({"type": f"lifespan.{event}"})
-        reply = asyncio.ensure_future(self.replies.get())
-        either: set[asyncio.Future[Any]] = {reply, self.task}
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if not reply.done():
-            reply.cancel()
-            self.task.result()  # the app's exception
-            raise RuntimeError(f"the app's lifespan ended without answering lifespan.{event}")
-        if reply.result()["type"] != f"lifespan.{event}.complete":
-            raise RuntimeError(f"lifespan.{event} failed: {reply.result().get('message', '')}")
-
-    async def start(self) -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
-
-        async def send(message: Message) -> None:
-            await self.replies.put(message)
-
-        self.task = asyncio.ensure_future(self.app(scope, self.events.get, send))
-        await self._reply("startup")
-
-    async def stop(self) -> None:
-        if self.task is not None and not self.task.done():
-            await self._reply("shutdown")
-            await self.task
-
-
-class _NameReplica:
-    """ASGI middleware: every HTTP response carries :data:`REPLICA_HEADER`."""
-
-    def __init__(self, app: ASGIApp, replica: str) -> None:
-        self.app = app
-        self.header = (REPLICA_HEADER.encode("latin-1"), replica.encode("latin-1"))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def named(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), self.header]}
-            await send(message)
-
-        await self.app(scope, receive, named)
-
-
 class OxiLlamaDeployment:
     """One engine replica: the server app over its own engine, for the ingress, and the engine's handle calls.
 
@@ -244,14 +191,22 @@ class OxiLlamaDeployment:
     async def __init__(self, config: RayServeConfig) -> None:  # type: ignore[misc]  # Serve awaits it
         self.replica = _replica_id()
         settings = replace(config.settings, replica=self.replica)
-        app = create_app(config.replica_engine, settings)
-        self.engine: AsyncEngine = app.state.server.engine
-        self._named = _NameReplica(app, self.replica)
-        self._lifespan = _Lifespan(app)
+        registry = None
+        if config.models:
+            registry = build_registry(config.models, config.adapters, config.max_loaded_models, config.threads)
+            app = create_app(registry, replace(settings, model_name=None))
+            self.models = ReplicaModels(None, registry)
+        else:
+            app = create_app(config.replica_engine, settings)
+            self.models = ReplicaModels(app.state.server.engine, None)
+        self._named = NameReplica(app, REPLICA_HEADER, self.replica)
+        self._lifespan = AppLifespan(app)
         await self._lifespan.start()
 
     async def __del__(self) -> None:
         await self._lifespan.stop()
+        if self.models.registry is not None:
+            await self.models.registry.aclose()
 
     async def forward(self, request: Forwarded) -> AsyncIterator[Message]:
         """The ASGI messages of this replica's app answering ``request`` (from the ingress), then its numbers.
@@ -275,6 +230,7 @@ class OxiLlamaDeployment:
             finally:
                 messages.put_nowait(None)
 
+        await self.models.select()
         task = asyncio.ensure_future(run())
         try:
             while (message := await messages.get()) is not None:
@@ -289,9 +245,7 @@ class OxiLlamaDeployment:
 
     def stats_message(self) -> Message:
         """This replica's prefix-cache numbers, as the ingress keeps them."""
-        stats = self.engine.stats
-        numbers = {"prefix_cache": prefix_cache_stats(stats.prefix_cache), "decode_steps": stats.decode_steps}
-        return {"type": STATS_MESSAGE, "replica": self.replica, "stats": numbers}
+        return {"type": STATS_MESSAGE, "replica": self.replica, "stats": self.models.numbers()}
 
     async def call(
         self, route: Routed | None = None, method: str = "", args: Sequence[Any] = (), options: Any = None
@@ -310,47 +264,69 @@ class OxiLlamaDeployment:
 
     async def generate(self, prompt: str, max_tokens: int = 128, **options: Any) -> str:
         """:meth:`AsyncEngine.generate` in this replica."""
-        return await self.engine.generate(prompt, max_tokens, **remote_options(options))
+        async with self.models.use() as engine:
+            return await engine.generate(prompt, max_tokens, **remote_options(options))
 
     async def complete(self, prompt: str, max_tokens: int = 128, **options: Any) -> CompletionResult:
         """:meth:`AsyncEngine.complete` in this replica: text, tokens, finish reason, timings."""
-        return await self.engine.complete(prompt, max_tokens, **remote_options(options))
+        async with self.models.use() as engine:
+            return await engine.complete(prompt, max_tokens, **remote_options(options))
 
     async def generate_batch(self, prompts: Sequence[str], max_tokens: int = 128, **options: Any) -> list[str]:
         """:meth:`AsyncEngine.generate_batch` in this replica (one replica batches them together)."""
-        return await self.engine.generate_batch(list(prompts), max_tokens, **remote_options(options))
+        async with self.models.use() as engine:
+            return await engine.generate_batch(list(prompts), max_tokens, **remote_options(options))
 
     async def complete_batch(
         self, prompts: Sequence[str], max_tokens: int = 128, **options: Any
     ) -> list[CompletionResult]:
         """:meth:`AsyncEngine.complete_batch` in this replica."""
-        return await self.engine.complete_batch(list(prompts), max_tokens, **remote_options(options))
+        async with self.models.use() as engine:
+            return await engine.complete_batch(list(prompts), max_tokens, **remote_options(options))
 
     async def chat(self, messages: Sequence[ChatMessage], max_tokens: int = 128, **options: Any) -> CompletionResult:
         """:meth:`AsyncEngine.chat` in this replica."""
-        return await self.engine.chat(messages, max_tokens, **remote_options(options))
+        async with self.models.use() as engine:
+            return await engine.chat(messages, max_tokens, **remote_options(options))
 
     async def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> AsyncIterator[str]:
         """Text pieces as they are decoded: call through ``handle.options(stream=True)``.
 
         A caller that stops iterating (or cancels the call) cancels the generation.
         """
-        async with self.engine.stream(prompt, max_tokens, **remote_options(options)) as pieces:
+        async with self.models.use() as engine, engine.stream(prompt, max_tokens, **remote_options(options)) as pieces:
             async for piece in pieces:
                 yield piece
 
     async def health(self) -> dict[str, Any]:
-        """The replica's id and its engine's numbers (what ``/health`` shows, as a dict)."""
-        stats = self.engine.stats
+        """The replica's id and its engines' numbers (what ``/health`` shows, as a dict)."""
+        stats = [engine.stats for engine in self.models.engines().values()]
+        numbers = self.models.numbers()
         return {
             "replica": self.replica,
             "node": socket.gethostname(),
-            "model_loaded": stats.loaded,
-            "slots": stats.slots,
-            "slots_busy": stats.active,
-            "queue": stats.waiting,
-            "decode_steps": stats.decode_steps,
+            "model_loaded": bool(stats) and all(s.loaded for s in stats),
+            "slots": sum(s.slots for s in stats),
+            "slots_busy": sum(s.active for s in stats),
+            "queue": sum(s.waiting for s in stats),
+            **numbers,
         }
+
+
+def _check_models(models: object, adapters: object, max_loaded: object) -> None:
+    if not isinstance(models, tuple) or not all(
+        isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str) and m[0] and isinstance(m[1], EngineConfig)
+        for m in models
+    ):
+        raise TypeError("models must be a tuple of (name, EngineConfig) pairs")
+    if len({name for name, _ in models}) != len(models):
+        raise ValueError("models must have distinct names")
+    if not isinstance(adapters, tuple) or not all(isinstance(a, tuple) and len(a) == 3 for a in adapters):
+        raise TypeError("adapters must be a tuple of (name, path, scale) triples")
+    if adapters and not models:
+        raise ValueError("adapters are served over the first of models: give models")
+    if max_loaded is not None:
+        check_int("max_loaded_models", max_loaded, low=1)
 
 
 _CALLS = frozenset({"generate", "complete", "generate_batch", "complete_batch", "chat"})
@@ -380,7 +356,8 @@ def build(config: RayServeConfig | None = None) -> serve.Application:
     check_type("config", config, RayServeConfig, "a RayServeConfig")
     engine = serve.deployment(OxiLlamaDeployment).options(**config.deployment_options()).bind(config)
     ingress = serve.deployment(OxiLlamaIngress).options(**config.ingress_options())
-    return ingress.bind(engine, prefix_tree=config.router == "prefix")
+    names = tuple(name for name, _ in config.models) + tuple(name for name, _, _ in config.adapters)
+    return ingress.bind(engine, prefix_tree=config.router == "prefix", models=names)
 
 
 def deploy(

@@ -17,7 +17,6 @@ replica's prefix-cache numbers, which the ingress keeps per replica
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -160,11 +159,6 @@ class ReplicaTable:
         return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-def prefix_cache_stats(stats: Any) -> dict[str, Any]:
-    """An engine's ``stats.prefix_cache`` as a plain dict (what crosses to the ingress)."""
-    return dataclasses.asdict(stats)
-
-
 class Ingress:
     """The ingress's ASGI app: each HTTP request forwarded to an engine replica through ``engine`` (a handle).
 
@@ -173,10 +167,10 @@ class Ingress:
     ``oxillama:replica_*`` counters in the text.
     """
 
-    def __init__(self, engine: Any, table: ReplicaTable, multiplexed: bool = False) -> None:
+    def __init__(self, engine: Any, table: ReplicaTable, models: frozenset[str] = frozenset()) -> None:
         self.engine = engine
         self.table = table
-        self.multiplexed = multiplexed
+        self.models = models
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -208,9 +202,10 @@ class Ingress:
             body=body,
             client=tuple(scope["client"]) if scope.get("client") else None,
         )
-        handle = self.engine.options(
-            stream=True, **({"multiplexed_model_id": model} if model and self.multiplexed else {})
-        )
+        # A served model's name is Serve's multiplexed model id: Serve routes the request to replicas that hold
+        # it loaded. An unknown name goes anywhere, for the replica's app to answer 404.
+        routed = {"multiplexed_model_id": model} if model in self.models else {}
+        handle = self.engine.options(stream=True, **routed)
         # A request with a prompt is the router's first argument; one without (GET /health...) is a keyword,
         # which a prefix-aware router routes as power of two choices.
         response = handle.forward.remote(request) if text else handle.forward.remote(request=request)
@@ -267,18 +262,25 @@ class OxiLlamaIngress:
     as an HTTP request's is; calls without one (``health``) go to any replica.
     """
 
-    def __init__(self, engine: Any, prefix_tree: bool = False, multiplexed: bool = False) -> None:
+    def __init__(self, engine: Any, prefix_tree: bool = False, models: tuple[str, ...] = ()) -> None:
         if prefix_tree:
             _own_prefix_tree()
         self.engine = engine
         self.table = ReplicaTable()
-        self._app = Ingress(engine, self.table, multiplexed)
+        self._app = Ingress(engine, self.table, frozenset(models))
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         return self._app
 
+    def _engine(self, **options: Any) -> Any:
+        """The engine handle, with the caller's ``multiplexed_model_id`` passed on when it names a model."""
+        model = serve.get_multiplexed_model_id()
+        if model in self._app.models:
+            options["multiplexed_model_id"] = model
+        return self.engine.options(**options) if options else self.engine
+
     async def _call(self, text: str, method: str, *args: Any, **options: Any) -> Any:
-        return await _remote(self.engine.call, text, method, args, remote_options(options))
+        return await _remote(self._engine().call, text, method, args, remote_options(options))
 
     async def generate(self, prompt: str, max_tokens: int = 128, **options: Any) -> Any:
         """:meth:`AsyncEngine.generate` in a replica."""
@@ -305,7 +307,7 @@ class OxiLlamaIngress:
 
     async def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> AsyncIterator[str]:
         """Text pieces as they are decoded: call through ``handle.options(stream=True)``."""
-        handle = self.engine.options(stream=True).call_stream
+        handle = self._engine(stream=True).call_stream
         response = _remote(handle, prompt, "stream", (prompt, max_tokens), remote_options(options))
         async for piece in relay_pieces(response):
             yield piece

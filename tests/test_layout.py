@@ -115,6 +115,7 @@ def _private(name: str) -> bool:
         *sorted((PACKAGE / "server").glob("*.py")),
         PACKAGE / "ray.py",
         PACKAGE / "ray_ingress.py",
+        PACKAGE / "ray_replica.py",
         PACKAGE / "__main__.py",
     ],
     ids=lambda p: p.relative_to(PACKAGE).as_posix(),

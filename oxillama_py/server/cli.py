@@ -163,8 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         ray_used = args.ray or args.replicas is not None or args.autoscale is not None or args.address is not None
         ray_used = ray_used or args.router is not None
         if ray_used:
-            if not isinstance(config, EngineConfig):
-                raise ValueError("several --model or --lora are not served with --ray yet")
             return _serve_on_ray(args, config, settings)
         app = create_app(config, settings)
     except (OxiLlamaError, ValueError, TypeError) as exc:
@@ -190,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _serve_on_ray(args: argparse.Namespace, config: EngineConfig, settings: ServerSettings) -> int:
+def _serve_on_ray(args: argparse.Namespace, config: EngineConfig | ModelRegistry, settings: ServerSettings) -> int:
+    """Deploy on Ray; several models go to each replica's own registry, as their names and configs."""
     if not args.ray:
         raise ValueError("--replicas, --autoscale, --address and --router need --ray")
     if args.backend != "asyncio":
@@ -205,9 +204,17 @@ def _serve_on_ray(args: argparse.Namespace, config: EngineConfig, settings: Serv
         if not sep or not low.strip().isdigit() or not high.strip().isdigit():
             raise ValueError(f"--autoscale must be MIN:MAX (two integers), got {args.autoscale!r}")
         autoscale = (int(low), int(high))
+    models: dict[str, Any] = {}
+    if isinstance(config, ModelRegistry):
+        names = config.names
+        bases = tuple((name, config.config(name)) for name in names if config.parent(name) is None)
+        lora = tuple((name, *config.config(name).lora[-1]) for name in names if config.parent(name) is not None)
+        models = {"models": bases, "adapters": lora, "max_loaded_models": config.max_loaded}
+        config = bases[0][1]
     ray_config = RayServeConfig(
         engine=config,
         settings=settings,
+        **models,
         replicas=1 if args.replicas is None else args.replicas,
         autoscale=autoscale,
         num_cpus=args.num_cpus,
