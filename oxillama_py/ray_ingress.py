@@ -207,8 +207,11 @@ class Ingress:
         routed = {"multiplexed_model_id": model} if model in self.models else {}
         handle = self.engine.options(stream=True, **routed)
         # A request with a prompt is the router's first argument; one without (GET /health...) is a keyword,
-        # which a prefix-aware router routes as power of two choices.
-        response = handle.forward.remote(request) if text else handle.forward.remote(request=request)
+        # which a prefix-aware router routes as power of two choices. So is one naming a model: the prefix
+        # router's fallback for a prompt it has not seen (the replica holding the fewest prefixes) ignores
+        # which replicas hold the model, and a model moved is a load, which costs more than a prefill.
+        call = handle.forward.remote
+        response = call(request) if text and not routed else call(request=request)
         await self._relay(response, request, send)
 
     async def _relay(self, response: Any, request: Forwarded, send: Send) -> None:
@@ -272,14 +275,17 @@ class OxiLlamaIngress:
     def __serve_build_asgi_app__(self) -> ASGIApp:
         return self._app
 
+    def _named(self) -> bool:
+        return serve.get_multiplexed_model_id() in self._app.models
+
     def _engine(self, **options: Any) -> Any:
         """The engine handle, with the caller's ``multiplexed_model_id`` passed on when it names a model."""
-        model = serve.get_multiplexed_model_id()
-        if model in self._app.models:
-            options["multiplexed_model_id"] = model
+        if self._named():
+            options["multiplexed_model_id"] = serve.get_multiplexed_model_id()
         return self.engine.options(**options) if options else self.engine
 
     async def _call(self, text: str, method: str, *args: Any, **options: Any) -> Any:
+        text = "" if self._named() else text  # as in Ingress.__call__
         return await _remote(self._engine().call, text, method, args, remote_options(options))
 
     async def generate(self, prompt: str, max_tokens: int = 128, **options: Any) -> Any:
@@ -307,8 +313,8 @@ class OxiLlamaIngress:
 
     async def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> AsyncIterator[str]:
         """Text pieces as they are decoded: call through ``handle.options(stream=True)``."""
-        handle = self._engine(stream=True).call_stream
-        response = _remote(handle, prompt, "stream", (prompt, max_tokens), remote_options(options))
+        text, options = ("" if self._named() else prompt), remote_options(options)  # text: as in Ingress.__call__
+        response = _remote(self._engine(stream=True).call_stream, text, "stream", (prompt, max_tokens), options)
         async for piece in relay_pieces(response):
             yield piece
 
