@@ -420,6 +420,65 @@ class Scale(Figure):
         return {"ray_over_process": check}
 
 
+class Routing(Figure):
+    name, title = "routing", "Prefix-aware routing on Ray Serve"
+    facts = (
+        "{d[settings][users]} chat users at once, each with its own system prompt (~{tokens} tokens) and "
+        "{d[settings][turns]} turns of {d[max_tokens]} greedy tokens; no-shared-prefix throughput: "
+        "{d[settings][clients]} chats at once with prompts that share no prefix"
+    )
+    after = (
+        "Ray set-ups: 2 replicas x 1 llama.cpp thread behind the app's ingress; the process: 2 threads, twice the KV."
+    )
+    setups: ClassVar[dict[str, str]] = {
+        "process": "1 process, 2 threads",
+        "pow2": "Ray, 2 replicas, power of two choices",
+        "prefix": "Ray, 2 replicas, prefix-aware",
+    }
+
+    def columns(self, d: Data) -> list[Column]:
+        res = [d["results"][name] for name in self.setups]
+        share = [{k: v * 100 for k, v in r["hit_share"].items() if k != "samples"} for r in res]
+        return [
+            Column("set-up", list(self.setups.values())),
+            Column("prompt tokens from the prefix cache (%)", share, 1, "prefix-cache hit share (%)"),
+            Column("TTFT p50 (ms)", [r["ttft_p50_ms"] for r in res], 0, "time to first token (ms)"),
+            Column("TTFT p95 (ms)", [r["ttft_p95_ms"] for r in res], 0, "time to first token (ms)"),
+            Column("no shared prefix: tok/s", [r["unique_tok_per_sec"] for r in res], 1, "aggregate tok/s"),
+        ]
+
+    def values(self, d: Data) -> Data:
+        return {"tokens": round(d["results"]["process"]["prompt_tokens_first_turn"])}
+
+
+class Adapters(Figure):
+    name, title = "adapters", "LoRA adapters as models"
+    facts = (
+        "{d[settings][requests]} requests queued at once, base model and two adapters interleaved, "
+        "{d[max_tokens]} greedy tokens each, {d[settings][slots]} slots per engine"
+    )
+    after = (
+        "The per-adapter engines share one load of the weights ({d[settings][engines_sharing_weights]} engines in "
+        "the process); the groups engine serves the queued requests of one adapter, switches with apply_lora, and "
+        "serves the next."
+    )
+    setups: ClassVar[dict[str, str]] = {
+        "engines": "an engine per adapter, all threads each",
+        "engines_split": "an engine per adapter, threads split",
+        "groups": "one engine, adapter groups in turn",
+    }
+
+    def columns(self, d: Data) -> list[Column]:
+        ttft = [d["ttft_secs"][name] for name in self.setups]
+        return [
+            Column("set-up", list(self.setups.values())),
+            Column("threads", [str(d["settings"]["threads"][name]) for name in self.setups]),
+            Column("aggregate tok/s", [d["tok_per_sec"][n] for n in self.setups], panel="tok/s (median, min-max)"),
+            Column("TTFT p50 (ms)", [t["p50"] * 1000 for t in ttft], 0, "time to first token (ms)"),
+            Column("TTFT p95 (ms)", [t["p95"] * 1000 for t in ttft], 0, "time to first token (ms)"),
+        ]
+
+
 FIGURES: dict[str, Figure] = {cls.name: cls() for cls in Figure.__subclasses__()}
 
 
@@ -532,11 +591,15 @@ TARGETS: list[tuple[Path, str, tuple[str, ...]]] = [
     (README, "structured", ("structured",)),
     (README, "prefix_cache", ("prefix_cache",)),
     (README, "speculative_batch", ("speculative_batch",)),
+    (README, "adapters", ("adapters",)),
     (DOCS / "batching.rst", "", ("batching",)),
     (DOCS / "prefix-cache.rst", "", ("prefix_cache",)),
     (DOCS / "speculative.rst", "", ("speculative",)),
     (DOCS / "speculative.rst", "speculative_batch", ("speculative_batch",)),
     (DOCS / "scaling.rst", "", ("scale",)),
+    (DOCS / "scaling.rst", "routing", ("routing",)),
+    (README, "routing", ("routing",)),
+    (DOCS / "models.rst", "", ("adapters",)),
 ]
 
 

@@ -25,11 +25,13 @@ from .errors import (
     OxiLlamaError,
     SnapshotError,
     TokenizerError,
+    UnknownModelError,
 )
 from .grammar import Grammar
 from .lora import Lora
 from .options import BatchKwargs, GenerateKwargs
 from .progress import ProgressEvent, make_progress_adapter
+from .registry import ModelRegistry
 from .results import (
     CompletionResult,
     FinishReason,
@@ -42,6 +44,7 @@ from .results import (
 )
 from .stats import EngineStats, PrefixCacheStats
 from .tokenizer import Tokenizer
+from .weights import LoadedWeights, loaded_weights
 
 __version__ = "0.2.0"
 
@@ -67,7 +70,9 @@ __all__ = [
     "HubOrigin",
     "KvCacheFullError",
     "LoadError",
+    "LoadedWeights",
     "Lora",
+    "ModelRegistry",
     "OxiLlamaError",
     "ProgressEvent",
     "PromptLookup",
@@ -87,7 +92,9 @@ __all__ = [
     "TopLogprob",
     "ToolCall",
     "TqdmProgress",
+    "UnknownModelError",
     "VerifyStep",
+    "loaded_weights",
     "make_progress_adapter",
     "__version__",
 ]

@@ -3,7 +3,8 @@
 Every value is checked when the object is built, so a typo in a sampler setting
 surfaces at the call site instead of as a crash deep inside llama.cpp: a wrong
 type raises ``TypeError``, a wrong value ``ValueError``, as everywhere in the
-package. Pure data: nothing here does I/O or imports the binding layer.
+package. Pure data: nothing here imports the binding layer, and the only I/O is checking
+that the LoRA adapter files a config names exist.
 """
 
 from __future__ import annotations
@@ -172,6 +173,29 @@ def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(checked.items()))
 
 
+LoraPairs: TypeAlias = "tuple[tuple[str | os.PathLike[str], float], ...] | list[tuple[str | os.PathLike[str], float]]"
+"""What ``EngineConfig.lora`` takes: ``(adapter file, scale)`` pairs."""
+
+
+def _lora_pairs(value: object) -> tuple[tuple[str, float], ...]:
+    """Adapter files that exist (the one check of the file system here) and finite scales, as ``(str, float)``."""
+    what = "a tuple of (path, scale) pairs"
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"lora must be {what}, got {describe(value)}")
+    pairs: list[tuple[str, float]] = []
+    for i, pair in enumerate(value):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"lora[{i}] must be a (path, scale) pair, got {describe(pair)}")
+        path = os.fspath(check_path_like(f"lora[{i}] path", pair[0]))
+        scale = check_number(f"lora[{i}] scale", pair[1])
+        if not os.path.isfile(os.path.expanduser(path)):
+            raise ValueError(f"lora[{i}]: no LoRA adapter file at {path!r}")
+        if any(os.path.samefile(os.path.expanduser(path), os.path.expanduser(p)) for p, _ in pairs):
+            raise ValueError(f"lora[{i}]: the adapter {path!r} is given twice")
+        pairs.append((path, float(scale)))
+    return tuple(pairs)
+
+
 def _default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
@@ -211,6 +235,11 @@ class EngineConfig(EngineConfigNames):
     ``speculative=False`` (or in, on an engine without it, with ``True``: prompt
     lookup). See the speculative decoding docs.
 
+    ``lora`` is a tuple of ``(path, scale)`` pairs: LoRA adapters applied when
+    the model loads, before any request (as ``apply_lora`` of each would be).
+    Engines of one process that load the same model file share its weights,
+    each with its own adapters (see the models docs).
+
     Upstream oxillama-py's ``context_size`` and ``num_threads`` are accepted
     (and read back) for ``n_ctx`` and ``n_threads``.
     """
@@ -228,6 +257,7 @@ class EngineConfig(EngineConfigNames):
     prefix_cache_tokens: int | None = None
     speculative: PromptLookup | EngineConfig | None = None
     speculative_tokens: int | None = None
+    lora: tuple[tuple[str, float], ...] = ()
 
     def __init__(
         self,
@@ -244,10 +274,12 @@ class EngineConfig(EngineConfigNames):
         prefix_cache_tokens: int | None = None,
         speculative: PromptLookup | EngineConfig | None = None,
         speculative_tokens: int | None = None,
+        lora: LoraPairs = (),
         context_size: int | None = None,
         num_threads: int | None = None,
     ) -> None:
         # Spelled out (not generated) so that upstream's spellings are typed keywords too.
+        lora = _lora_pairs(lora)
         n_ctx = take_alias("EngineConfig", "n_ctx", n_ctx, 16384, "context_size", context_size)
         n_threads = take_alias("EngineConfig", "n_threads", n_threads, _THREADS, "num_threads", num_threads)
         _assign(self, locals())
@@ -389,6 +421,8 @@ def _check_draft(draft: EngineConfig, target: EngineConfig) -> None:
         raise ValueError(f"draft.sampler must be left at its default ({why}), got {draft.sampler!r}")
     if draft.seed is not None:
         raise ValueError(f"draft.seed must be left at None ({why}), got {draft.seed!r}")
+    if draft.lora:
+        raise ValueError("the draft model's config must apply no LoRA adapters (lora=())")
     if draft.n_ctx < target.n_ctx:
         raise ValueError(
             f"draft.n_ctx={draft.n_ctx} is smaller than target.n_ctx={target.n_ctx}; "

@@ -11,6 +11,7 @@ __all__ = [
     "GenerationCancelled",
     "GrammarError",
     "SnapshotError",
+    "UnknownModelError",
 ]
 
 
@@ -47,3 +48,7 @@ class GrammarError(OxiLlamaError, ValueError):
 
 class SnapshotError(LoadError):
     """A snapshot that cannot be read: not one, truncated, altered, or of an unknown format version."""
+
+
+class UnknownModelError(OxiLlamaError, LookupError):
+    """A model name a :class:`~oxillama_py.ModelRegistry` does not know; the message lists the names it knows."""

@@ -14,7 +14,7 @@ from .errors import LoadError
 from .llama.gguf_file import read_gguf_header
 from .paths import check_path
 
-__all__ = ["Lora", "check_lora_path", "check_scale"]
+__all__ = ["Lora", "check_adapter", "check_lora_path", "check_scale"]
 
 _SUFFIX_A = ".lora_a"
 _SUFFIX_B = ".lora_b"
@@ -81,3 +81,11 @@ class Lora:
     def num_adapters(self) -> int:
         """How many weight matrices it adapts (upstream's name)."""
         return len(self.weights)
+
+
+def check_adapter(path: str | os.PathLike[str], architecture: str) -> Path:
+    """The resolved file of an adapter for a model of ``architecture``; :class:`LoadError` for any other file."""
+    lora = Lora.load(path)
+    if lora.architecture != architecture:
+        raise LoadError(f"LoRA adapter {lora.path} is for {lora.architecture!r} models; this model is {architecture!r}")
+    return lora.path

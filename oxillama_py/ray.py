@@ -1,19 +1,24 @@
-"""The OpenAI-compatible app as a Ray Serve deployment: replicas, each owning one :class:`AsyncEngine`.
+"""The OpenAI-compatible app as a Ray Serve application: engine replicas, each owning one :class:`AsyncEngine`.
 
-One app definition: each replica builds the app of :mod:`oxillama_py.server`
-(:func:`~oxillama_py.server.create_app`) and Serve runs its lifespan, routes
-HTTP requests to it and load-balances across replicas and machines. The same
-replica answers Python calls through a deployment handle
-(``await handle.generate.remote(...)``; ``handle.options(stream=True)
-.stream.remote(...)`` streams text pieces). Nothing here routes or batches:
-Serve routes, each replica's engine batches what reaches it.
+One app definition: each engine replica builds the app of
+:mod:`oxillama_py.server` (:func:`~oxillama_py.server.create_app`), whose
+lifespan Serve runs. In front of them a thin ingress deployment
+(:mod:`oxillama_py.ray_ingress`) takes HTTP and Python handle calls and
+forwards each to an engine replica through a handle, with the prompt as the
+argument Serve's router reads: ``PrefixCacheAffinityRouter`` (``router=
+"prefix"``, the default) sends prompts that share a prefix to the replica
+whose prefix cache holds it, unless that replica is too busy; ``"pow2"`` is
+Serve's default power of two choices. Nothing here routes or batches: Serve
+routes, each replica's engine batches what reaches it.
 
 Needs the ``ray`` extra (``pip install 'oxillama-py[ray]'``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import os
 import signal
 import socket
 import threading
@@ -24,24 +29,44 @@ from typing import Any
 try:
     import ray
     from ray import serve
+    from ray.serve.config import RequestRouterConfig
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("oxillama_py.ray needs Ray Serve: pip install 'oxillama-py[ray]'") from exc
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message
 
 from .chat import Message as ChatMessage
 from .checks import check_int, check_number, check_type
 from .config import EngineConfig
-from .engine import AsyncEngine
+from .ray_ingress import (
+    ENGINE_DEPLOYMENT,
+    STATS_MESSAGE,
+    Forwarded,
+    OxiLlamaIngress,
+    Routed,
+    remote_options,
+)
+from .ray_replica import AppLifespan, NameReplica, ReplicaModels, build_registry
 from .results import CompletionResult
 from .server import ServerSettings, create_app
 
-__all__ = ["REPLICA_HEADER", "RayServeConfig", "OxiLlamaDeployment", "build", "deploy", "serve_until_signal"]
+__all__ = [
+    "REPLICA_HEADER",
+    "ROUTERS",
+    "OxiLlamaDeployment",
+    "OxiLlamaIngress",
+    "RayServeConfig",
+    "build",
+    "deploy",
+    "prefix_router_class",
+    "serve_until_signal",
+]
 
 REPLICA_HEADER = "x-oxillama-replica"
 """Every HTTP response names the replica that served it (also ``replica`` in ``/health``)."""
 
-_LOCAL_ONLY = ("progress", "callback", "cancel_token")
+ROUTERS = ("prefix", "pow2")
+"""``RayServeConfig.router``: Serve's ``PrefixCacheAffinityRouter``, or its default (power of two choices)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +82,12 @@ class RayServeConfig:
     threads (default: ``num_cpus`` rounded up). ``engine.model_path`` must
     exist on every node that runs a replica; ``None`` uses the default model
     package, which must then be installed on every node.
+
+    ``router="prefix"`` routes a request to the replica that served the
+    longest prefix of its prompt, unless that replica has more than
+    ``imbalance`` requests in flight beyond the least busy one's (default:
+    half its slots), when power of two choices picks; ``"pow2"`` always
+    uses power of two choices (Serve's default router).
     """
 
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -67,6 +98,11 @@ class RayServeConfig:
     n_threads: int | None = None
     name: str = "oxillama"
     route_prefix: str = "/"
+    router: str = "prefix"
+    imbalance: int | None = None
+    models: tuple[tuple[str, EngineConfig], ...] = ()
+    adapters: tuple[tuple[str, str | os.PathLike[str], float], ...] = ()
+    max_loaded_models: int | None = None
 
     def __post_init__(self) -> None:
         check_type("engine", self.engine, EngineConfig, "an EngineConfig")
@@ -81,6 +117,11 @@ class RayServeConfig:
             if low > high:
                 raise ValueError(f"autoscale's min_replicas ({low}) must not exceed max_replicas ({high})")
         check_number("num_cpus", self.num_cpus, low=0, low_open=True)
+        if self.router not in ROUTERS:
+            raise ValueError(f"router must be one of {', '.join(map(repr, ROUTERS))}, got {self.router!r}")
+        if self.imbalance is not None:
+            check_int("imbalance", self.imbalance, low=0)
+        _check_models(self.models, self.adapters, self.max_loaded_models)
         if self.n_threads is not None:
             check_int("n_threads", self.n_threads, low=1)
         if not check_type("name", self.name, str, "a non-empty str"):
@@ -101,7 +142,7 @@ class RayServeConfig:
         """The options of :func:`ray.serve.deployment` this config stands for."""
         slots = self.engine.max_concurrency
         options: dict[str, Any] = {
-            "name": "OxiLlama",
+            "name": ENGINE_DEPLOYMENT,
             "ray_actor_options": {"num_cpus": self.num_cpus},
             # A replica takes no more than its slots: the rest wait in Serve's router, which hands
             # each to the first replica with a free slot (a queue inside a replica would pin a
@@ -109,6 +150,12 @@ class RayServeConfig:
             "max_ongoing_requests": slots,
             "max_queued_requests": self.settings.max_queue,
         }
+        if self.router == "prefix":
+            imbalance = max(1, slots // 2) if self.imbalance is None else self.imbalance
+            options["request_router_config"] = RequestRouterConfig(
+                request_router_class=prefix_router_class(),
+                request_router_kwargs={"imbalanced_threshold": imbalance},
+            )
         if self.autoscale is None:
             options["num_replicas"] = self.replicas
         else:
@@ -121,87 +168,179 @@ class RayServeConfig:
             }
         return options
 
-
-class _NameReplica:
-    """ASGI middleware: every HTTP response carries :data:`REPLICA_HEADER`."""
-
-    def __init__(self, app: ASGIApp, replica: str) -> None:
-        self.app = app
-        self.header = (REPLICA_HEADER.encode("latin-1"), replica.encode("latin-1"))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def named(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), self.header]}
-            await send(message)
-
-        await self.app(scope, receive, named)
+    def ingress_options(self) -> dict[str, Any]:
+        """The ingress deployment's options: one replica, no CPU reserved, never the one to say 503."""
+        limit = (
+            (self.engine.max_concurrency + self.settings.max_queue) * 4 * max((self.replicas, *(self.autoscale or ())))
+        )
+        return {
+            "name": "OxiLlamaIngress",
+            "num_replicas": 1,
+            "ray_actor_options": {"num_cpus": 0},
+            "max_ongoing_requests": max(1000, limit),
+        }
 
 
-@serve.ingress()
 class OxiLlamaDeployment:
-    """One replica: the server app over its own engine, and the same engine for handle calls.
+    """One engine replica: the server app over its own engine, for the ingress, and the engine's handle calls.
 
-    The engine is loaded by the app's lifespan, which Serve runs before the
-    replica takes requests, and closed when the replica stops.
+    The app's lifespan loads the engine before the replica takes requests
+    (Serve awaits this ``__init__``) and closes it when the replica stops.
     """
 
-    def __init__(self, config: RayServeConfig) -> None:
+    async def __init__(self, config: RayServeConfig) -> None:  # type: ignore[misc]  # Serve awaits it
         self.replica = _replica_id()
         settings = replace(config.settings, replica=self.replica)
-        self._app = create_app(config.replica_engine, settings)
-        self.engine: AsyncEngine = self._app.state.server.engine
+        registry = None
+        if config.models:
+            registry = build_registry(config.models, config.adapters, config.max_loaded_models, config.threads)
+            app = create_app(registry, replace(settings, model_name=None))
+            self.models = ReplicaModels(None, registry)
+        else:
+            app = create_app(config.replica_engine, settings)
+            self.models = ReplicaModels(app.state.server.engine, None)
+        self._named = NameReplica(app, REPLICA_HEADER, self.replica)
+        self._lifespan = AppLifespan(app)
+        await self._lifespan.start()
 
-    def __serve_build_asgi_app__(self) -> ASGIApp:
-        return _NameReplica(self._app, self.replica)
+    async def __del__(self) -> None:
+        await self._lifespan.stop()
+        if self.models.registry is not None:
+            await self.models.registry.aclose()
+
+    async def forward(self, request: Forwarded) -> AsyncIterator[Message]:
+        """The ASGI messages of this replica's app answering ``request`` (from the ingress), then its numbers.
+
+        Cancelling the call (the ingress does when its client disconnects) shows
+        the app a disconnect and cancels it, which cancels the generation.
+        """
+        messages: asyncio.Queue[Message | None] = asyncio.Queue()
+        disconnect = asyncio.Event()
+        body: list[Message] = [{"type": "http.request", "body": request.body, "more_body": False}]
+
+        async def receive() -> Message:
+            if body:
+                return body.pop()
+            await disconnect.wait()
+            return {"type": "http.disconnect"}
+
+        async def run() -> None:
+            try:
+                await self._named(request.scope(), receive, messages.put)
+            finally:
+                messages.put_nowait(None)
+
+        await self.models.select()
+        task = asyncio.ensure_future(run())
+        try:
+            while (message := await messages.get()) is not None:
+                yield message
+            await task  # its exception, if any
+        finally:
+            if not task.done():
+                disconnect.set()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        yield self.stats_message()
+
+    def stats_message(self) -> Message:
+        """This replica's prefix-cache numbers, as the ingress keeps them."""
+        return {"type": STATS_MESSAGE, "replica": self.replica, "stats": self.models.numbers()}
+
+    async def call(
+        self, route: Routed | None = None, method: str = "", args: Sequence[Any] = (), options: Any = None
+    ) -> Any:
+        """One of the handle calls below, from the ingress (``route`` is what the router read)."""
+        if method not in _CALLS:
+            raise ValueError(f"no handle call {method!r}")
+        return await getattr(self, method)(*args, **(options or {}))
+
+    async def call_stream(
+        self, route: Routed | None = None, method: str = "stream", args: Sequence[Any] = (), options: Any = None
+    ) -> AsyncIterator[str]:
+        """:meth:`stream` from the ingress."""
+        async for piece in self.stream(*args, **(options or {})):
+            yield piece
 
     async def generate(self, prompt: str, max_tokens: int = 128, **options: Any) -> str:
         """:meth:`AsyncEngine.generate` in this replica."""
-        return await self.engine.generate(prompt, max_tokens, **_remote_options(options))
+        async with self.models.use() as engine:
+            return await engine.generate(prompt, max_tokens, **remote_options(options))
 
     async def complete(self, prompt: str, max_tokens: int = 128, **options: Any) -> CompletionResult:
         """:meth:`AsyncEngine.complete` in this replica: text, tokens, finish reason, timings."""
-        return await self.engine.complete(prompt, max_tokens, **_remote_options(options))
+        async with self.models.use() as engine:
+            return await engine.complete(prompt, max_tokens, **remote_options(options))
 
     async def generate_batch(self, prompts: Sequence[str], max_tokens: int = 128, **options: Any) -> list[str]:
         """:meth:`AsyncEngine.generate_batch` in this replica (one replica batches them together)."""
-        return await self.engine.generate_batch(list(prompts), max_tokens, **_remote_options(options))
+        async with self.models.use() as engine:
+            return await engine.generate_batch(list(prompts), max_tokens, **remote_options(options))
 
     async def complete_batch(
         self, prompts: Sequence[str], max_tokens: int = 128, **options: Any
     ) -> list[CompletionResult]:
         """:meth:`AsyncEngine.complete_batch` in this replica."""
-        return await self.engine.complete_batch(list(prompts), max_tokens, **_remote_options(options))
+        async with self.models.use() as engine:
+            return await engine.complete_batch(list(prompts), max_tokens, **remote_options(options))
 
     async def chat(self, messages: Sequence[ChatMessage], max_tokens: int = 128, **options: Any) -> CompletionResult:
         """:meth:`AsyncEngine.chat` in this replica."""
-        return await self.engine.chat(messages, max_tokens, **_remote_options(options))
+        async with self.models.use() as engine:
+            return await engine.chat(messages, max_tokens, **remote_options(options))
 
     async def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> AsyncIterator[str]:
         """Text pieces as they are decoded: call through ``handle.options(stream=True)``.
 
         A caller that stops iterating (or cancels the call) cancels the generation.
         """
-        async with self.engine.stream(prompt, max_tokens, **_remote_options(options)) as pieces:
+        async with self.models.use() as engine, engine.stream(prompt, max_tokens, **remote_options(options)) as pieces:
             async for piece in pieces:
                 yield piece
 
     async def health(self) -> dict[str, Any]:
-        """The replica's id and its engine's numbers (what ``/health`` shows, as a dict)."""
-        stats = self.engine.stats
+        """The replica's id and its engines' numbers (what ``/health`` shows, as a dict)."""
+        stats = [engine.stats for engine in self.models.engines().values()]
+        numbers = self.models.numbers()
         return {
             "replica": self.replica,
             "node": socket.gethostname(),
-            "model_loaded": stats.loaded,
-            "slots": stats.slots,
-            "slots_busy": stats.active,
-            "queue": stats.waiting,
-            "decode_steps": stats.decode_steps,
+            "model_loaded": bool(stats) and all(s.loaded for s in stats),
+            "slots": sum(s.slots for s in stats),
+            "slots_busy": sum(s.active for s in stats),
+            "queue": sum(s.waiting for s in stats),
+            **numbers,
         }
+
+
+def _check_models(models: object, adapters: object, max_loaded: object) -> None:
+    if not isinstance(models, tuple) or not all(
+        isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str) and m[0] and isinstance(m[1], EngineConfig)
+        for m in models
+    ):
+        raise TypeError("models must be a tuple of (name, EngineConfig) pairs")
+    if len({name for name, _ in models}) != len(models):
+        raise ValueError("models must have distinct names")
+    if not isinstance(adapters, tuple) or not all(isinstance(a, tuple) and len(a) == 3 for a in adapters):
+        raise TypeError("adapters must be a tuple of (name, path, scale) triples")
+    if adapters and not models:
+        raise ValueError("adapters are served over the first of models: give models")
+    if max_loaded is not None:
+        check_int("max_loaded_models", max_loaded, low=1)
+
+
+_CALLS = frozenset({"generate", "complete", "generate_batch", "complete_batch", "chat"})
+
+
+def prefix_router_class() -> type:
+    """Serve's ``PrefixCacheAffinityRouter`` (its public path needs vLLM or SGLang; the class itself does not)."""
+    try:
+        from ray.serve.llm.request_router import PrefixCacheAffinityRouter
+    except ImportError:
+        from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router import (
+            PrefixCacheAffinityRouter,
+        )
+    return PrefixCacheAffinityRouter  # type: ignore[no-any-return]
 
 
 def _replica_id() -> str:
@@ -211,22 +350,14 @@ def _replica_id() -> str:
         return socket.gethostname()
 
 
-def _remote_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Reject what cannot cross to another process: it would run in the replica, not the caller."""
-    local = sorted(name for name in options if name in _LOCAL_ONLY)
-    if local:
-        raise TypeError(
-            f"{', '.join(local)} cannot be passed through a deployment handle: it would run in the replica; "
-            "stream with handle.options(stream=True).stream.remote(...) and cancel the response instead"
-        )
-    return options
-
-
 def build(config: RayServeConfig | None = None) -> serve.Application:
     """The Serve application of ``config`` (for ``serve.run`` or a Serve config file's import path)."""
     config = RayServeConfig() if config is None else config
     check_type("config", config, RayServeConfig, "a RayServeConfig")
-    return serve.deployment(OxiLlamaDeployment).options(**config.deployment_options()).bind(config)
+    engine = serve.deployment(OxiLlamaDeployment).options(**config.deployment_options()).bind(config)
+    ingress = serve.deployment(OxiLlamaIngress).options(**config.ingress_options())
+    names = tuple(name for name, _ in config.models) + tuple(name for name, _, _ in config.adapters)
+    return ingress.bind(engine, prefix_tree=config.router == "prefix", models=names)
 
 
 def deploy(

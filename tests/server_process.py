@@ -9,6 +9,7 @@ fails the test that started it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -71,6 +72,25 @@ class ServerProcess:
             self.process.kill()
             self.process.wait()
             raise AssertionError(f"server did not stop within {timeout} s after SIGTERM:\n{self.log()}") from None
+
+
+def model_flags(models: dict[str, Path], loras: dict[str, Path] | None = None) -> list[str]:
+    """``--model NAME=PATH`` for each model and ``--lora NAME=PATH`` for each adapter (over the first model)."""
+    flags = [flag for name, path in models.items() for flag in ("--model", f"{name}={path}")]
+    return flags + [flag for name, path in (loras or {}).items() for flag in ("--lora", f"{name}={path}")]
+
+
+def model_copies(model_path: Path, folder: Path, *names: str) -> dict[str, Path]:
+    """``names`` as files of the same model in ``folder`` (hard links where the file system allows)."""
+    copies = {}
+    for name in names:
+        target = folder / f"{name}.gguf"
+        try:
+            os.link(model_path, target)
+        except OSError:
+            shutil.copyfile(model_path, target)
+        copies[name] = target
+    return copies
 
 
 @contextmanager

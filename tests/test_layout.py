@@ -111,7 +111,13 @@ def _private(name: str) -> bool:
 
 @pytest.mark.parametrize(
     "path",
-    [*sorted((PACKAGE / "server").glob("*.py")), PACKAGE / "ray.py", PACKAGE / "__main__.py"],
+    [
+        *sorted((PACKAGE / "server").glob("*.py")),
+        PACKAGE / "ray.py",
+        PACKAGE / "ray_ingress.py",
+        PACKAGE / "ray_replica.py",
+        PACKAGE / "__main__.py",
+    ],
     ids=lambda p: p.relative_to(PACKAGE).as_posix(),
 )
 def test_server_ray_and_cli_use_no_private_name_of_another_module(path: Path) -> None:

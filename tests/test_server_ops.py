@@ -408,8 +408,11 @@ def test_metrics_fold_finished_calls(model_path: Path) -> None:
     from oxillama_py.bus import Finished
     from oxillama_py.results import SpeculativeStats
     from oxillama_py.server.metrics import Metrics
+    from oxillama_py.server.models import OneModel
 
-    metrics = Metrics(AsyncEngine(EngineConfig(model_path)), "m")
+    served = OneModel(AsyncEngine(EngineConfig(model_path)), "m", max_queue=4, owns=True)
+    registry = Metrics(served.names, served.gauges)
+    metrics = registry.models["m"]
     spec = SpeculativeStats(drafted=5, accepted=3, target_calls=2, emitted=4)
     ends = [  # one prompt, n=2: both choices share the prompt's 7 tokens
         Finished("length", 2.0, 7, submitted=0.0, admitted=0.5, first_token=1.0, sequence=0, cached_tokens=4),
@@ -425,7 +428,7 @@ def test_metrics_fold_finished_calls(model_path: Path) -> None:
     assert (metrics.e2e.count, metrics.queue.count) == (2, 2)
     buckets = dict(metrics.itl.buckets())
     assert buckets["0.2"] == 0 and buckets["0.3"] == 1 and buckets["0.75"] == 2 and buckets["+Inf"] == 2
-    text = metrics.exposition().decode()
+    text = registry.exposition().decode()
     families = {f.name: f for f in parser.text_string_to_metric_families(text)}
     assert families["oxillama:spec_decode_num_accepted_tokens"].samples[0].value == 3
     assert families["oxillama:num_slots"].samples[0].value == 8  # not loaded: the config's slots

@@ -29,6 +29,7 @@ from ..bus import Request
 from ..config import EngineConfig, PromptLookup
 from ..errors import GenerateError
 from ..llama import Context, Model, Sampler
+from ..lora import check_adapter
 from ..stats import EngineStats, PrefixCacheStats
 from .adapters import AdapterSet
 from .draft_model import DraftModel
@@ -206,7 +207,7 @@ class DecodeWorker:
     # -- the worker thread -------------------------------------------------------------
     def _open(self) -> None:
         config = self.config
-        model = self._model = Model(self.model_path)
+        model = self._model = Model(self.model_path, shared=True)  # other engines on this file share its weights
         capacity = config.prefix_cache_capacity
         ids = self.ids = SeqIdPool.sized(self.n_slots, PrefixCache.ids_for(self.n_slots, capacity))
         context = self.context = Context(
@@ -220,6 +221,8 @@ class DecodeWorker:
         cache = self.cache = PrefixCache(context.memory, model.n_swa, capacity, ids)
         scheduler = self.scheduler = Scheduler(context.n_batch, ids, cache, self._start_sequence)
         self.runner = Runner(model, context, cache, ids, scheduler.running, self.adapters)
+        for path, scale in config.lora:  # before any request: the whole life of the engine decodes with them
+            self.adapters.change(model, context, check_adapter(path, model.architecture), scale)
         if config.speculative is not None:
             self._speculator()
 

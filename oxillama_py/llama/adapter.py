@@ -17,7 +17,8 @@ class LoraAdapter:
     """llama.cpp's ``llama_adapter_lora``: its tensors live beside the model's (freed with it at the latest)."""
 
     def __init__(self, model: Model, path: Path) -> None:
-        ptr = compute(llama_cpp.llama_adapter_lora_init, model.ptr, str(path).encode("utf-8"))
+        with model.weights.guard.writing():  # llama.cpp adds it to the model's list, which other contexts read
+            ptr = compute(llama_cpp.llama_adapter_lora_init, model.ptr, str(path).encode("utf-8"))
         if not ptr:
             raise LoadError(
                 f"llama.cpp rejected the LoRA adapter {path}: its tensors do not fit this model "
@@ -25,9 +26,11 @@ class LoraAdapter:
             )
         self.path = path
         self.ptr = ptr
+        self._guard = model.weights.guard
 
     def free(self) -> None:
         """Free the tensors now (only once no context uses the adapter)."""
         if self.ptr:
-            llama_cpp.llama_adapter_lora_free(self.ptr)
+            with self._guard.writing():  # only this adapter goes: other engines on the weights keep theirs
+                llama_cpp.llama_adapter_lora_free(self.ptr)
             self.ptr = None

@@ -55,7 +55,9 @@ class Context:
         params.kv_unified = True  # one cell store: seq_cp shares cells instead of copying them
         params.swa_full = True  # a full-size SWA cache: overwrites only what the window left behind
         params.no_perf = True
-        ptr = compute(llama_cpp.llama_init_from_model, model.ptr, params)
+        self._guard = model.weights.guard  # llama.cpp reads the model's adapter list when it plans graphs
+        with self._guard.reading():
+            ptr = compute(llama_cpp.llama_init_from_model, model.ptr, params)
         if not ptr:
             raise LoadError(f"llama.cpp could not create a context (n_ctx={n_ctx}) for {model.path}")
         self.model = model
@@ -80,7 +82,8 @@ class Context:
             seq_id[i][0] = entry.seq_id
             logits[i] = entry.logits
         batch.n_tokens = n
-        rc = compute(llama_cpp.llama_decode, self.ptr, batch)
+        with self._guard.reading():
+            rc = compute(llama_cpp.llama_decode, self.ptr, batch)
         if rc == 1:
             raise KvCacheFullError("llama.cpp found no free KV cells for the batch")
         if rc != 0:

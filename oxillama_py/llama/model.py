@@ -11,9 +11,8 @@ import llama_cpp
 
 from ..config import DEFAULT_MODEL_PACKAGE
 from ..errors import LoadError, TokenizerError
-from .backend import ensure_backend, use_extra_buffers
-from .compute import compute
 from .lifetime import Lifetime
+from .weights import lease_weights, load_weights, release_weights
 
 __all__ = ["Model", "default_model_path", "resolve_model_path", "check_gguf_file"]
 
@@ -71,24 +70,14 @@ class Model:
     calls raise :class:`~oxillama_py.GenerateError`.
     """
 
-    def __init__(self, path: Path, *, vocab_only: bool = False) -> None:
+    def __init__(self, path: Path, *, vocab_only: bool = False, shared: bool = False) -> None:
+        """Load ``path``; ``shared`` leases the weights other engines of the process hold (see ``weights.py``)."""
         check_gguf_file(path)
-        ensure_backend()
-        params = llama_cpp.llama_model_default_params()
-        params.n_gpu_layers = 0
-        params.vocab_only = vocab_only  # a tokenizer needs no weights
-        if hasattr(params, "use_extra_bufts"):
-            params.use_extra_bufts = use_extra_buffers()
-        ptr = compute(llama_cpp.llama_model_load_from_file, str(path).encode("utf-8"), params)
-        if not ptr:
-            raise LoadError(f"llama.cpp could not load the model (truncated or corrupt GGUF?): {path}")
+        weights = lease_weights(path) if shared and not vocab_only else load_weights(path, vocab_only=vocab_only)
+        self.weights = weights
         self.path = path
-        self.ptr = ptr
-        vocab = llama_cpp.llama_model_get_vocab(ptr)
-        if not vocab:
-            llama_cpp.llama_model_free(ptr)
-            raise LoadError(f"model has no vocabulary: {path}")
-        self.vocab = vocab
+        self.ptr = ptr = weights.ptr
+        self.vocab = vocab = weights.vocab
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(vocab)
         self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(ptr)
         self.bos: int = llama_cpp.llama_vocab_bos(vocab)
@@ -178,5 +167,5 @@ class Model:
     def close(self) -> None:
         """Free the model once the calls in flight have returned (blocking; idempotent)."""
         if self._lifetime.close():
-            llama_cpp.llama_model_free(self.ptr)
             self.ptr = None
+            release_weights(self.weights)

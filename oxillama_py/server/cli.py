@@ -2,7 +2,8 @@
 
 On SIGINT or SIGTERM the server stops accepting connections, lets running
 generations finish for ``--shutdown-grace`` seconds, cancels what is left,
-then the lifespan closes the engine. With ``--ray`` the same app is deployed
+then the lifespan closes the engine (with several models, the command closes
+the registry it built, :mod:`.model_args`). With ``--ray`` the same app is deployed
 as Ray Serve replicas (:mod:`oxillama_py.ray`) until SIGINT or SIGTERM.
 """
 
@@ -13,14 +14,16 @@ import logging
 import math
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
 
 from ..config import EngineConfig, PromptLookup
 from ..errors import OxiLlamaError
+from ..registry import ModelRegistry
 from .admission import ServerSettings
+from .model_args import served_models
 from .observe import configure_logging, startup_line
 from .routes import create_app
 
@@ -33,9 +36,32 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve a GGUF model over an OpenAI-compatible HTTP API (default model: Gemma 3 270M).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", "-m", default=None, help="path to a GGUF file (default: the bundled Gemma 3 270M)")
+    parser.add_argument(
+        "--model",
+        "-m",
+        action="append",
+        default=None,
+        metavar="[NAME=]PATH",
+        help="a GGUF file (default: the bundled Gemma 3 270M); repeat with NAME=PATH to serve several models, "
+        "a request's 'model' picks one (the first when it names none)",
+    )
     parser.add_argument(
         "--model-name", default=None, help="the name clients pass as 'model' (default: the file's stem)"
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=None,
+        metavar="NAME=PATH[:SCALE]",
+        help="serve the first model with this LoRA adapter as model NAME (repeatable; SCALE default 1.0)",
+    )
+    parser.add_argument(
+        "--max-loaded-models",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="with several models: keep at most K loaded, unloading the least recently used idle one "
+        "(default: no limit)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     parser.add_argument("--port", type=int, default=8000)
@@ -95,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     ray.add_argument(
         "--num-cpus", type=float, default=1.0, help="Ray CPUs each replica reserves (--threads defaults to it)"
     )
+    ray.add_argument(
+        "--router",
+        choices=("prefix", "pow2"),
+        default=None,
+        help="prefix: a prompt goes to the replica holding its prefix (default); pow2: Serve's default router",
+    )
     return parser
 
 
@@ -102,17 +134,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         extra: dict[str, Any] = {} if args.threads is None else {"n_threads": args.threads}
-        config = EngineConfig(
-            args.model,
-            n_ctx=args.n_ctx,
-            max_concurrency=args.max_concurrency,
-            chat_template=args.chat_template,
-            prefix_cache_tokens=args.prefix_cache_tokens,
-            speculative=_speculative(args.speculative, args.n_ctx),
-            **extra,
-        )
+        speculative = _speculative(args.speculative, args.n_ctx)
+
+        def config_for(path: str | None) -> EngineConfig:
+            return EngineConfig(
+                path,
+                n_ctx=args.n_ctx,
+                max_concurrency=args.max_concurrency,
+                chat_template=args.chat_template,
+                prefix_cache_tokens=args.prefix_cache_tokens,
+                speculative=speculative,
+                **extra,
+            )
+
+        served = served_models(args.model, args.model_name, args.lora, args.max_loaded_models, config_for)
+        config, model_name = served if isinstance(served, tuple) else (served, None)
         settings = ServerSettings(
-            model_name=args.model_name,
+            model_name=model_name,
             api_key=args.api_key,
             max_queue=args.max_queue,
             max_body_bytes=args.max_body_bytes,
@@ -123,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.shutdown_grace < 0:
             raise ValueError(f"--shutdown-grace must be >= 0, got {args.shutdown_grace}")
         ray_used = args.ray or args.replicas is not None or args.autoscale is not None or args.address is not None
+        ray_used = ray_used or args.router is not None
         if ray_used:
             return _serve_on_ray(args, config, settings)
         app = create_app(config, settings)
@@ -137,19 +176,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     line = f"oxillama_py: serving on http://{args.host}:{args.port} ({args.backend})"
     print(startup_line(line, args.log_format), file=sys.stderr, flush=True)
+    registry = None if isinstance(config, EngineConfig) else config  # ours to close once the server stopped
     try:
         if args.backend == "trio":
-            _run_hypercorn(app, args.host, args.port, args.shutdown_grace, args.log_level)
+            _run_hypercorn(app, args.host, args.port, args.shutdown_grace, args.log_level, registry)
         else:
-            _run_uvicorn(app, args.host, args.port, args.shutdown_grace, args.log_level, args.backend == "uvloop")
+            uvloop = args.backend == "uvloop"
+            _run_uvicorn(app, args.host, args.port, args.shutdown_grace, args.log_level, uvloop, registry)
     except KeyboardInterrupt:
         pass
     return 0
 
 
-def _serve_on_ray(args: argparse.Namespace, config: EngineConfig, settings: ServerSettings) -> int:
+def _serve_on_ray(args: argparse.Namespace, config: EngineConfig | ModelRegistry, settings: ServerSettings) -> int:
+    """Deploy on Ray; several models go to each replica's own registry, as their names and configs."""
     if not args.ray:
-        raise ValueError("--replicas, --autoscale and --address need --ray")
+        raise ValueError("--replicas, --autoscale, --address and --router need --ray")
     if args.backend != "asyncio":
         raise ValueError("--backend does not apply with --ray: Serve runs each replica's own asyncio loop")
     try:
@@ -162,17 +204,37 @@ def _serve_on_ray(args: argparse.Namespace, config: EngineConfig, settings: Serv
         if not sep or not low.strip().isdigit() or not high.strip().isdigit():
             raise ValueError(f"--autoscale must be MIN:MAX (two integers), got {args.autoscale!r}")
         autoscale = (int(low), int(high))
+    models: dict[str, Any] = {}
+    if isinstance(config, ModelRegistry):
+        names = config.names
+        bases = tuple((name, config.config(name)) for name in names if config.parent(name) is None)
+        lora = tuple((name, *config.config(name).lora[-1]) for name in names if config.parent(name) is not None)
+        models = {"models": bases, "adapters": lora, "max_loaded_models": config.max_loaded}
+        config = bases[0][1]
     ray_config = RayServeConfig(
         engine=config,
         settings=settings,
+        **models,
         replicas=1 if args.replicas is None else args.replicas,
         autoscale=autoscale,
         num_cpus=args.num_cpus,
         n_threads=args.threads,
+        router=args.router or "prefix",
     )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     serve_until_signal(ray_config, address=args.address, host=args.host, port=args.port)
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an int >= 1 (argparse answers ``error: ...`` and exit 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
 
 
 def _missing_backend(backend: str) -> str | None:
@@ -187,7 +249,19 @@ def _missing_backend(backend: str) -> str | None:
     return f"{', '.join(absent)}: pip install 'oxillama-py[{extras}]'"
 
 
-def _run_uvicorn(app: Any, host: str, port: int, grace: float, log_level: str, uvloop: bool) -> None:
+async def _then_close(serve: Callable[[], Awaitable[None]], registry: ModelRegistry | None) -> None:
+    """Serve, then close the registry the command built (the app closes only what it built itself)."""
+    try:
+        await serve()
+    finally:
+        if registry is not None:
+            with anyio.CancelScope(shield=True):
+                await registry.aclose()
+
+
+def _run_uvicorn(
+    app: Any, host: str, port: int, grace: float, log_level: str, uvloop: bool, registry: ModelRegistry | None
+) -> None:
     import uvicorn
 
     config = uvicorn.Config(
@@ -206,12 +280,14 @@ def _run_uvicorn(app: Any, host: str, port: int, grace: float, log_level: str, u
     # handler that was there before it: make that a no-op, so a clean shutdown exits with 0.
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: None)
-    anyio.run(server.serve, backend="asyncio", backend_options={"use_uvloop": uvloop})
+    anyio.run(_then_close, server.serve, registry, backend="asyncio", backend_options={"use_uvloop": uvloop})
     if not server.started:
         raise SystemExit(1)  # uvicorn logged why (port in use, startup failed)
 
 
-def _run_hypercorn(app: Any, host: str, port: int, grace: float, log_level: str) -> None:
+def _run_hypercorn(
+    app: Any, host: str, port: int, grace: float, log_level: str, registry: ModelRegistry | None
+) -> None:
     import trio
     from hypercorn.config import Config
     from hypercorn.trio import serve
@@ -234,7 +310,7 @@ def _run_hypercorn(app: Any, host: str, port: int, grace: float, log_level: str)
 
             await serve(app, config, shutdown_trigger=shutdown_trigger)
 
-    anyio.run(run, backend="trio")
+    anyio.run(_then_close, run, registry, backend="trio")
 
 
 def _speculative(value: str | None, n_ctx: int) -> PromptLookup | EngineConfig | None:

@@ -114,8 +114,11 @@ def _encode(row: np.ndarray[Any, Any], encoding: str) -> list[float] | str:
 
 
 async def tokenize_answer(engine: AsyncEngine, body: object) -> dict[str, Any]:
-    """llama.cpp's ``/tokenize``: ``{"content", "add_special", "parse_special", "with_pieces"}`` → ``{"tokens"}``."""
-    fields = _fields(body, frozenset({"content", "add_special", "parse_special", "with_pieces"}))
+    """llama.cpp's ``/tokenize``: ``{"content", "add_special", "parse_special", "with_pieces"}`` → ``{"tokens"}``.
+
+    ``model`` (the server picked the engine by it) is accepted too.
+    """
+    fields = _fields(body, frozenset({"content", "add_special", "parse_special", "with_pieces", "model"}))
     content = fields.get("content")
     if not isinstance(content, str):
         raise bad_request("'content' must be a string", "content")
@@ -135,7 +138,7 @@ async def tokenize_answer(engine: AsyncEngine, body: object) -> dict[str, Any]:
 
 async def detokenize_answer(engine: AsyncEngine, body: object) -> dict[str, Any]:
     """llama.cpp's ``/detokenize``: ``{"tokens": [ids]}`` → ``{"content": str}``."""
-    fields = _fields(body, frozenset({"tokens"}))
+    fields = _fields(body, frozenset({"tokens", "model"}))
     tokens = fields.get("tokens")
     if not isinstance(tokens, list) or not all(_is_token(t) for t in tokens):
         raise bad_request("'tokens' must be an array of token ids", "tokens")

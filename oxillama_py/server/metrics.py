@@ -3,26 +3,27 @@
 The counts live in plain Python objects that only the event loop's thread
 updates, so recording costs no lock: a request's :class:`MetricsTap` appends
 its tokens' times as they come (one list append per token) and folds them into
-the histograms once, when its generation is finalised. The gauges (slots busy,
-queue length) are read from the engine's stats at scrape time. Names follow
-vLLM's (``vllm:`` becomes ``oxillama:``).
+its model's histograms once, when its generation is finalised. The gauges
+(loaded, slots busy, queue length) are read from the models' state at scrape
+time. Names and the ``model_name`` label follow vLLM's (``vllm:`` becomes
+``oxillama:``); several models served by one app each have their samples.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 from ..bus import Finished, Step, Subscriber
 from ..bus.events import Event
 from ..bus.subscriber import Outcome
-from ..engine import AsyncEngine
 from .observe import RequestInfo
 
-__all__ = ["CONTENT_TYPE", "Histogram", "Metrics", "MetricsTap"]
+__all__ = ["CONTENT_TYPE", "Histogram", "Metrics", "MetricsTap", "ModelCounts", "ModelGauges"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -56,14 +57,21 @@ class Histogram:
         return out
 
 
-class Metrics:
-    """Everything ``/metrics`` shows for one app (each app has its own: several can share a process)."""
+@dataclass(frozen=True)
+class ModelGauges:
+    """One model's state at scrape time: loaded or not, its slots busy, its queue, its slots."""
 
-    def __init__(self, engine: AsyncEngine, model_name: str) -> None:
-        self.engine = engine
-        self.model_name = model_name
-        self.requests: Counter[tuple[str, str]] = Counter()
-        """HTTP requests by (endpoint, status)."""
+    name: str
+    loaded: bool
+    running: int
+    waiting: int
+    slots: int
+
+
+class ModelCounts:
+    """The counters and histograms of one model name (one ``model_name`` label)."""
+
+    def __init__(self) -> None:
         self.finished: Counter[str] = Counter()
         """Sequences (choices) by finish reason."""
         self.prompt_tokens = 0
@@ -75,13 +83,6 @@ class Metrics:
         self.itl = Histogram(_ITL)
         self.e2e = Histogram(_LATENCY)
         self.queue = Histogram((0.0005, 0.001, 0.005, *_LATENCY))
-
-    def count_request(self, endpoint: str, status: int) -> None:
-        self.requests[(endpoint, str(status))] += 1
-
-    def tap(self, choices_per_prompt: int, info: RequestInfo | None) -> MetricsTap:
-        """A subscriber that records one engine call's choices (and fills ``info`` for the request's log line)."""
-        return MetricsTap(self, choices_per_prompt, info)
 
     def record(self, finished: Sequence[Finished | None], times: dict[int, list[float]], n: int) -> None:
         """Fold one finished engine call into the counters; prompts count once per prompt, as ``usage`` does."""
@@ -106,6 +107,28 @@ class Metrics:
                 self.drafted += end.speculative.drafted
                 self.accepted += end.speculative.accepted
 
+
+class Metrics:
+    """Everything ``/metrics`` shows for one app (each app has its own: several can share a process).
+
+    HTTP requests are counted per app; the rest per model name, as vLLM
+    labels them (``model_name``). ``gauges()`` reads the models' state when
+    scraped.
+    """
+
+    def __init__(self, names: Sequence[str], gauges: Callable[[], Iterable[ModelGauges]]) -> None:
+        self.requests: Counter[tuple[str, str]] = Counter()
+        """HTTP requests by (endpoint, status)."""
+        self.models = {name: ModelCounts() for name in names}
+        self.gauges = gauges
+
+    def count_request(self, endpoint: str, status: int) -> None:
+        self.requests[(endpoint, str(status))] += 1
+
+    def tap(self, model: str, choices_per_prompt: int, info: RequestInfo | None) -> MetricsTap:
+        """A subscriber that records one engine call's choices (and fills ``info`` for the request's log line)."""
+        return MetricsTap(self.models[model], choices_per_prompt, info)
+
     def exposition(self) -> bytes:
         """The text format, as ``prometheus_client`` writes it."""
         from prometheus_client import CollectorRegistry, generate_latest
@@ -125,7 +148,6 @@ class _Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         m = self.metrics
-        model = [m.model_name]
         requests = CounterMetricFamily(
             "oxillama:http_requests", "HTTP requests answered, by endpoint and status.", labels=["endpoint", "status"]
         )
@@ -137,51 +159,69 @@ class _Collector:
             "Generated sequences (choices) that ended, by finish reason.",
             labels=["model_name", "finished_reason"],
         )
-        for reason, count in sorted(m.finished.items()):
-            finished.add_metric([m.model_name, reason], count)
+        for name, counts in m.models.items():
+            for reason, count in sorted(counts.finished.items()):
+                finished.add_metric([name, reason], count)
         yield finished
-        counters = (
+        counters: tuple[tuple[str, str, Callable[[ModelCounts], float]], ...] = (
             (
                 "oxillama:prompt_tokens",
                 "Prompt tokens of the requests (once per prompt, as usage counts).",
-                m.prompt_tokens,
+                lambda c: c.prompt_tokens,
             ),
-            ("oxillama:generation_tokens", "Tokens generated.", m.generation_tokens),
-            ("oxillama:prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache.", m.cached_tokens),
-            ("oxillama:spec_decode_num_draft_tokens", "Draft tokens proposed (speculative decoding).", m.drafted),
-            ("oxillama:spec_decode_num_accepted_tokens", "Draft tokens accepted (speculative decoding).", m.accepted),
+            ("oxillama:generation_tokens", "Tokens generated.", lambda c: c.generation_tokens),
+            (
+                "oxillama:prefix_cache_hit_tokens",
+                "Prompt tokens served from the prefix cache.",
+                lambda c: c.cached_tokens,
+            ),
+            (
+                "oxillama:spec_decode_num_draft_tokens",
+                "Draft tokens proposed (speculative decoding).",
+                lambda c: c.drafted,
+            ),
+            (
+                "oxillama:spec_decode_num_accepted_tokens",
+                "Draft tokens accepted (speculative decoding).",
+                lambda c: c.accepted,
+            ),
         )
-        for name, doc, value in counters:
-            family = CounterMetricFamily(name, doc, labels=["model_name"])
-            family.add_metric(model, value)
+        for metric, doc, read in counters:
+            family = CounterMetricFamily(metric, doc, labels=["model_name"])
+            for name, counts in m.models.items():
+                family.add_metric([name], read(counts))
             yield family
-        histograms = (
-            ("oxillama:time_to_first_token_seconds", "From arrival to the first token, per choice.", m.ttft),
-            ("oxillama:inter_token_latency_seconds", "Between two tokens of one choice.", m.itl),
-            ("oxillama:e2e_request_latency_seconds", "From arrival to the end, per choice.", m.e2e),
-            ("oxillama:request_queue_time_seconds", "From arrival until a decode slot, per choice.", m.queue),
+        histograms: tuple[tuple[str, str, Callable[[ModelCounts], Histogram]], ...] = (
+            ("oxillama:time_to_first_token_seconds", "From arrival to the first token, per choice.", lambda c: c.ttft),
+            ("oxillama:inter_token_latency_seconds", "Between two tokens of one choice.", lambda c: c.itl),
+            ("oxillama:e2e_request_latency_seconds", "From arrival to the end, per choice.", lambda c: c.e2e),
+            ("oxillama:request_queue_time_seconds", "From arrival until a decode slot, per choice.", lambda c: c.queue),
         )
-        for name, doc, histogram in histograms:
-            spread = HistogramMetricFamily(name, doc, labels=["model_name"])
-            spread.add_metric(model, histogram.buckets(), histogram.sum)
+        for metric, doc, pick in histograms:
+            spread = HistogramMetricFamily(metric, doc, labels=["model_name"])
+            for name, counts in m.models.items():
+                histogram = pick(counts)
+                spread.add_metric([name], histogram.buckets(), histogram.sum)
             yield spread
-        stats = m.engine.stats
-        gauges = (
-            ("oxillama:num_requests_running", "Sequences decoding now (slots busy).", stats.active),
-            ("oxillama:num_requests_waiting", "Sequences waiting for a slot (queue length).", stats.waiting),
-            ("oxillama:num_slots", "Decode slots.", stats.slots or m.engine.config.max_concurrency),
+        states = list(m.gauges())
+        gauges: tuple[tuple[str, str, Callable[[ModelGauges], float]], ...] = (
+            ("oxillama:num_requests_running", "Sequences decoding now (slots busy).", lambda g: g.running),
+            ("oxillama:num_requests_waiting", "Sequences waiting for a slot (queue length).", lambda g: g.waiting),
+            ("oxillama:num_slots", "Decode slots.", lambda g: g.slots),
+            ("oxillama:model_loaded", "1 while the model is loaded, else 0.", lambda g: int(g.loaded)),
         )
-        for name, doc, value in gauges:
-            gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
-            gauge.add_metric(model, value)
+        for metric, doc, read_gauge in gauges:
+            gauge = GaugeMetricFamily(metric, doc, labels=["model_name"])
+            for state in states:
+                gauge.add_metric([state.name], read_gauge(state))
             yield gauge
 
 
 class MetricsTap(Subscriber):
     """Records one engine call: its tokens' times as they come, the rest from its terminal events at the end."""
 
-    def __init__(self, metrics: Metrics, choices_per_prompt: int, info: RequestInfo | None) -> None:
-        self.metrics = metrics
+    def __init__(self, counts: ModelCounts, choices_per_prompt: int, info: RequestInfo | None) -> None:
+        self.counts = counts
         self.n = max(1, choices_per_prompt)
         self.info = info
         self.times: dict[int, list[float]] = {}
@@ -198,7 +238,7 @@ class MetricsTap(Subscriber):
                     stamps.append(token.time)
 
     def finalise(self, outcome: Outcome) -> None:
-        self.metrics.record(outcome.finished, self.times, self.n)
+        self.counts.record(outcome.finished, self.times, self.n)
         info = self.info
         if info is None:
             return

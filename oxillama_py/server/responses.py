@@ -1,4 +1,4 @@
-"""OpenAI's answers: completion bodies, stream chunks, usage, finish reasons, model cards.
+"""OpenAI's answers: completion bodies, stream chunks, usage, finish reasons.
 
 The other half of the OpenAI shapes, the requests, is :mod:`.requests`;
 how the chunks travel is :mod:`.sse`.
@@ -24,7 +24,7 @@ from .requests import Job
 from .sse import DONE, event
 from .tool_calls import ToolStream, assistant_message, tool_finish
 
-__all__ = ["completion_body", "finish_reason", "model_card", "stream_body", "usage"]
+__all__ = ["completion_body", "finish_reason", "stream_body", "usage"]
 
 _log = logging.getLogger("oxillama_py.server")
 
@@ -44,10 +44,6 @@ def usage(job: Job, results: list[CompletionResult]) -> dict[str, Any]:
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in firsts)},
     }
-
-
-def model_card(name: str, created: int) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": created, "owned_by": "oxillama_py"}
 
 
 def envelope(job: Job, model: str, *, chunk: bool) -> dict[str, Any]:

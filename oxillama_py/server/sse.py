@@ -5,16 +5,17 @@ streaming and listens for ``http.disconnect``: a client that goes away cancels
 the body iterator where it waits (for the engine's next step), which cancels
 the generation inside it. :class:`EventStream` adds what an engine call needs
 on top: its body is closed in this task however the response ended, and its
-``on_close`` runs exactly once; and while nothing else is sent (the request
-waits in the queue, or prefills), a comment line every ``keepalive`` seconds,
-so a proxy's read timeout does not cut the stream.
+``on_close`` (then ``release``, which lets its model go) runs exactly once;
+and while nothing else is sent (the request waits in the queue, or prefills),
+a comment line every ``keepalive`` seconds, so a proxy's read timeout does not
+cut the stream.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import anyio
 from starlette.requests import ClientDisconnect
@@ -46,10 +47,17 @@ class EventStream(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, body: AsyncGenerator[bytes, None], on_close: Callable[[], None], keepalive: float = 0.0) -> None:
+    def __init__(
+        self,
+        body: AsyncGenerator[bytes, None],
+        on_close: Callable[[], None],
+        keepalive: float = 0.0,
+        release: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         super().__init__(body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.events = body
         self.on_close = on_close
+        self.release = release
         self.keepalive = keepalive
         self.last_sent = 0.0
         self.sending = False
@@ -109,4 +117,9 @@ class EventStream(StreamingResponse):
                 with anyio.CancelScope(shield=True):
                     await self.events.aclose()
             finally:
-                self.on_close()
+                try:
+                    self.on_close()
+                finally:
+                    if self.release is not None:  # the model the stream held (server/models.py)
+                        with anyio.CancelScope(shield=True):
+                            await self.release()
