@@ -146,7 +146,7 @@ def analyse(contenders: list[h.Contender]) -> dict[str, Any]:
 
 
 def main() -> int:
-    run = h.start("routing", __doc__, rounds=(2, 1), max_tokens=(16, 8), info_threads=2)
+    run = h.start("routing", __doc__, rounds=(3, 1), max_tokens=(16, 8), info_threads=2)
     commands: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="oxillama-routing-bench-") as tmp:
 
