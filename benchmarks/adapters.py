@@ -107,7 +107,7 @@ def main() -> int:
 
     from oxillama_py import AsyncEngine, EngineConfig, loaded_weights
 
-    run = h.start("adapters", __doc__, rounds=(3, 1), max_tokens=(64, 32))
+    run = h.start("adapters", __doc__, rounds=(2, 1), max_tokens=(48, 32))
     model, threads, max_tokens = run.model, run.args.threads, run.max_tokens
     root = Path(tempfile.mkdtemp(prefix="oxillama-adapters-"))
     paths = {"a": write_lora(root / "a.gguf", model), "b": write_lora(root / "b.gguf", model, seed=1)}
@@ -131,16 +131,16 @@ def main() -> int:
         return await run_engines(setups[name], requests, max_tokens)
 
     async def load() -> int:
+        """Load every engine and decode a few tokens on each (a warm-up)."""
         engines = [*setups["engines"].values(), *setups["engines_split"].values(), setups["groups"]]
         for engine in engines:
             await engine.load_model()
+            await engine.complete(requests[0].prompt, 4, temperature=0)
         return max(w.holders for w in loaded_weights())
 
     holders = anyio.run(load)
     h.say(f"{holders} engines share one load of the weights")
     contenders = [h.Contender(name, measure) for name in CONTENDERS]
-    for name in CONTENDERS:  # warm-up: every engine decodes once
-        anyio.run(measure, name)
     for _, key, order in h.schedule(run.rounds, [None], contenders):
         for contender in order:
             contender.record(key, sample(anyio.run(measure, contender.name)))

@@ -460,7 +460,8 @@ class Adapters(Figure):
     after = (
         "The per-adapter engines share one load of the weights ({d[settings][engines_sharing_weights]} engines in "
         "the process); the groups engine serves the queued requests of one adapter, switches with apply_lora, and "
-        "serves the next."
+        "serves the next. Texts equal to the groups engine's, of {d[settings][requests]}: {same} (free text: "
+        "prefills fall into other steps, which decides near-ties either way)."
     )
     setups: ClassVar[dict[str, str]] = {
         "engines": "an engine per adapter, all threads each",
@@ -477,6 +478,10 @@ class Adapters(Figure):
             Column("TTFT p50 (ms)", [t["p50"] * 1000 for t in ttft], 0, "time to first token (ms)"),
             Column("TTFT p95 (ms)", [t["p95"] * 1000 for t in ttft], 0, "time to first token (ms)"),
         ]
+
+    def values(self, d: Data) -> Data:
+        same = d["same_text_as_groups"]
+        return {"same": ", ".join(f"{same[name]} ({name})" for name in ("engines", "engines_split"))}
 
 
 FIGURES: dict[str, Figure] = {cls.name: cls() for cls in Figure.__subclasses__()}

@@ -239,6 +239,17 @@ def test_engines_on_shared_weights_keep_their_own_adapters(files: dict[str, Path
     assert _holders(files["one"]) == 0
 
 
+def test_a_snapshot_of_an_engine_with_config_adapters_restores_them(
+    files: dict[str, Path], expected: dict[str, Any]
+) -> None:
+    with Engine(_config(files["one"], lora=((files["adapter"], 1.0),))) as tuned:
+        tuned.generate(LORA_PROMPT, 2, temperature=0)
+        data = tuned.snapshot_bytes()
+    with Engine.restore(data) as restored:  # the snapshot's adapters, applied once
+        assert restored.lora_adapters() == {str(files["adapter"].resolve()): 1.0}
+        assert restored.generate(LORA_PROMPT, LORA_TOKENS, temperature=0) == expected["adapter"]
+
+
 def test_engine_config_lora_is_checked_when_built(files: dict[str, Path]) -> None:
     adapter = files["adapter"]
     assert EngineConfig(lora=[(adapter, 1)]).lora == ((str(adapter), 1.0),)

@@ -72,7 +72,8 @@ def plan_restore(source: object, model_path: object) -> Restore:
         lora = Lora.load(str(item["path"]))
         if lora.architecture != info.arch_id or model_fingerprint(lora.path) != item.get("fingerprint"):
             raise LoadError(f"the LoRA adapter {lora.path} is not the file the snapshot was taken with")
-    return Restore(replace(info.config, model_path=str(model)), list(info.loras), prefixes)
+    # the adapters applied when it was taken (the header's) are the truth, config.lora's or not
+    return Restore(replace(info.config, model_path=str(model), lora=()), list(info.loras), prefixes)
 
 
 def model_from_hub_origin(snapshot_path: object) -> Path:
