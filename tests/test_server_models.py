@@ -219,7 +219,44 @@ def test_max_loaded_models_unloads_the_least_recently_used(
             )
         assert [(r.model, r.choices[0].text) for r in texts] == [(name, want) for name in jobs]
         assert len(loaded()) == 1
-        assert served(server) == {"alpha": 2, "beta": 3}
+        # A stream holds its model until it ends: here the client goes away after the first token,
+        # which releases alpha, so beta can take its place (else this request would wait for ever).
+        body = {"model": "alpha", "prompt": PROMPT, "max_tokens": 400, "temperature": 0, "stream": True}
+        with httpx.stream("POST", server.api_url + "/completions", json=body, timeout=300) as stream:
+            assert next(line for line in stream.iter_lines() if line.startswith("data: "))
+        assert loaded() == ["alpha"]
+        later = client.with_options(timeout=120).completions.create(model="beta", prompt=PROMPT, max_tokens=4)
+        assert later.model == "beta" and loaded() == ["beta"]
+        assert served(server) == {"alpha": 3, "beta": 4}
+
+
+@pytest.mark.anyio
+async def test_an_app_over_a_registry_leaves_the_registry_to_its_owner(model_path: Path) -> None:
+    from oxillama_py import ModelRegistry
+    from oxillama_py.server import ServerSettings, create_app
+
+    registry = ModelRegistry()
+    with pytest.raises(ValueError, match="registry"):
+        create_app(registry)  # no name yet
+    registry.add("solo", EngineConfig(model_path, n_ctx=512, max_concurrency=1))
+    with pytest.raises(ValueError, match="model_name"):
+        create_app(registry, ServerSettings(model_name="other"))
+    app = create_app(registry)
+    assert app.state.server.registry is registry
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                assert (await http.get("/health")).json()["models"]["solo"]["loaded"] is False
+                body = {"prompt": PROMPT, "max_tokens": 3, "temperature": 0}
+                answer = await http.post("/v1/completions", json={**body, "model": "solo"})
+                assert answer.status_code == 200 and answer.json()["model"] == "solo"
+                missing = await http.post("/v1/completions", json={**body, "model": "duo"})
+                assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+        assert registry.loaded == ("solo",)  # the app's shutdown left the caller's registry open
+    finally:
+        await registry.aclose()
+    assert registry.loaded == ()
 
 
 # -- the command line ------------------------------------------------------------------------
