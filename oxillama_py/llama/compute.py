@@ -9,6 +9,13 @@ a build every computing llama.cpp call (model load, context creation, decode)
 of every engine runs on one process-wide compute thread, and there is only one
 team. Builds without OpenMP (ggml's own threadpool) compute on the caller's
 thread. ``OXILLAMA_PY_SHARED_COMPUTE=1`` or ``0`` overrides the choice.
+
+On the caller's threads, engines that decode at once would each spin their
+own ggml threads at barriers on the same cores: three engines of two threads
+on two cores fell to 2.9 tok/s together (``benchmarks/adapters.py``). So
+decodes draw their threads from one budget of the process's cores
+(:class:`CoreBudget`): engines whose threads fit decode side by side, the
+others take turns, first come first served.
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ import functools
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import llama_cpp
 
-__all__ = ["SHARED_COMPUTE_ENV", "compute", "openmp_build", "shared_compute"]
+__all__ = ["SHARED_COMPUTE_ENV", "CoreBudget", "compute", "compute_decode", "openmp_build", "shared_compute"]
 
 SHARED_COMPUTE_ENV = "OXILLAMA_PY_SHARED_COMPUTE"
 _T = TypeVar("_T")
@@ -89,9 +98,10 @@ _shared: _ComputeThread | None = None
 
 def _forget_after_fork() -> None:
     # A forked child has no compute thread, only a stale handle to its parent's (and maybe a held lock).
-    global _shared, _lock
+    global _shared, _lock, _budget
     _shared = None
     _lock = threading.Lock()
+    _budget = CoreBudget(_cores())
 
 
 if hasattr(os, "register_at_fork"):
@@ -108,3 +118,53 @@ def compute(func: Callable[..., _T], *args: Any) -> _T:
             if _shared is None:
                 _shared = _ComputeThread()
     return _shared.run(func, *args)
+
+
+class CoreBudget:
+    """The process's cores, lent to decodes by their thread count; waiters are served in arrival order.
+
+    A decode asking for more threads than there are cores takes them all.
+    Waiting costs nothing when one engine decodes alone: the budget is free.
+    """
+
+    def __init__(self, cores: int) -> None:
+        self.cores = max(1, cores)
+        self.in_use = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._line: deque[object] = deque()
+
+    @contextmanager
+    def hold(self, threads: int) -> Iterator[None]:
+        need = min(max(1, threads), self.cores)
+        with self._cond:
+            if self._line or self.in_use + need > self.cores:
+                ticket = object()
+                self._line.append(ticket)
+                self._cond.wait_for(lambda: self._line[0] is ticket and self.in_use + need <= self.cores)
+                self._line.popleft()
+                self._cond.notify_all()  # the next in line may fit beside this one
+            self.in_use += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= need
+                self._cond.notify_all()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+_budget = CoreBudget(_cores())
+
+
+def compute_decode(threads: int, func: Callable[..., _T], *args: Any) -> _T:
+    """A decode of ``threads`` threads: on the shared thread (OpenMP), else within the core budget."""
+    if shared_compute():
+        return compute(func, *args)
+    with _budget.hold(threads):
+        return func(*args)

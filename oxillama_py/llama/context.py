@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import GenerateError, KvCacheFullError, LoadError
-from .compute import compute
+from .compute import compute, compute_decode
 from .model import Model
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ class Context:
         self.ptr = ptr
         self.n_ctx: int = llama_cpp.llama_n_ctx(ptr)
         self.n_batch: int = int(params.n_batch)
+        self.n_threads = n_threads
         self.memory = llama_cpp.llama_get_memory(ptr)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._n_vocab = model.n_vocab
@@ -83,7 +84,7 @@ class Context:
             logits[i] = entry.logits
         batch.n_tokens = n
         with self._guard.reading():
-            rc = compute(llama_cpp.llama_decode, self.ptr, batch)
+            rc = compute_decode(self.n_threads, llama_cpp.llama_decode, self.ptr, batch)
         if rc == 1:
             raise KvCacheFullError("llama.cpp found no free KV cells for the batch")
         if rc != 0:
