@@ -73,6 +73,19 @@ def _fresh_session_engine() -> None:
         eng.reset()
 
 
+@pytest.fixture(scope="module")
+def own_engine(config: EngineConfig) -> Iterator[Engine]:
+    """An engine like the session's, of one module's own: for tests that change an engine's state.
+
+    A request with ``speculative=True`` sets speculation (and a measured step-cost
+    curve) up on its engine for good; such tests use this one, so that the
+    session engine stays as a fresh one would be.
+    """
+    with Engine(config) as eng:
+        eng.load_model()
+        yield eng
+
+
 @pytest.fixture
 def aengine(engine: Engine) -> AsyncEngine:
     """The session engine's async core: loop-agnostic, so every backend can use it."""

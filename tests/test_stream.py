@@ -49,9 +49,10 @@ class DuckBar:
 async def _until(predicate: Any, steps_budget: int, engine: AsyncEngine) -> int:
     """Wait until ``predicate()``; return how many decode steps the worker ran meanwhile."""
     start = engine.stats.decode_steps
-    while not predicate():
-        assert engine.stats.decode_steps - start <= steps_budget, "the worker kept decoding"
-        await anyio.sleep(0.005)
+    with anyio.fail_after(120):  # only a broken engine waits that long (an idle one that never gets there)
+        while not predicate():
+            assert engine.stats.decode_steps - start <= steps_budget, "the worker kept decoding"
+            await anyio.sleep(0.005)
     return engine.stats.decode_steps - start
 
 
