@@ -193,10 +193,10 @@ async def test_a_cancelled_apply_changes_nothing(small: Engine, base: str, adapt
     token = CancellationToken()
 
     async def long() -> None:
-        # Decodes until cancelled below (far fewer than its 2,000 tokens on any machine).
+        # Decodes until cancelled below (far fewer than its 1,000 tokens on any machine).
         with pytest.raises(GenerationCancelled):
             await aengine.generate_streaming(
-                "1, 2, 3, 4,", 2000, lambda piece: decoding.set(), temperature=0, cancel_token=token
+                "1, 2, 3, 4,", 1000, lambda piece: decoding.set(), temperature=0, cancel_token=token
             )
         ended.append("long")
 
