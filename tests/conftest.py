@@ -45,9 +45,42 @@ def config(model_path: Path) -> EngineConfig:
     return EngineConfig(model_path, seed=1234)
 
 
+_SESSION: list[Engine] = []
+"""The session engine, once a test has asked for it (so that modules without a model load none)."""
+
+
 @pytest.fixture(scope="session")
 def engine(config: EngineConfig) -> Iterator[Engine]:
-    """The session's sync engine, loaded once."""
+    """The session's sync engine, loaded once; its prefix cache is emptied before each module (below)."""
+    with Engine(config) as eng:
+        eng.load_model()
+        _SESSION.append(eng)
+        try:
+            yield eng
+        finally:
+            _SESSION.remove(eng)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_session_engine() -> None:
+    """Each module finds the session engine as a fresh one would be: nothing cached from earlier modules.
+
+    The prefix cache is the state the session engine keeps between calls; a
+    module that changes anything else (speculation set up by an opted-in
+    request, a step-cost curve, adapters) uses an engine of its own.
+    """
+    for eng in _SESSION:
+        eng.reset()
+
+
+@pytest.fixture(scope="module")
+def own_engine(config: EngineConfig) -> Iterator[Engine]:
+    """An engine like the session's, of one module's own: for tests that change an engine's state.
+
+    A request with ``speculative=True`` sets speculation (and a measured step-cost
+    curve) up on its engine for good; such tests use this one, so that the
+    session engine stays as a fresh one would be.
+    """
     with Engine(config) as eng:
         eng.load_model()
         yield eng

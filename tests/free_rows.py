@@ -5,7 +5,8 @@ from steps timed on the machine that runs the tests. A test that checks the
 mechanics of drafting (how far the defaults reach, the acceptance rule, where
 drafts stop) prices every row the same, as a memory-bound step would, so that
 the plan drafts everything offered whatever the CPU. The plan itself is tested
-with fixed curves in ``test_speculative.py``.
+with fixed curves in ``test_speculative.py``. The hook is public:
+:func:`oxillama_py.testing.price_rows_as_free`.
 """
 
 from __future__ import annotations
@@ -13,25 +14,12 @@ from __future__ import annotations
 import pytest
 
 from oxillama_py import AsyncEngine, Engine
-from oxillama_py.decode.cost import StepCost
+from oxillama_py.testing import price_rows_as_free as _price_rows_as_free
+from oxillama_py.testing import set_step_cost
 
 
-class FreeRows(StepCost):
-    """A flat curve that stays flat: observed steps do not move it."""
-
-    def __init__(self) -> None:
-        super().__init__({1: 1.0, 64: 1.0})
-
-    def observe(self, n: int, seconds: float) -> None:
-        pass
-
-
-def price_rows_as_free(engine: Engine | AsyncEngine, monkeypatch: pytest.MonkeyPatch | None = None) -> None:
-    """Give a loaded, speculating engine's worker the flat curve (until ``monkeypatch`` undoes it, if given)."""
-    target = engine.async_engine() if isinstance(engine, Engine) else engine
-    worker = target._life.worker
-    assert worker is not None and worker.speculator is not None, "load a speculating engine first"
-    if monkeypatch is None:
-        worker.speculator.cost = FreeRows()
-    else:
-        monkeypatch.setattr(worker.speculator, "cost", FreeRows())
+def price_rows_as_free(engine: Engine | AsyncEngine, request: pytest.FixtureRequest | None = None) -> None:
+    """Give a loaded, speculating engine the flat curve (until the test of ``request`` ends, if given)."""
+    measured = _price_rows_as_free(engine)
+    if request is not None:
+        request.addfinalizer(lambda: set_step_cost(engine, measured))

@@ -146,27 +146,50 @@ async def test_cancelling_three_of_eight(aengine: AsyncEngine) -> None:
     widgets = [ipywidgets.IntProgress() for _ in prompts]
     tokens = [CancellationToken() for _ in prompts]
     outcomes: dict[int, object] = {}
+    decoding = {1: threading.Event(), 4: threading.Event()}
+
+    def cancel_1_and_4() -> None:  # from another thread, once both have decoded a token
+        for event in decoding.values():
+            event.wait()
+        tokens[1].cancel()
+        tokens[4].cancel()
 
     async def one(i: int) -> None:
         max_tokens = 300 if i in (1, 4) else 16
+        pieces: list[str] = []
         try:
-            if i == 6:  # cancelled by a cancel scope
-                with anyio.move_on_after(0.4) as scope:
-                    outcomes[i] = await aengine.generate(prompts[i], 300, temperature=0, progress=widgets[i])
+            if i == 6:  # cancelled by a cancel scope, after its third piece
+                with anyio.CancelScope() as scope:
+
+                    def on_piece(piece: str) -> None:
+                        pieces.append(piece)
+                        if len(pieces) == 3:
+                            scope.cancel()
+
+                    outcomes[i] = await aengine.generate_streaming(
+                        prompts[i], 300, on_piece, temperature=0, progress=widgets[i]
+                    )
                 if scope.cancelled_caught:
                     outcomes[i] = "scope"
                 return
-            outcomes[i] = await aengine.generate(
-                prompts[i], max_tokens, temperature=0, progress=widgets[i], cancel_token=tokens[i]
+            event = decoding.get(i)
+            outcomes[i] = await aengine.generate_streaming(
+                prompts[i],
+                max_tokens,
+                lambda piece: event and event.set(),
+                temperature=0,
+                progress=widgets[i],
+                cancel_token=tokens[i],
             )
         except GenerationCancelled:
             outcomes[i] = "cancelled"
 
-    timer = threading.Timer(0.4, lambda: (tokens[1].cancel(), tokens[4].cancel()))
-    timer.start()
+    canceller = threading.Thread(target=cancel_1_and_4, daemon=True)
+    canceller.start()
     async with anyio.create_task_group() as group:
         for i in range(8):
             group.start_soon(one, i)
+    canceller.join()
     assert outcomes[1] == outcomes[4] == "cancelled"
     assert outcomes[6] == "scope"
     for i in (1, 4, 6):

@@ -87,11 +87,14 @@ async def test_embeddings_mixed_into_a_running_batch(small: Engine) -> None:
     generated: dict[int, str] = {}
     embedded: list[np.ndarray] = []
 
+    started = [anyio.Event() for _ in prompts]
+
     async def generate(i: int) -> None:
-        generated[i] = await aengine.generate(prompts[i], 24, temperature=0)
+        generated[i] = await aengine.generate(prompts[i], 24, temperature=0, progress=lambda e: started[i].set())
 
     async def embed() -> None:
-        await anyio.sleep(0.05)  # the generations are decoding by now
+        for event in started:  # every generation has decoded its first token: they are decoding now
+            await event.wait()
         for _ in range(3):
             embedded.append(await aengine.embed_batch_numpy(texts))
 

@@ -84,11 +84,14 @@ async def test_logits_beside_a_running_batch(small: Engine) -> None:
     generated: dict[int, str] = {}
     read: list[np.ndarray] = []
 
+    started = [anyio.Event() for _ in prompts]
+
     async def generate(i: int) -> None:
-        generated[i] = await aengine.generate(prompts[i], 24, temperature=0)
+        generated[i] = await aengine.generate(prompts[i], 24, temperature=0, progress=lambda e: started[i].set())
 
     async def logits() -> None:
-        await anyio.sleep(0.05)
+        for event in started:  # every generation has decoded its first token: they are decoding now
+            await event.wait()
         for _ in range(3):
             read.append(await aengine.logits("The capital of France is"))
 

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from free_rows import price_rows_as_free
 from server_process import ServerProcess, running_server
 
 from oxillama_py import AsyncEngine, CompletionResult, Engine, TokenLogprob
@@ -148,10 +149,13 @@ def test_score_a_prompt_with_max_tokens_zero(engine: Engine) -> None:
     assert all(lp is not None and lp.top_logprobs == () for lp in result.prompt_logprobs[1:])
 
 
-def test_speculative_rows_give_logprobs(engine: Engine) -> None:
+def test_speculative_rows_give_logprobs(own_engine: Engine) -> None:
     """A speculating call gives every emitted token its value, from the row that verified it."""
+    engine = own_engine  # speculation, once set up, stays with its engine
     prompt = "a b c d e f g h i j a b c d e f g h i j a b c"
     plain = engine.complete(prompt, 8, temperature=0, logprobs=3, speculative=False)
+    engine.complete(prompt, 1, temperature=0, speculative=True)  # sets speculation up...
+    price_rows_as_free(engine)  # ...to draft whatever this CPU's step costs (free_rows.py)
     spec = engine.complete(prompt, 8, temperature=0, logprobs=3, speculative=True)
     assert spec.logprobs is not None and plain.logprobs is not None
     assert spec.speculative is not None and spec.speculative.accepted > 0  # rows verified drafts

@@ -10,7 +10,7 @@ import pytest
 from lora_gguf import write_lora
 from test_batching import PREDICTABLE
 
-from oxillama_py import AsyncEngine, Engine, EngineConfig, LoadError, Lora
+from oxillama_py import AsyncEngine, CancellationToken, Engine, EngineConfig, GenerationCancelled, LoadError, Lora
 
 PROMPT = "The capital of France is"
 
@@ -153,11 +153,14 @@ async def test_lora_and_embeddings_mixed_into_a_running_batch(
     waited: list[bool] = []
     steps_before = small.stats.decode_steps
 
+    started = [anyio.Event() for _ in prompts]
+
     async def generate(i: int) -> None:
-        generated[i] = await aengine.generate(prompts[i], 32, temperature=0)
+        generated[i] = await aengine.generate(prompts[i], 32, temperature=0, progress=lambda e: started[i].set())
 
     async def mix() -> None:
-        await anyio.sleep(0.05)  # the batch is decoding by now
+        for event in started:  # every generation has decoded its first token: the batch is decoding now
+            await event.wait()
         embeddings.append(float(await aengine.embed_numpy("cat") @ embedded))
         async with anyio.create_task_group() as group:
             group.start_soon(aengine.apply_lora, adapters["a"])
@@ -186,20 +189,31 @@ async def test_lora_and_embeddings_mixed_into_a_running_batch(
 async def test_a_cancelled_apply_changes_nothing(small: Engine, base: str, adapters: dict[str, Path]) -> None:
     aengine: AsyncEngine = small.async_engine()
     ended: list[str] = []
+    decoding = anyio.Event()
+    token = CancellationToken()
 
     async def long() -> None:
-        await aengine.generate("1, 2, 3, 4,", 200, temperature=0)
+        # Decodes until cancelled below (far fewer than its 1,000 tokens on any machine).
+        with pytest.raises(GenerationCancelled):
+            await aengine.generate_streaming(
+                "1, 2, 3, 4,", 1000, lambda piece: decoding.set(), temperature=0, cancel_token=token
+            )
         ended.append("long")
 
     async with anyio.create_task_group() as group:
         group.start_soon(long)
-        await anyio.sleep(0.05)
-        with anyio.move_on_after(0.1):
-            await aengine.apply_lora(adapters["a"])  # waits for the generation, then is cancelled
+        await decoding.wait()
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as applying:
+                applying.start_soon(aengine.apply_lora, adapters["a"])  # waits for the generation...
+                while aengine.stats.weight_changes == 0:
+                    await anyio.sleep(0.005)
+                scope.cancel()  # ...and is cancelled while it waits
         assert aengine.stats.weight_changes == 0
         short = await aengine.generate(PROMPT, 4, temperature=0)
         ended.append("short")
         assert base.startswith(short)  # the withdrawn change holds no request back
+        token.cancel()
     assert ended == ["short", "long"]
     assert aengine.lora_adapters() == {}
     assert await aengine.generate(PROMPT, 16, temperature=0) == base

@@ -10,7 +10,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import llama_cpp
 import pytest
 
 from oxillama_py import (
@@ -23,6 +22,7 @@ from oxillama_py import (
     PromptLookup,
     SpeculativeConfig,
     SpeculativeEngine,
+    testing,
 )
 from oxillama_py.decode.prefix_cache import ALIGN
 
@@ -227,21 +227,18 @@ def test_a_prefix_whose_window_was_overwritten_is_prefilled_again(model_path: Pa
     """
     with make_engine(model_path, n_ctx=4096, max_concurrency=2, prefix_cache_tokens=4096) as engine:
         engine.load_model()
-        worker = engine.async_engine()._life.worker
-        assert worker is not None and worker.cache is not None and worker.context is not None
-        memory = worker.context.memory
         engine.complete("Memo.\n" + system_prompt(20), 2, temperature=0)  # cells 0..255 kept
         engine.complete(LONG + QUESTIONS[1], 2, temperature=0)  # the long entry, after them
-        assert worker.cache.evict_one()  # the memo, least recently used: a hole before the entry
-        (entry,) = worker.cache.holders()
+        assert testing.evict_least_recent(engine)  # the memo, least recently used: a hole before the entry
+        (entry,) = testing.cached_prefixes(engine)
         prompt = LONG + COUNTING[0]
-        assert llama_cpp.llama_memory_seq_pos_min(memory, entry.seq_id) == 0
+        assert entry.pos_min == 0
         engine.complete("Report.\n" + system_prompt(100), 2, temperature=0)  # unrelated, longer than the hole
-        (entry, _) = sorted(worker.cache.holders(), key=lambda h: h.seq_id != entry.seq_id)
+        (entry, _) = sorted(testing.cached_prefixes(engine), key=lambda h: h.seq_id != entry.seq_id)
         pairs = zip(engine.tokenize(prompt), entry.tokens, strict=False)
         shared = next((i for i, (a, b) in enumerate(pairs) if a != b), len(entry.tokens))
-        pos_min = llama_cpp.llama_memory_seq_pos_min(memory, entry.seq_id)
-        assert pos_min > shared - worker.model.n_swa, "llama.cpp did not reuse the entry's stale SWA cells"
+        window = testing.sliding_window(engine)
+        assert entry.pos_min > shared - window, "llama.cpp did not reuse the entry's stale SWA cells"
         result = engine.complete(prompt, 12, temperature=0)
         assert result.cached_tokens == 0
         assert engine.stats.prefix_cache.window_misses == 1

@@ -6,6 +6,7 @@ import io
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -56,7 +57,13 @@ def check_stream_of_events(events: list[ProgressEvent], generated: int, total: i
     assert counts == sorted(counts)
     assert events[-1].tokens_generated == generated  # the final event adds no token of its own
     assert all(e.tokens_total == total for e in events)
-    assert all(e.elapsed_secs >= 0 and e.tokens_per_sec >= 0 for e in events)
+    # Time only moves on, and the rate is the count over the time so far (a clock that stood
+    # still, or a rate from another count, fails here).
+    elapsed = [e.elapsed_secs for e in events]
+    assert elapsed == sorted(elapsed) and elapsed[-1] > 0
+    for e in events:
+        assert e.tokens_per_sec == pytest.approx(e.tokens_generated / e.elapsed_secs if e.elapsed_secs else 0.0)
+    assert events[-1].tokens_per_sec > 0
     for e in events:
         if e.tokens_generated < 2:
             assert e.eta_secs is None  # ETA needs two tokens
@@ -186,6 +193,29 @@ class Displays:
         assert len(self.rec.finals) == 1 and self.rec.events[-1].is_final
 
 
+def _on_nth_piece(n: int, then: Callable[[], object]) -> Callable[[str], None]:
+    """A piece callback that calls ``then()`` when the ``n``-th piece arrives: cancel on progress, not on time."""
+    count = 0
+
+    def on_piece(piece: str) -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            then()
+
+    return on_piece
+
+
+def _wait_then(event: threading.Event, then: Callable[[], object]) -> None:
+    event.wait()
+    then()
+
+
+async def _fail_once_set(event: anyio.Event) -> None:
+    await event.wait()
+    raise ValueError("sibling failed")
+
+
 async def _each(aengine: AsyncEngine, displays: Displays, **kwargs: Any) -> None:
     for display in displays.all():
         await aengine.generate(PROMPT, kwargs.pop("max_tokens", 200), temperature=0, progress=display, **kwargs)
@@ -211,20 +241,30 @@ async def test_finalised_once_on_cancellation_token(aengine: AsyncEngine) -> Non
     d = Displays()
     for display in d.all():
         token = CancellationToken()
-        threading.Timer(0.25, token.cancel).start()
+        decoding = threading.Event()  # a piece is out: cancel from another thread, as a user would
+        canceller = threading.Thread(target=_wait_then, args=(decoding, token.cancel), daemon=True)
+        canceller.start()
         with pytest.raises(GenerationCancelled):
-            await aengine.generate(PROMPT, 400, temperature=0, progress=display, cancel_token=token)
+            on_piece = _on_nth_piece(1, decoding.set)
+            await aengine.generate_streaming(
+                PROMPT, 2000, on_piece, temperature=0, progress=display, cancel_token=token
+            )
+        canceller.join()
     d.check("warning")
     assert "cancelled" in d.bar.postfix
-    assert d.widget.value < 400
+    assert 1 <= d.widget.value < 2000
 
 
 async def test_finalised_once_on_cancel_scope(aengine: AsyncEngine) -> None:
     d = Displays()
     for display in d.all():
-        with anyio.move_on_after(0.25):
-            await aengine.generate(PROMPT, 400, temperature=0, progress=display)
+        with anyio.CancelScope() as scope:
+            await aengine.generate_streaming(
+                PROMPT, 2000, _on_nth_piece(3, scope.cancel), temperature=0, progress=display
+            )
+        assert scope.cancelled_caught
     d.check("warning")
+    assert 3 <= d.widget.value < 2000
 
 
 async def test_finalised_once_on_exception_inside_generation(aengine: AsyncEngine) -> None:
@@ -245,17 +285,17 @@ async def test_finalised_once_on_exception_inside_generation(aengine: AsyncEngin
 async def test_finalised_once_on_task_group_error(aengine: AsyncEngine) -> None:
     d = Displays()
 
-    async def boom() -> None:
-        await anyio.sleep(0.2)
-        raise ValueError("sibling failed")
-
     for display in d.all():
+        decoding = anyio.Event()  # the generation is under way, ~2,000 tokens to go
         with pytest.raises(Exception) as info:  # an exception group, named differently per backend
             async with anyio.create_task_group() as group:
-                group.start_soon(boom)
-                await aengine.generate(PROMPT, 400, temperature=0, progress=display)
+                group.start_soon(_fail_once_set, decoding)
+                await aengine.generate_streaming(
+                    PROMPT, 2000, _on_nth_piece(1, decoding.set), temperature=0, progress=display
+                )
         assert "sibling failed" in repr(info.value)
     d.check("warning")  # the generation itself was cancelled by its task group
+    assert 1 <= d.widget.value < 2000
 
 
 # -- callback errors --------------------------------------------------------------------

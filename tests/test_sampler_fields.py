@@ -94,7 +94,7 @@ def test_grammar_path_is_exact_with_penalties_and_bias(engine: Engine) -> None:
         assert result.token_ids == (forced,) * 3
 
 
-def test_speculation_verifies_with_the_same_fields(engine: Engine) -> None:
+def test_speculation_verifies_with_the_same_fields(own_engine: Engine) -> None:
     """Verified drafts obey the bias and the penalties.
 
     That verification chooses exactly as llama.cpp's chain does is checked
@@ -104,6 +104,7 @@ def test_speculation_verifies_with_the_same_fields(engine: Engine) -> None:
     from a batch of several rows, whose float sums may differ from a lone
     row's in the last bits, so long greedy texts may part at a near-tie.
     """
+    engine = own_engine  # speculation, once set up, stays with its engine
     banned = engine.complete(PROMPT, 1, temperature=0).token_ids[0]
     fields: dict[str, Any] = {"presence_penalty": 2.0, "frequency_penalty": 0.5, "logit_bias": {banned: -100}}
     speculated = engine.complete(PROMPT, N, temperature=0, speculative=True, **fields)

@@ -201,12 +201,14 @@ async def test_async_snapshot_while_generating_and_restore(model_path: Path, tmp
         answer = await engine.generate(QUESTION, 24, temperature=0)
         texts: list[str] = []
 
+        decoding = anyio.Event()
+
         async def generate() -> None:
-            texts.append(await engine.generate("1, 2, 3, 4,", 32, temperature=0))
+            texts.append(await engine.generate("1, 2, 3, 4,", 32, temperature=0, progress=lambda e: decoding.set()))
 
         async with anyio.create_task_group() as group:
             group.start_soon(generate)
-            await anyio.sleep(0.05)
+            await decoding.wait()  # the snapshot is taken while it decodes
             await engine.snapshot(tmp_path / "live.snap")
         assert texts and texts[0].startswith(" 5, 6, 7")
     restored = await AsyncEngine.restore(tmp_path / "live.snap")

@@ -7,16 +7,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import llama_cpp
 import pytest
 from free_rows import price_rows_as_free
 from test_speculative import COPYING, RGB, _same_distribution
 
 from oxillama_py import AsyncEngine, Engine, EngineConfig, PromptLookup
-from oxillama_py.decode import DecodeWorker
+from oxillama_py.testing import slot_cells
 
 FREE = ["Once upon a time", "The history of the city of Rome"]
 MODEL = "gemma-3-270m-q4_k_m"  # the server's name for the default model
+
+
+@pytest.fixture(scope="module")
+def plain_engine(model_path: Path) -> Iterator[Engine]:
+    """A plain engine of this module's own: requests that opt in set speculation up on it for good."""
+    with Engine(EngineConfig(model_path, n_ctx=4096, max_concurrency=2, seed=5)) as engine:
+        engine.load_model()
+        yield engine
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +35,11 @@ def spec(model_path: Path) -> Iterator[Engine]:
 
 
 def test_greedy_speculating_sequences_in_a_batch_equal_plain_decoding(
-    spec: Engine, monkeypatch: pytest.MonkeyPatch
+    spec: Engine, request: pytest.FixtureRequest
 ) -> None:
     # Rows priced as free, so that both copying sequences draft on any CPU (``free_rows``); the
     # server test below runs on this machine's measured costs, where the text must not change either.
-    price_rows_as_free(spec, monkeypatch)
+    price_rows_as_free(spec, request)
     prompts = [COPYING[0], FREE[0], COPYING[2], FREE[1]]
     plain = spec.complete_batch(prompts, 48, temperature=0, speculative=False)
     speculating = spec.complete_batch(prompts, 48, temperature=0)
@@ -46,13 +53,14 @@ def test_greedy_speculating_sequences_in_a_batch_equal_plain_decoding(
         assert result.completion_tokens == 48 and result.speculative is not None
 
 
-def test_requests_opt_in_and_out(spec: Engine, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_requests_opt_in_and_out(spec: Engine, plain_engine: Engine) -> None:
+    engine = plain_engine  # its own: the first opted-in request sets speculation up for good
     plain = engine.complete(COPYING[1], 32, temperature=0)
-    assert plain.speculative is None  # the session engine does not speculate by default
+    assert plain.speculative is None  # an engine does not speculate by default
     opted_in = engine.complete(COPYING[1], 32, temperature=0, speculative=True)
     assert opted_in.token_ids == plain.token_ids
     assert opted_in.speculative is not None  # drafts, if this CPU's measured costs say they pay
-    price_rows_as_free(engine, monkeypatch)  # the first request set the engine's speculation up
+    price_rows_as_free(engine)  # the first request set the engine's speculation up
     drafted = engine.complete(COPYING[1], 32, temperature=0, speculative=True)
     assert drafted.token_ids == plain.token_ids
     assert drafted.speculative is not None and drafted.speculative.accepted > 0
@@ -66,11 +74,11 @@ def test_requests_opt_in_and_out(spec: Engine, engine: Engine, monkeypatch: pyte
 
 
 def test_speculative_sampling_inside_a_batch_of_4_keeps_the_distribution(
-    spec: Engine, engine: Engine, monkeypatch: pytest.MonkeyPatch
+    spec: Engine, engine: Engine, request: pytest.FixtureRequest
 ) -> None:
     # Rows priced as free: every request drafts its first token (prompt lookup always finds one in RGB),
     # so every sample goes through the acceptance rule, whatever this machine's costs are.
-    price_rows_as_free(spec, monkeypatch)
+    price_rows_as_free(spec, request)
     sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
     batches = 75  # 300 first tokens a side
     speculative: Counter[int] = Counter()
@@ -90,27 +98,22 @@ def test_speculative_sampling_inside_a_batch_of_4_keeps_the_distribution(
     assert _same_distribution(speculative, plain) > 0.001, (speculative, plain)
 
 
-def _check_cells(worker: DecodeWorker) -> list[int]:
-    """On the decode thread: each sequence holds exactly its own cells; the slots of the others none."""
-    assert worker.context is not None
-    memory = worker.context.memory
-    active = {seq.slot: seq for seq in worker.scheduler.running}
-    for slot in range(worker.n_slots):
-        low = llama_cpp.llama_memory_seq_pos_min(memory, slot)
-        high = llama_cpp.llama_memory_seq_pos_max(memory, slot)
-        if slot in active:
-            assert (low, high) == (0, active[slot].pos - 1), (slot, low, high, active[slot].pos)
+def _check_cells(engine: AsyncEngine) -> list[int]:
+    """Each running sequence holds exactly its own cells, the other slots none; the running slots."""
+    cells = slot_cells(engine)
+    for slot in cells:
+        if slot.tokens is not None:
+            assert (slot.pos_min, slot.pos_max) == (0, slot.tokens - 1), slot
         else:
-            assert (low, high) == (-1, -1), (slot, low, high)
-    return sorted(active)
+            assert (slot.pos_min, slot.pos_max) == (-1, -1), slot
+    return [slot.slot for slot in cells if slot.tokens is not None]
 
 
 @pytest.mark.anyio
 async def test_cancelling_a_speculating_sequence_frees_exactly_its_cells(model_path: Path) -> None:
     config = EngineConfig(model_path, n_ctx=8192, max_concurrency=4, speculative=PromptLookup(), prefix_cache_tokens=0)
     async with AsyncEngine(config) as engine:
-        worker = engine._life.worker
-        assert worker is not None
+        await engine.load_model()
         seen: list[list[int]] = []
         texts: dict[int, str] = {}
 
@@ -124,7 +127,7 @@ async def test_cancelling_a_speculating_sequence_frees_exactly_its_cells(model_p
 
         async def watch() -> None:
             while len(texts) < 3:
-                seen.append(await anyio.to_thread.run_sync(worker.run(_check_cells).result))
+                seen.append(await anyio.to_thread.run_sync(_check_cells, engine))
                 await anyio.sleep(0.02)
 
         async with anyio.create_task_group() as group:
@@ -136,7 +139,7 @@ async def test_cancelling_a_speculating_sequence_frees_exactly_its_cells(model_p
                 await run(3, COPYING[1], scope)
         assert 3 not in texts  # it was cancelled
         assert any(len(slots) == 4 for slots in seen) and any(len(slots) == 3 for slots in seen)
-        assert await anyio.to_thread.run_sync(worker.run(_check_cells).result) == []
+        assert await anyio.to_thread.run_sync(_check_cells, engine) == []
 
 
 def test_the_server_speculates_with_no_change_to_clients(engine: Engine) -> None:

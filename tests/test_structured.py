@@ -583,8 +583,8 @@ def test_the_vocabulary_is_read_once_and_let_go_with_the_model(config: EngineCon
 
     with Engine(config) as engine:
         engine.generate("x", 1, json=True)
-        first = len(guidance._vocabularies)
+        first = guidance.vocabularies_held()
         engine.generate("x", 1, regex="[0-9]")
-        assert len(guidance._vocabularies) == first  # one per model, whatever the grammars
+        assert guidance.vocabularies_held() == first  # one per model, whatever the grammars
     gc.collect()
-    assert len(guidance._vocabularies) == first - 1
+    assert guidance.vocabularies_held() == first - 1

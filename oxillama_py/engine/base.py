@@ -15,7 +15,7 @@ from ..stats import EngineStats
 from .files import NO_PICKLE
 from .lifetime import Lifetime
 
-__all__ = ["EngineBase"]
+__all__ = ["EngineBase", "decode_worker"]
 
 
 class EngineBase:
@@ -63,3 +63,11 @@ class EngineBase:
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError(NO_PICKLE.format(type(self).__name__))
+
+
+def decode_worker(engine: EngineBase) -> DecodeWorker:
+    """The running decode worker of a loaded ``engine`` (for :mod:`oxillama_py.testing`); loads nothing."""
+    worker = engine._life.worker
+    if worker is None:
+        raise RuntimeError("the engine's model is not loaded: call load_model() first")
+    return worker

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from ..errors import GrammarError
 from .model import Model
 
-__all__ = ["Matcher", "Vocabulary", "vocabulary"]
+__all__ = ["Matcher", "Vocabulary", "vocabularies_held", "vocabulary"]
 
 _KEPT_GRAMMARS = 64
 _PIECE_BYTES = 16 * 1024
@@ -92,6 +92,12 @@ def vocabulary(model: Model) -> Vocabulary:
         if found is None:
             found = _vocabularies[model] = Vocabulary(model)
         return found
+
+
+def vocabularies_held() -> int:
+    """How many models' vocabularies are built and alive (one per loaded model; for tests)."""
+    with _building:
+        return len(_vocabularies)
 
 
 class Matcher:
