@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import random
 import sys
 import tempfile
 import time
@@ -22,6 +23,7 @@ from server import running
 
 SETUPS = ("process", "pow2", "prefix")
 USERS, TURNS, CLIENTS = 8, 6, 16
+THINK = 2.0  # seconds a user may read before the next turn (uniform, seeded)
 CTX, CACHE = 8192, 4096  # per replica; the one process has twice both (the same memory in all)
 TARGETS = {"hit_share": 0.85, "ttft_p50": 1.3, "unique_tok_per_sec": 0.9}
 
@@ -74,12 +76,17 @@ async def chats(client: httpx.AsyncClient, base: str, round_no: int, max_tokens:
     turns: list[h.Sample] = []
 
     async def user(number: int) -> None:
+        # Users are not in lockstep: each starts and reads for its own (seeded) while, or a router that
+        # balances load would keep a user on one replica by the accident of arrival order.
+        pause = random.Random(round_no * 1000 + number)
         messages = [{"role": "system", "content": system_prompt(number, round_no)}]
+        await anyio.sleep(pause.uniform(0, THINK))
         for k in range(TURNS):
             messages.append({"role": "user", "content": f"Question {k + 1}: tell me something new about it."})
             done = await turn(client, base, messages, max_tokens)
             messages.append({"role": "assistant", "content": done.text})
             turns.append(done)
+            await anyio.sleep(pause.uniform(0, THINK))
 
     start = time.perf_counter()
     async with anyio.create_task_group() as group:
