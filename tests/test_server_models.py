@@ -293,7 +293,6 @@ def serve_command(*args: str) -> tuple[int, str]:
         (("--model", "{model}", "--model", "{model}"), "name them with --model NAME=PATH"),
         (("--model", "a={model}", "--lora", "a={adapter}"), "a model of that name is served already"),
         (("--model-name", "x", "--model", "a={model}", "--model", "b={model}"), "--model-name names the one"),
-        (("--ray", "--model", "a={model}", "--model", "b={model}"), "not served with --ray yet"),
     ],
 )
 def test_cli_refuses_bad_model_flags(args: tuple[str, ...], message: str, files: dict[str, Path]) -> None:
