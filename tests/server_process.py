@@ -74,6 +74,12 @@ class ServerProcess:
             raise AssertionError(f"server did not stop within {timeout} s after SIGTERM:\n{self.log()}") from None
 
 
+def serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m oxillama_py serve ARGS`` run to its end (for arguments it refuses before serving)."""
+    argv = [sys.executable, "-m", "oxillama_py", "serve", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
 def model_flags(models: dict[str, Path], loras: dict[str, Path] | None = None) -> list[str]:
     """``--model NAME=PATH`` for each model and ``--lora NAME=PATH`` for each adapter (over the first model)."""
     flags = [flag for name, path in models.items() for flag in ("--model", f"{name}={path}")]

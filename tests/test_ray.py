@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from server_process import free_port
+from server_process import free_port, serve_cli
 from test_batching import CONFIDENT
 
 from oxillama_py import CompletionResult, Engine, EngineConfig
@@ -268,11 +268,7 @@ def test_config_validation() -> None:
 
 
 def test_cli_rejects_bad_ray_arguments() -> None:
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "oxillama_py", "serve", *args], capture_output=True, text=True, timeout=120
-        )
-
+    run = serve_cli
     bad = run("--ray", "--autoscale", "3")
     assert bad.returncode == 2 and "MIN:MAX" in bad.stderr
     alone = run("--replicas", "2")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_process import free_port
+from server_process import free_port, serve_cli
 from test_batching import CONFIDENT
 
 from oxillama_py import Engine, EngineConfig
@@ -100,8 +99,7 @@ def test_cli_hands_several_models_to_ray(model_path: Path) -> None:
     """``serve --ray --model a=P --model b=P``: rejected only for bad values (the deployment itself is above)."""
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "oxillama_py", "serve", "--ray", *args]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        return serve_cli("--ray", *args)
 
     bad = run("--model", f"a={model_path}", "--model", f"b={model_path}", "--max-loaded-models", "0")
     assert bad.returncode == 2 and "error:" in bad.stderr

@@ -7,8 +7,6 @@ One local Ray instance for the module holds two apps of two replicas each:
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from server_process import free_port
+from server_process import free_port, serve_cli
 
 from oxillama_py import EngineConfig
 
@@ -146,11 +144,7 @@ def test_router_config_and_cli() -> None:
     with pytest.raises(ValueError, match="imbalance must be >= 0"):
         RayServeConfig(imbalance=-1)
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "oxillama_py", "serve", *args], capture_output=True, text=True, timeout=120
-        )
-
+    run = serve_cli
     bad = run("--ray", "--router", "random")
     assert bad.returncode == 2 and "invalid choice: 'random'" in bad.stderr
     alone = run("--router", "pow2")

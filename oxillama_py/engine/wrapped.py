@@ -15,7 +15,6 @@ import math
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from types import TracebackType
 from typing import Any, NoReturn
 
 import anyio
@@ -79,13 +78,7 @@ class WrappedEngine(AsyncEngine, wraps=is_engine_like):
         await anyio.to_thread.run_sync(self._pool.shutdown)
 
     async def __aenter__(self) -> WrappedEngine:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.aclose()
+        return self  # nothing to load; ``__aexit__`` (AsyncEngine's) closes the pool, shielded
 
 
 class WrappedStream:
