@@ -235,6 +235,13 @@ class EngineConfig(EngineConfigNames):
     ``speculative=False`` (or in, on an engine without it, with ``True``: prompt
     lookup). See the speculative decoding docs.
 
+    ``step_target_ms`` bounds the prompt rows a decode step carries while
+    other sequences generate (chunked prefill), so that a long prompt does not
+    freeze the running streams: a step with prompt rows aims at this many
+    milliseconds. ``None`` (the default) aims at 2.5 times what the step's
+    generating rows alone cost, learned from the steps decoded so far; a
+    prompt alone always takes the whole ``n_batch``. See the batching docs.
+
     ``lora`` is a tuple of ``(path, scale)`` pairs: LoRA adapters applied when
     the model loads, before any request (as ``apply_lora`` of each would be).
     Engines of one process that load the same model file share its weights,
@@ -257,6 +264,7 @@ class EngineConfig(EngineConfigNames):
     prefix_cache_tokens: int | None = None
     speculative: PromptLookup | EngineConfig | None = None
     speculative_tokens: int | None = None
+    step_target_ms: float | None = None
     lora: tuple[tuple[str, float], ...] = ()
 
     def __init__(
@@ -274,6 +282,7 @@ class EngineConfig(EngineConfigNames):
         prefix_cache_tokens: int | None = None,
         speculative: PromptLookup | EngineConfig | None = None,
         speculative_tokens: int | None = None,
+        step_target_ms: float | None = None,
         lora: LoraPairs = (),
         context_size: int | None = None,
         num_threads: int | None = None,
@@ -317,6 +326,8 @@ class EngineConfig(EngineConfigNames):
                 _check_draft(self.speculative, self)
         if self.speculative_tokens is not None:
             check_int("speculative_tokens", self.speculative_tokens, low=1, high=64)
+        if self.step_target_ms is not None:
+            check_number("step_target_ms", self.step_target_ms, low=0, low_open=True, high=3_600_000)
         if self.n_ctx // self.max_concurrency < 8:
             raise ValueError(
                 f"n_ctx={self.n_ctx} leaves fewer than 8 cells for each of "

@@ -25,6 +25,7 @@ from oxillama_py.decode.cells import Holder, Reuse, Run
 from oxillama_py.decode.cost import Acceptance, StepCost
 from oxillama_py.decode.drafters import Draft
 from oxillama_py.decode.ids import LLAMA_MAX_SEQ, SeqIdPool
+from oxillama_py.decode.pace import MIN_CHUNK, STALL, PrefillPace
 from oxillama_py.decode.plan import StepOutput, StepPlan, Task
 from oxillama_py.decode.scheduler import Scheduler
 from oxillama_py.decode.sequence import ActiveSequence
@@ -110,8 +111,10 @@ class FakeRunner:
     advances by its draft plus one token.
     """
 
-    def __init__(self, next_token: Any = None) -> None:
+    def __init__(self, next_token: Any = None, seconds: Any = None) -> None:
         self.next_token = next_token or (lambda seq: 100 + len(seq.generated))
+        self.seconds = seconds or (lambda logit_rows, prompt_rows: 0.01)
+        """What a step costs, by its rows with logits and its prompt rows without."""
         self.rows: list[list[tuple[int, int]]] = []  # per step: (slot, rows) of each sequence, in batch order
 
     def execute(self, plan: StepPlan) -> StepOutput:
@@ -136,11 +139,16 @@ class FakeRunner:
         for seq, placed in sampled:
             placed.chosen = [*placed.draft.tokens, self.next_token(seq)]
         self.rows.append(rows)
-        return StepOutput(sampled, n, 0.01)
+        prompt_rows = sum(len(chunk) for _, chunk in plan.chunks)
+        return StepOutput(sampled, n, self.seconds(n - prompt_rows, prompt_rows))
 
 
 def new_scheduler(
-    n_slots: int = 2, n_batch: int = 64, cache: FakeCache | None = None, n_spare: int = 2
+    n_slots: int = 2,
+    n_batch: int = 64,
+    cache: FakeCache | None = None,
+    n_spare: int = 2,
+    pace: PrefillPace | None = None,
 ) -> tuple[Scheduler, FakeCache, SeqIdPool]:
     cache = cache or FakeCache()
     ids = SeqIdPool(n_slots, 0, n_spare)
@@ -150,7 +158,7 @@ def new_scheduler(
             raise ValueError("this request cannot start")
         return ActiveSequence(req, lease, FakeModel(), submitted, None)  # type: ignore[arg-type]
 
-    return Scheduler(n_batch, ids, cache, start), cache, ids  # type: ignore[arg-type]
+    return Scheduler(n_batch, ids, cache, start, pace), cache, ids  # type: ignore[arg-type]
 
 
 def step(scheduler: Scheduler, runner: FakeRunner) -> StepPlan:
@@ -220,6 +228,74 @@ def test_generating_rows_come_first_and_prompts_share_what_they_leave_in_order()
     # The generating sequence decoded one token in every step while the prompts prefilled.
     assert all(rows[0] == (0, 1) for rows in runner.rows[1:6])
     assert len(tokens_of(short)) == 50 and len(tokens_of(long_a)) == 2 and len(tokens_of(long_b)) == 2
+
+
+def cpu_like(logit_rows: int, prompt_rows: int) -> float:
+    """A step's cost on a CPU: the weights read once (20 ms), then 3 ms a row."""
+    return 0.020 + 0.003 * (logit_rows + prompt_rows)
+
+
+def prefill_beside_streams(pace: PrefillPace, n_streams: int = 4) -> tuple[FakeRunner, list[tuple[int, int]]]:
+    """``n_streams`` generating, then a 2,000-token prompt arrives: each step's (generating rows, prompt rows)."""
+    scheduler, _, _ = new_scheduler(n_slots=n_streams + 1, n_batch=512, pace=pace)
+    runner = FakeRunner(seconds=cpu_like)
+    for i in range(n_streams):
+        scheduler.add(request([2 + i, 3], max_tokens=400), 0.0)
+    for _ in range(30):  # the streams decode alone for a while: the pace learns their step's cost
+        step(scheduler, runner)
+    scheduler.add(request(range(10, 2010), max_tokens=1), 1.0)
+    steps: list[tuple[int, int]] = []
+    while any(seq.prefilling for seq in scheduler.running) or scheduler.waiting:
+        plan = step(scheduler, runner)
+        steps.append((len(plan.generating), sum(len(chunk) for _, chunk in plan.chunks)))
+    return runner, steps
+
+
+def test_a_long_prompt_takes_no_more_than_the_budget_while_others_generate() -> None:
+    _, steps = prefill_beside_streams(PrefillPace(target_ms=100.0))
+    assert all(generating == 4 for generating, _ in steps)
+    # After a first chunk at a guessed row cost, every step keeps to the 100 ms target (20 ms + 3 ms a
+    # row: 4 generating rows and 22 prompt rows): the budget is learned from the steps' costs, not assumed.
+    learned = steps[1:]
+    assert learned and all(cpu_like(4, rows) <= 0.100 for _, rows in learned), steps
+    assert all(rows == 22 for _, rows in learned[:-1]), steps  # the budget is used, not just the floor
+    assert sum(rows for _, rows in steps) == 2000
+
+
+def test_by_default_a_step_with_prompt_rows_takes_stall_times_the_generating_rows_cost() -> None:
+    _, steps = prefill_beside_streams(PrefillPace())
+    alone = cpu_like(4, 0)  # 32 ms
+    learned = steps[1:-1]
+    assert learned and all(STALL * alone - 0.003 < cpu_like(4, rows) <= STALL * alone for _, rows in learned), steps
+
+
+def test_a_tiny_target_still_moves_the_prompt_by_the_floor() -> None:
+    _, steps = prefill_beside_streams(PrefillPace(target_ms=0.001), n_streams=1)
+    assert all(rows == MIN_CHUNK for _, rows in steps[:-1]) and steps[-1][1] <= MIN_CHUNK
+
+
+def test_a_prompt_alone_takes_the_whole_batch() -> None:
+    scheduler, _, _ = new_scheduler(n_slots=2, n_batch=512, pace=PrefillPace(target_ms=0.001))
+    runner = FakeRunner(seconds=cpu_like)
+    scheduler.add(request(range(10, 1210), max_tokens=1), 0.0)
+    chunks = []
+    while scheduler.running or scheduler.waiting:
+        plan = step(scheduler, runner)
+        chunks.append([len(chunk) for _, chunk in plan.chunks])
+    assert chunks == [[512], [512], [176]]
+
+
+def test_waiting_prompts_share_the_budget_oldest_first() -> None:
+    scheduler, _, _ = new_scheduler(n_slots=3, n_batch=512, pace=PrefillPace(target_ms=0.001))
+    runner = FakeRunner(seconds=cpu_like)
+    stream = request([2, 3], max_tokens=200)
+    scheduler.add(stream, 0.0)
+    step(scheduler, runner)
+    older, newer = request(range(10, 50), max_tokens=1), request(range(60, 70), max_tokens=1)
+    scheduler.add(older, 1.0)
+    scheduler.add(newer, 2.0)
+    taken = [[(seq.request, len(chunk)) for seq, chunk in step(scheduler, runner).chunks] for _ in range(3)]
+    assert taken == [[(older, 16)], [(older, 16)], [(older, 8), (newer, 8)]]
 
 
 # -- cancellation ---------------------------------------------------------------------------
@@ -462,7 +538,7 @@ def test_one_pool_leases_slots_cache_ids_and_spares_in_their_orders() -> None:
 
 
 # -- the scheduler stays free of llama.cpp ----------------------------------------------------
-PURE = {"scheduler", "plan", "cells", "ids", "speculation", "drafters", "cost", "distribution"}
+PURE = {"scheduler", "plan", "cells", "ids", "speculation", "drafters", "cost", "distribution", "pace"}
 
 
 def _runtime_imports(path: Path) -> set[tuple[int, str]]:

@@ -27,7 +27,9 @@ _LEARN = 0.05
 class StepCost:
     """Seconds of one ``llama_decode`` of ``n`` tokens (every row with logits), as a piecewise-linear curve."""
 
-    def __init__(self, seconds: dict[int, float]) -> None:
+    def __init__(self, seconds: dict[int, float], learn: float = _LEARN) -> None:
+        self._learn = learn
+        """How far each observed step moves the curve (an exponential moving average's weight)."""
         self._n = sorted(seconds)
         self._s = [max(seconds[n], 1e-6) for n in self._n]
         self._monotone()
@@ -57,7 +59,7 @@ class StepCost:
         i = bisect.bisect_left(xs, n)
         around = [i] if i < len(xs) and xs[i] == n else [j for j in (i - 1, i) if 0 <= j < len(xs)]
         for j in around:
-            self._s[j] *= 1.0 + _LEARN * (ratio - 1.0)
+            self._s[j] *= 1.0 + self._learn * (ratio - 1.0)
         self._monotone()
 
     def _monotone(self) -> None:
@@ -68,9 +70,9 @@ class StepCost:
         return dict(zip(self._n, self._s, strict=True))
 
     @classmethod
-    def guess(cls) -> StepCost:
+    def guess(cls, learn: float = _LEARN) -> StepCost:
         """A stand-in when nothing could be measured (the steps then correct it): weights read once, rows cheap."""
-        return cls({1: 0.02, 64: 0.02 + 64 * 0.0015})
+        return cls({1: 0.02, 64: 0.02 + 64 * 0.0015}, learn)
 
 
 class Acceptance:

@@ -5,9 +5,12 @@ slot each), the exclusive barrier (a task that changes the weights runs once
 the running generations have ended, and none starts in between; one withdrawn
 while it waits holds nothing back), the embedding and logits reads, admission
 (a slot from the id pool, the longest correct cached prefix lent by the prefix
-cache), cancellation, and each step's prefill budget: generating rows first,
-prompts share what they leave of ``n_batch``, drafts go where the cost model
-says they pay. :meth:`Scheduler.schedule` returns a :class:`~.plan.StepPlan`,
+cache), cancellation, and each step's rows: generating rows first, then
+prompt chunks, oldest prompt first, within the prefill budget of
+:class:`~.pace.PrefillPace` (all of ``n_batch`` when nothing generates), then
+drafts where the cost model says they pay. Oldest first, not shortest first:
+a prompt's wait is then bounded by those before it, and a long one is never
+starved by a stream of short ones. :meth:`Scheduler.schedule` returns a :class:`~.plan.StepPlan`,
 the runner executes it, and :meth:`Scheduler.update` takes its output: tokens
 become events, ended sequences give their cells to the cache and their slots
 back.
@@ -28,6 +31,7 @@ import numpy as np
 
 from ..bus import Finished, FinishReason, Request, Step, TokenEvent
 from .cells import Holder
+from .pace import PrefillPace
 from .plan import StepOutput, StepPlan, Task
 
 if TYPE_CHECKING:
@@ -52,8 +56,12 @@ StartSequence = Callable[["Request", "Lease", float], "ActiveSequence"]
 class Scheduler:
     """Decides each step of the decode thread; see the module docstring."""
 
-    def __init__(self, n_batch: int, ids: SeqIdPool, cache: PrefixCache, start: StartSequence) -> None:
+    def __init__(
+        self, n_batch: int, ids: SeqIdPool, cache: PrefixCache, start: StartSequence, pace: PrefillPace | None = None
+    ) -> None:
         self.n_batch = n_batch
+        self.pace = PrefillPace() if pace is None else pace
+        """The prompt rows a step may carry beside generating ones, learned from the steps' costs."""
         self.ids = ids
         self.cache = cache
         self.start = start
@@ -98,13 +106,14 @@ class Scheduler:
                 seq.on_grid = False
         generating = [seq for seq in running if not seq.prefilling]
         room = self.n_batch - len(generating)
+        prompt_room = self.pace.budget(len(generating), room)
         scored_rows = SCORED_ROWS
         chunks: list[tuple[ActiveSequence, list[int]]] = []
         for seq in running:
-            if room <= 0:
+            if prompt_room <= 0:
                 break
             if seq.prefilling:
-                take = room
+                take = prompt_room
                 if seq.prompt_logprobs is not None:  # every row keeps its logits: bounded per step
                     take = min(take, scored_rows)
                     if take <= 0:
@@ -113,6 +122,7 @@ class Scheduler:
                 chunk = seq.prompt[seq.n_prefilled : seq.n_prefilled + take]
                 chunks.append((seq, chunk))
                 room -= len(chunk)
+                prompt_room -= len(chunk)
         speculator = self.speculator
         drafts: dict[ActiveSequence, Draft] = {}
         if speculator is not None:
@@ -186,6 +196,8 @@ class Scheduler:
         speculator = self.speculator
         if speculator is not None and not plan.chunks:  # every row had logits: what the cost curve measures
             speculator.cost.observe(output.rows, output.seconds)
+        prompt_rows = sum(len(chunk) for _, chunk in plan.chunks)
+        self.pace.observe(output.rows - prompt_rows, prompt_rows, output.seconds)
         for seq, _ in plan.chunks:
             if seq.request.pin and not seq.prefilling:
                 self._retire(seq, "stop")

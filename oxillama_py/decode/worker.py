@@ -34,6 +34,7 @@ from ..stats import EngineStats, PrefixCacheStats
 from .adapters import AdapterSet
 from .draft_model import DraftModel
 from .ids import Lease, SeqIdPool
+from .pace import PrefillPace
 from .persist import SavedPrefix, restore_prefixes, save_prefixes
 from .plan import StepPlan, Task
 from .prefix_cache import PrefixCache
@@ -219,7 +220,8 @@ class DecodeWorker:
             flash_attn=config.flash_attn,
         )
         cache = self.cache = PrefixCache(context.memory, model.n_swa, capacity, ids)
-        scheduler = self.scheduler = Scheduler(context.n_batch, ids, cache, self._start_sequence)
+        pace = PrefillPace(config.step_target_ms)
+        scheduler = self.scheduler = Scheduler(context.n_batch, ids, cache, self._start_sequence, pace)
         self.runner = Runner(model, context, cache, ids, scheduler.running, self.adapters)
         for path, scale in config.lora:  # before any request: the whole life of the engine decodes with them
             self.adapters.change(model, context, check_adapter(path, model.architecture), scale)

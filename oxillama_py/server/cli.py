@@ -77,6 +77,14 @@ def _parser() -> argparse.ArgumentParser:
         help="KV cells kept for prompts that start like earlier ones (default: an eighth of --n-ctx; 0: off)",
     )
     parser.add_argument(
+        "--step-target-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="while streams generate, a step carrying prompt rows aims at MS milliseconds "
+        "(default: 2.5 times the generating rows' own cost)",
+    )
+    parser.add_argument(
         "--speculative",
         default=None,
         metavar="lookup|DRAFT.gguf",
@@ -144,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 chat_template=args.chat_template,
                 prefix_cache_tokens=args.prefix_cache_tokens,
                 speculative=speculative,
+                step_target_ms=args.step_target_ms,
                 **extra,
             )
 
