@@ -484,6 +484,36 @@ class Adapters(Figure):
         return {"same": ", ".join(f"{same[name]} ({name})" for name in ("engines", "engines_split"))}
 
 
+class MixedLoad(Figure):
+    name, title = "mixed_load", "A long prompt arrives while streams decode"
+    facts = (
+        "{d[settings][streams]} greedy streams decoding when a {d[settings][long_prompt_tokens]}-token prompt "
+        "arrives; no prefix cache"
+    )
+    after = (
+        "Gaps: the time between two tokens of a running stream, before the long prompt (p50) and while it prefills. "
+        "llama-cpp-python's own time to first token for a prompt of that size, idle: {raw:.1f} s."
+    )
+    log = ("inter-token gap (ms)",)
+
+    def columns(self, d: Data) -> list[Column]:
+        keys = d["settings"]["setups"]
+        res = [d["results"][key] for key in keys]
+        labels = {"engine": "engine", "engine_whole_batch": "engine, whole batch per step", "server": "server"}
+        return [
+            Column("set-up", [labels.get(key, key) for key in keys]),
+            Column("gap p50 (ms)", [r["steady_p50_ms"] for r in res], 0, "inter-token gap (ms)"),
+            Column("gap p99 in prefill (ms)", [r["window_p99_ms"] for r in res], 0, "inter-token gap (ms)"),
+            Column("p99 / p50", [r["p99_over_median"] for r in res], 2),
+            Column("long prompt TTFT (s)", [r["ttft_secs"] for r in res], 1, "long prompt's TTFT (s)"),
+            Column("idle TTFT (s)", [r["idle_ttft_secs"] for r in res], 1, "long prompt's TTFT (s)"),
+            Column("TTFT / idle", [r["ttft_over_idle"] for r in res], 2),
+        ]
+
+    def values(self, d: Data) -> Data:
+        return {"raw": d["raw_idle_ttft_secs"]["median"]}
+
+
 FIGURES: dict[str, Figure] = {cls.name: cls() for cls in Figure.__subclasses__()}
 
 
@@ -597,6 +627,8 @@ TARGETS: list[tuple[Path, str, tuple[str, ...]]] = [
     (README, "prefix_cache", ("prefix_cache",)),
     (README, "speculative_batch", ("speculative_batch",)),
     (README, "adapters", ("adapters",)),
+    (README, "mixed_load", ("mixed_load",)),
+    (DOCS / "batching.rst", "mixed_load", ("mixed_load",)),
     (DOCS / "batching.rst", "", ("batching",)),
     (DOCS / "prefix-cache.rst", "", ("prefix_cache",)),
     (DOCS / "speculative.rst", "", ("speculative",)),

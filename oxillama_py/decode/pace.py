@@ -33,13 +33,16 @@ of its time on an idle engine (``benchmarks/mixed_load.py``)."""
 MIN_CHUNK = 16
 """Prompt rows a step takes whatever the target: a waiting prompt always moves."""
 _LEARN = 0.2
-"""How far each step moves the average cost of a prompt row."""
+"""How far each step of generating rows moves their cost curve."""
+_STRIDE = 0.3
+"""How far (in a ratio's exponent) each step with prompt rows moves the cost of a row: from 10 times off in
+about six steps, and a single outlier (clipped to 4 times) moves it by less than half."""
 
 
 class PrefillPace:
     """The prompt-row budget of the next step, from what recent steps cost."""
 
-    __slots__ = ("_row", "_seen", "generating", "target")
+    __slots__ = ("_row", "generating", "target")
 
     def __init__(self, target_ms: float | None = None) -> None:
         self.target = None if target_ms is None else target_ms / 1000.0
@@ -49,7 +52,6 @@ class PrefillPace:
         """What a step of ``n`` rows with logits costs (the generating rows, and drafts)."""
         self._row = self.generating(64) / 64
         """Seconds one prompt row adds to a step (a first guess until a chunk has been decoded)."""
-        self._seen = False
 
     def budget(self, generating: int, room: int) -> int:
         """Prompt rows the next step may take, of the ``room`` the batch leaves, beside ``generating`` rows."""
@@ -61,16 +63,20 @@ class PrefillPace:
         return max(0, min(room, max(MIN_CHUNK, rows)))
 
     def observe(self, logit_rows: int, prompt_rows: int, seconds: float) -> None:
-        """Learn from a decoded step: ``logit_rows`` rows with logits, ``prompt_rows`` without."""
+        """Learn from a decoded step: ``logit_rows`` rows with logits, ``prompt_rows`` without.
+
+        One step moves an estimate by at most :data:`_STRIDE` (in a ratio): the first decode of a
+        context (its buffers are allocated) or a step the machine stalled must not blow the budget.
+        """
         if seconds <= 0:
             return
         if prompt_rows <= 0:
-            self.generating.observe(logit_rows, seconds)
+            expected = self.generating(logit_rows)
+            self.generating.observe(logit_rows, min(max(seconds, expected / 4), expected * 4))
             return
         row = (seconds - self.generating(max(logit_rows, 1))) / prompt_rows
-        if row > 0:  # the first measured chunk replaces the guess; later ones move the average
-            self._row = row if not self._seen else self._row + _LEARN * (row - self._row)
-            self._seen = True
+        if row > 0:
+            self._row *= min(max(row / self._row, 1 / 4), 4.0) ** _STRIDE
 
     @property
     def row_seconds(self) -> float:
