@@ -59,6 +59,7 @@ class Runner:
         entries: list[BatchEntry] = []
         sampled: list[tuple[ActiveSequence, Placement]] = []
         scored: list[tuple[ActiveSequence, int, int, int]] = []  # prompt rows whose logits are kept
+        before = [(seq, seq.pos, seq.n_prefilled) for seq in (*plan.generating, *(s for s, _ in plan.chunks))]
         for seq in plan.generating:
             sampled.append((seq, place(entries, seq, [seq.last_token], True, drafts.get(seq))))
         for seq, chunk in plan.chunks:
@@ -74,7 +75,12 @@ class Runner:
             elif not last and seq.spec is not None:
                 seq.spec.prefilled(placed, seq.prompt, seq.n_prefilled)
         began = time.perf_counter()
-        self.decode(entries)
+        try:
+            self.decode(entries)
+        except KvCacheFullError:  # llama.cpp changed nothing: nor does this step (the scheduler preempts)
+            for seq, pos, n_prefilled in before:
+                seq.pos, seq.n_prefilled = pos, n_prefilled
+            raise
         seconds = time.perf_counter() - began
         self.steps += 1
         for seq, first, start, count in scored:
@@ -84,7 +90,7 @@ class Runner:
                 if seq.spec is None:
                     tokens = [seq.pick(ctx, placed.index)]
                 else:
-                    tokens = seq.spec.step(ctx, placed, seq.generated, len(seq.prompt) + len(seq.generated))
+                    tokens = seq.spec.step(ctx, placed, seq.generated, seq.n_text)
                 placed.logprobs = seq.logprobs_of(ctx, placed.index, tokens)
             except Exception as exc:
                 placed.error = exc
