@@ -168,10 +168,11 @@ async def test_a_lone_request_of_12000_tokens_on_the_default_config(engine: Engi
     config = aengine.config
     default = EngineConfig()
     assert (config.n_ctx, config.max_concurrency) == (default.n_ctx, default.max_concurrency)
-    prompt, following = counting(1, 11_995, engine.tokenize)
-    result = await aengine.complete(prompt, 8, temperature=0)
-    assert result.prompt_tokens + 8 >= 12_000 > 6 * config.n_ctx // config.max_concurrency
-    assert result.text.startswith(f" {following}, {following + 1},")
+    prompt, following = counting(1, 11_985, engine.tokenize)
+    max_tokens = max(12, 12_000 - len(engine.tokenize(prompt)))
+    result = await aengine.complete(prompt, max_tokens, temperature=0)
+    assert result.prompt_tokens + max_tokens >= 12_000 > 5 * (config.n_ctx // config.max_concurrency)  # the old share
+    assert result.completion_tokens == max_tokens and result.text.startswith(f" {following}, {following + 1}")
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +223,36 @@ def test_the_default_server_takes_a_request_of_12000_tokens(default_server: Serv
     response = httpx.post(default_server.api_url + "/completions", json=body, timeout=300)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+class RefusingContext:
+    """A context whose ``llama_decode`` finds no cells for the batch (fragmentation): it changes nothing."""
+
+    n_ctx = 64
+    decodes = 0
+
+    def decode(self, entries: Any) -> None:
+        self.decodes += 1
+        raise KvCacheFullError("no room for the batch")
+
+
+def test_a_batch_llama_cpp_refuses_leaves_the_sequences_as_they_were_and_the_newest_yields() -> None:
+    from oxillama_py.decode.runner import Runner
+
+    scheduler, cache = budget_scheduler(n_ctx=1000)
+    cache.enabled = False  # type: ignore[attr-defined]
+    cache.evict_one = lambda: False  # type: ignore[attr-defined]
+    old, new = request(range(2, 12), 8), request(range(20, 30), 8)
+    scheduler.add(old, 0.0)
+    scheduler.add(new, 1.0)
+    runner = FakeRunner()
+    step(scheduler, runner)  # both prefilled: each has sampled its first token
+    plan = scheduler.schedule()
+    before = [(seq.pos, seq.n_prefilled) for seq in scheduler.running]
+    refusing = Runner(FakeModel(), RefusingContext(), cache, SeqIdPool(2, 0, 0), scheduler.running, None)  # type: ignore[arg-type]
+    with pytest.raises(KvCacheFullError):
+        refusing.execute(plan)
+    assert [(seq.pos, seq.n_prefilled) for seq in scheduler.running] == before
+    assert scheduler.preempt_newest() and [seq.request for seq in scheduler.running] == [old]
+    run_all(scheduler, runner, 1000)
+    assert tokens_of(old) == tokens_of(new) == [100 + i for i in range(8)]

@@ -4,6 +4,8 @@ It lays the batch (each sequence's tokens, then its draft), decodes it
 (evicting cached prefixes while the KV cache is full), picks each sampled
 sequence's tokens (a sample, or the verification of its draft), and removes
 the cells of rejected drafts. It decides nothing: the plan says what to decode.
+A batch llama.cpp has no cells for leaves the sequences as they were and raises
+:class:`~oxillama_py.KvCacheFullError` (the worker preempts, see :mod:`.kv_budget`).
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class Runner:
         except KvCacheFullError:  # llama.cpp changed nothing: nor does this step (the scheduler preempts)
             for seq, pos, n_prefilled in before:
                 seq.pos, seq.n_prefilled = pos, n_prefilled
+                if seq.spec is not None:  # a draft model keeps the text, not this step's drafts
+                    seq.spec.drafter.accepted(seq.n_text)
             raise
         seconds = time.perf_counter() - began
         self.steps += 1
