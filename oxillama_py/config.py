@@ -209,9 +209,13 @@ class EngineConfig(EngineConfigNames):
     """How a model is loaded and decoded.
 
     ``model_path=None`` uses the default model (Gemma 3 270M Q4_K_M) from the
-    ``oxillama-py[model]`` extra. ``n_ctx`` is the whole context; each of the
-    ``max_concurrency`` sequences that decode together gets an equal share of it,
-    so a request's prompt plus ``max_tokens`` must fit ``n_ctx // max_concurrency``.
+    ``oxillama-py[model]`` extra. ``n_ctx`` is the whole context: one pool of KV cells
+    that the ``max_concurrency`` sequences decoding together share, with no fixed
+    share each. A request's prompt plus ``max_tokens`` must fit ``n_ctx`` (else it
+    is refused before any work); it starts once its prompt and a small reserve fit
+    the free cells, and when the cells run out the newest sequence is preempted:
+    it waits, then prefills its text again and goes on (its caller sees a pause;
+    see the batching docs).
     ``flash_attn=False`` (the default) matches llama-cpp-python's ``Llama`` so that
     greedy output is identical to it. ``chat_template`` (a built-in name such as
     ``"gemma"`` or ``"chatml"``, or a Jinja2 string) overrides the model's own for
@@ -338,11 +342,6 @@ class EngineConfig(EngineConfigNames):
     def prefix_cache_capacity(self) -> int:
         """KV cells the prefix cache may keep: ``prefix_cache_tokens``, or an eighth of ``n_ctx``."""
         return self.n_ctx // 8 if self.prefix_cache_tokens is None else self.prefix_cache_tokens
-
-    @property
-    def slot_ctx(self) -> int:
-        """Context cells one sequence may use: prompt plus generated tokens."""
-        return self.n_ctx // self.max_concurrency
 
     @property
     def max_draft(self) -> int:

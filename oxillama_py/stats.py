@@ -62,3 +62,6 @@ class EngineStats:
     """The prefix cache's size and hit rate."""
     weight_changes: int = 0
     """Adapter changes waiting for the running generations to end (meanwhile no request starts)."""
+    preemptions: int = 0
+    """Sequences preempted so far because the KV cells ran out: each waited, prefilled its text again and went on
+    (see :doc:`batching`)."""

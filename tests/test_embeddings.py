@@ -67,7 +67,7 @@ def test_embedding_errors(small: Engine) -> None:
     with pytest.raises(TypeError, match="sequence of str"):
         small.embed_batch_numpy("one string")  # type: ignore[arg-type]
     with pytest.raises(KvCacheFullError, match="does not fit"):
-        small.embed("word " * 2000)  # a request may use n_ctx // max_concurrency = 1024 cells
+        small.embed("word " * 5000)  # a text may use the whole context: n_ctx = 4096 cells
     assert small.embed("still fine") == small.embed("still fine")
 
 
@@ -126,4 +126,4 @@ async def test_embed_tokens_equals_embedding_the_text(aengine: AsyncEngine) -> N
     with pytest.raises(TypeError, match="token_lists"):
         await aengine.embed_tokens_numpy("text")  # type: ignore[arg-type]
     with pytest.raises(KvCacheFullError):
-        await aengine.embed_tokens_numpy([[2] * (aengine.config.slot_ctx + 1)])
+        await aengine.embed_tokens_numpy([[2] * (aengine.config.n_ctx + 1)])

@@ -79,7 +79,7 @@ async def test_bad_model_file_async(broken_models: dict[str, Path], kind: str) -
 
 
 async def test_prompt_longer_than_context(aengine: AsyncEngine, engine: Engine) -> None:
-    budget = engine.config.slot_ctx
+    budget = engine.config.n_ctx
     prompt = "word " * (budget + 10)
     bar = tqdm(total=7, file=io.StringIO())
     calls: list[object] = []

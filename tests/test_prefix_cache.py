@@ -262,7 +262,7 @@ def test_cache_prefix_errors(model_path: Path, cached: Engine) -> None:
     with pytest.raises(TypeError):
         cached.cache_prefix(b"bytes")  # type: ignore[arg-type]
     with pytest.raises(KvCacheFullError):
-        cached.cache_prefix(system_prompt(400))  # longer than one request's share of the context
+        cached.cache_prefix(system_prompt(400))  # about 5,200 tokens: more than the cache's 4,096 cells
     with make_engine(model_path, prefix_cache_tokens=0) as off, pytest.raises(ValueError, match="off"):
         off.cache_prefix(SHORT)
     with make_engine(model_path) as engine:

@@ -158,7 +158,7 @@ def new_scheduler(
             raise ValueError("this request cannot start")
         return ActiveSequence(req, lease, FakeModel(), submitted, None)  # type: ignore[arg-type]
 
-    return Scheduler(n_batch, ids, cache, start, pace), cache, ids  # type: ignore[arg-type]
+    return Scheduler(n_batch, ids, cache, start, pace=pace), cache, ids  # type: ignore[arg-type]
 
 
 def step(scheduler: Scheduler, runner: FakeRunner) -> StepPlan:

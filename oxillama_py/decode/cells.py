@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Holder", "Reuse", "Run", "Tokens", "common_prefix", "truncate"]
+__all__ = ["Holder", "Reuse", "Run", "Tokens", "common_prefix", "distinct_cells", "truncate"]
 
 Tokens = npt.NDArray[np.int32]
 
@@ -64,3 +64,12 @@ def common_prefix(a: Tokens, b: Tokens) -> int:
 def truncate(runs: Iterable[Run], n: int) -> tuple[Run, ...]:
     """The lineage of the first ``n`` cells."""
     return tuple(Run(r.block, r.start, min(r.end, n)) for r in runs if r.start < n)
+
+
+def distinct_cells(runs: Iterable[Run]) -> int:
+    """Distinct cells of several holders: cells of one block are shared, from its start."""
+    spans: dict[int, tuple[int, int]] = {}
+    for run in runs:
+        start, end = spans.get(run.block, (run.start, run.end))
+        spans[run.block] = (start, max(end, run.end))
+    return sum(end - start for start, end in spans.values())

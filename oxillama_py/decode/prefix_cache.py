@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import llama_cpp
 
 from ..stats import PrefixCacheStats
-from .cells import Holder, Reuse, Run, Tokens, common_prefix, truncate
+from .cells import Holder, Reuse, Run, Tokens, common_prefix, distinct_cells, truncate
 from .ids import LLAMA_MAX_SEQ, Lease, SeqIdPool
 
 __all__ = ["ALIGN", "MIN_REUSE", "MIN_SUFFIX", "ROWS", "Holder", "PrefixCache", "Reuse", "common_prefix"]
@@ -85,13 +85,7 @@ class _Entry:
         return self.lease.seq_id
 
 
-def _cells(runs: Iterable[Run]) -> int:
-    """Distinct cells of several holders: cells of one block are shared, from its start."""
-    spans: dict[int, tuple[int, int]] = {}
-    for run in runs:
-        start, end = spans.get(run.block, (run.start, run.end))
-        spans[run.block] = (start, max(end, run.end))
-    return sum(end - start for start, end in spans.values())
+_cells = distinct_cells
 
 
 def _covers(big: tuple[Run, ...], small: tuple[Run, ...]) -> bool:
@@ -130,6 +124,10 @@ class PrefixCache:
         return next(self._blocks)
 
     # -- lookups ---------------------------------------------------------------------
+    def pinned_runs(self) -> list[Run]:
+        """The lineage of the pinned entries' cells: the cells the KV budget does not count as free."""
+        return [r for e in self._entries if e.pinned for r in e.runs]
+
     def holders(self) -> list[Holder]:
         return [Holder(e.seq_id, e.tokens, e.runs, e.on_grid) for e in self._entries]
 

@@ -95,6 +95,12 @@ class ReadJob:
         assert all(row is not None for row in rows), "the job has not finished"
         return np.stack(rows)  # type: ignore[arg-type]
 
+    def cells(self) -> tuple[int, int]:
+        """KV cells its texts hold now, and the most its next decode adds (what the KV budget counts)."""
+        held = sum(t.done for t in self.texts if t.lease is not None and t.vector is None)
+        rest = sum(len(t.tokens) - t.done for t in self.texts if t.vector is None)
+        return held, rest
+
     def advance(self, runner: Decoder) -> None:
         """One decode of this job's next tokens; the future is answered once every text has its row, or on error."""
         try:

@@ -4,6 +4,8 @@ It lays the batch (each sequence's tokens, then its draft), decodes it
 (evicting cached prefixes while the KV cache is full), picks each sampled
 sequence's tokens (a sample, or the verification of its draft), and removes
 the cells of rejected drafts. It decides nothing: the plan says what to decode.
+A batch llama.cpp has no cells for leaves the sequences as they were and raises
+:class:`~oxillama_py.KvCacheFullError` (the worker preempts, see :mod:`.kv_budget`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Runner:
         entries: list[BatchEntry] = []
         sampled: list[tuple[ActiveSequence, Placement]] = []
         scored: list[tuple[ActiveSequence, int, int, int]] = []  # prompt rows whose logits are kept
+        before = [(seq, seq.pos, seq.n_prefilled) for seq in (*plan.generating, *(s for s, _ in plan.chunks))]
         for seq in plan.generating:
             sampled.append((seq, place(entries, seq, [seq.last_token], True, drafts.get(seq))))
         for seq, chunk in plan.chunks:
@@ -74,7 +77,14 @@ class Runner:
             elif not last and seq.spec is not None:
                 seq.spec.prefilled(placed, seq.prompt, seq.n_prefilled)
         began = time.perf_counter()
-        self.decode(entries)
+        try:
+            self.decode(entries)
+        except KvCacheFullError:  # llama.cpp changed nothing: nor does this step (the scheduler preempts)
+            for seq, pos, n_prefilled in before:
+                seq.pos, seq.n_prefilled = pos, n_prefilled
+                if seq.spec is not None:  # a draft model keeps the text, not this step's drafts
+                    seq.spec.drafter.accepted(seq.n_text)
+            raise
         seconds = time.perf_counter() - began
         self.steps += 1
         for seq, first, start, count in scored:
@@ -84,7 +94,7 @@ class Runner:
                 if seq.spec is None:
                     tokens = [seq.pick(ctx, placed.index)]
                 else:
-                    tokens = seq.spec.step(ctx, placed, seq.generated, len(seq.prompt) + len(seq.generated))
+                    tokens = seq.spec.step(ctx, placed, seq.generated, seq.n_text)
                 placed.logprobs = seq.logprobs_of(ctx, placed.index, tokens)
             except Exception as exc:
                 placed.error = exc

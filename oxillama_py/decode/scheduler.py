@@ -4,13 +4,14 @@ It owns the waiting line (first come, first served), the running set (one
 slot each), the exclusive barrier (a task that changes the weights runs once
 the running generations have ended, and none starts in between; one withdrawn
 while it waits holds nothing back), the embedding and logits reads, admission
-(a slot from the id pool, the longest correct cached prefix lent by the prefix
-cache), cancellation, and each step's rows: generating rows first, then
-prompt chunks, oldest prompt first, within the prefill budget of
-:class:`~.pace.PrefillPace` (all of ``n_batch`` when nothing generates), then
-drafts where the cost model says they pay. Oldest first, not shortest first:
-a prompt's wait is then bounded by those before it, and a long one is never
-starved by a stream of short ones. :meth:`Scheduler.schedule` returns a :class:`~.plan.StepPlan`,
+(a slot from the id pool and room in the KV budget, the longest correct cached
+prefix lent by the prefix cache), preemption when the cells run out (the
+policy is :mod:`.kv_budget`'s), cancellation, and each step's rows: generating
+rows first, then prompt chunks, oldest prompt first, within the prefill budget
+of :class:`~.pace.PrefillPace` (all of ``n_batch`` when nothing generates),
+then drafts where the cost model says they pay. Oldest first, not shortest
+first: a prompt's wait is then bounded by those before it, and a long one is
+never starved by a stream of short ones. :meth:`Scheduler.schedule` returns a :class:`~.plan.StepPlan`,
 the runner executes it, and :meth:`Scheduler.update` takes its output: tokens
 become events, ended sequences give their cells to the cache and their slots
 back.
@@ -37,6 +38,7 @@ from .plan import StepOutput, StepPlan, Task
 if TYPE_CHECKING:
     from .drafters import Draft
     from .ids import Lease, SeqIdPool
+    from .kv_budget import KvBudget
     from .prefix_cache import PrefixCache
     from .reads import ReadJob
     from .sequence import ActiveSequence
@@ -57,9 +59,17 @@ class Scheduler:
     """Decides each step of the decode thread; see the module docstring."""
 
     def __init__(
-        self, n_batch: int, ids: SeqIdPool, cache: PrefixCache, start: StartSequence, pace: PrefillPace | None = None
+        self,
+        n_batch: int,
+        ids: SeqIdPool,
+        cache: PrefixCache,
+        start: StartSequence,
+        budget: KvBudget | None = None,
+        pace: PrefillPace | None = None,
     ) -> None:
         self.n_batch = n_batch
+        self.budget = budget
+        """The KV cells as one pool (``None``: unbounded, for tests of other things)."""
         self.pace = PrefillPace() if pace is None else pace
         """The prompt rows a step may carry beside generating ones, learned from the steps' costs."""
         self.ids = ids
@@ -69,6 +79,9 @@ class Scheduler:
         self.speculator: Speculator | None = None
         """Set once a request asks for speculation: it plans the drafts."""
         self.waiting: deque[tuple[Request, float]] = deque()
+        self.preempted: deque[ActiveSequence] = deque()
+        """Sequences whose cells were taken back, oldest first: the front of the waiting line."""
+        self.preemptions = 0
         self.running: list[ActiveSequence] = []
         self.exclusive: deque[Task] = deque()
         self.reads: list[ReadJob] = []
@@ -86,7 +99,7 @@ class Scheduler:
     @property
     def idle(self) -> bool:
         """Nothing to do until something new arrives."""
-        return not (self.running or self.waiting or self.exclusive or self.reads)
+        return not (self.running or self.waiting or self.preempted or self.exclusive or self.reads)
 
     # -- deciding --------------------------------------------------------------------
     def schedule(self) -> StepPlan:
@@ -100,6 +113,7 @@ class Scheduler:
         reads = self._live_reads() if self.reads else ()
         if not self.exclusive and not due:  # a weight change first: then the waiting requests start
             self._admit()
+        self._fit()
         running = self.running
         if len(running) > 1:  # their cells interleave: off the prefix cache's grid
             for seq in running:
@@ -148,6 +162,9 @@ class Scheduler:
                 else:
                     keep.append((request, submitted))
             self.waiting = keep
+        for seq in [s for s in self.preempted if s.request.cancel_requested()]:
+            self.preempted.remove(seq)
+            self._end_preempted(seq, "cancelled")
 
     def _live_reads(self) -> list[ReadJob]:
         """The reads still wanted; a withdrawn one gives its cells and ids back now."""
@@ -161,12 +178,18 @@ class Scheduler:
         return live
 
     def _admit(self) -> None:
-        if self.waiting and not self.running:
+        if (self.waiting or self.preempted) and not self.running:
             self.cache.drop_off_grid()  # a lone request gets a fresh-like cell layout
-        while self.waiting:
+        while self.preempted or self.waiting:
+            head = len(self.preempted[0].prompt) if self.preempted else len(self.waiting[0][0].prompt_tokens)
+            if not self._room_for(head):
+                return
             lease = self.ids.slot()
             if lease is None:
                 return
+            if self.preempted:
+                self._restart(self.preempted.popleft(), lease)
+                continue
             request, submitted = self.waiting.popleft()
             try:
                 seq = self.start(request, lease, submitted)
@@ -181,14 +204,77 @@ class Scheduler:
         """Give a new sequence the longest cached prefix of its prompt that is still correct."""
         cache = self.cache
         seq.block = cache.new_block()
+        self._lend_cells(seq)
+
+    def _lend_cells(self, seq: ActiveSequence) -> None:
+        cache = self.cache
         others = (Holder(s.slot, s.kv_tokens(), s.runs(), s.on_grid) for s in self.running)
         if seq.prompt_logprobs is not None:  # its prompt's logits are wanted: every row is decoded
             return
         prompt = np.asarray(seq.prompt, dtype=np.int32)
-        reuse = cache.lookup(prompt, others, lone=not self.running, count=not seq.request.pin)
+        count = not seq.request.pin and not seq.preempted  # a replay is not a new prompt
+        reuse = cache.lookup(prompt, others, lone=not self.running, count=count)
         if reuse is not None:
             cache.share(reuse, seq.slot)
             seq.reuse(reuse.n_tokens, reuse.runs, reuse.on_grid)
+
+    # -- the KV budget (the policy is kv_budget's) -------------------------------------
+    def _room_for(self, n_tokens: int) -> bool:
+        """Whether a sequence prefilling ``n_tokens`` may start now (always, when nothing runs)."""
+        budget = self.budget
+        if budget is None or not self.running:
+            return True
+        max_draft = self.speculator.max_draft if self.speculator is not None else 0
+        return budget.admits(n_tokens, budget.reserve(self.running, max_draft, self.reads), self._free())
+
+    def _free(self) -> int:
+        assert self.budget is not None
+        return self.budget.free(self.running, self.cache.pinned_runs(), self.reads)
+
+    def _step_cells(self) -> int:
+        assert self.budget is not None
+        max_draft = self.speculator.max_draft if self.speculator is not None else 0
+        return self.budget.step_cells(self.running, max_draft, self.reads)
+
+    def _fit(self) -> None:
+        """Preempt the newest sequences until the turn's new cells fit (the last one never: alone, it fits)."""
+        if self.budget is not None:
+            while len(self.running) > 1 and self._step_cells() > self._free():
+                self.preempt_newest()
+
+    def preempt_newest(self) -> bool:
+        """Take the cells and slot of the sequence submitted last; ``False`` when at most one runs."""
+        if len(self.running) < 2:
+            return False
+        newest = max(enumerate(self.running), key=lambda item: (item[1].submitted, item[0]))[1]
+        self.running.remove(newest)
+        self.preemptions += 1
+        _log.debug("preempting the sequence of slot %d (%d cells)", newest.slot, newest.pos)
+        try:
+            newest.on_grid = False  # decoded beside others: its entry is dropped once the worker is idle
+            self._keep(newest, pinned=False)
+            self.cache.free_cells(newest.slot)
+        finally:
+            newest.lease.release()
+            newest.suspend()
+            self.preempted.appendleft(newest)
+        return True
+
+    def _restart(self, seq: ActiveSequence, lease: Lease) -> None:
+        """Re-admit a preempted sequence: a new slot (and drafter), and what the prefix cache kept of it."""
+        seq.resume(lease, self.cache.new_block())
+        if seq.spec is not None and self.speculator is not None:
+            seq.spec.drafter = self.speculator.drafter(seq.request, lease.seq_id)
+        self._lend_cells(seq)
+        self.running.append(seq)
+
+    def _end_preempted(self, seq: ActiveSequence, reason: FinishReason, error: BaseException | None = None) -> None:
+        """End a preempted sequence (cancelled, or the worker closes): it holds no cells and no slot."""
+        finished = seq.finished(reason, time.perf_counter(), error)
+        try:
+            seq.close()
+        finally:
+            seq.request.publish(finished)
 
     # -- after the step --------------------------------------------------------------
     def update(self, plan: StepPlan, output: StepOutput) -> None:
@@ -213,7 +299,7 @@ class Scheduler:
                 if event is not None:
                     events.append(event)
                 if seq.reason is not None:
-                    seq.pos = min(seq.pos, len(seq.prompt) + len(seq.generated))  # what the cache may keep
+                    seq.pos = min(seq.pos, seq.n_text)  # what the cache may keep
                     break
             if seq.reason is not None or events:
                 self._emit(seq, tuple(events))
@@ -238,7 +324,9 @@ class Scheduler:
         The request is told in a ``finally``: whatever fails while freeing, its
         caller (which waits, shielded, for this answer) is answered.
         """
-        finished = Finished("error", time.perf_counter(), len(seq.prompt), error, sequence=seq.request.sequence)
+        finished = Finished(
+            "error", time.perf_counter(), len(seq.request.prompt_tokens), error, sequence=seq.request.sequence
+        )
         try:
             finished = seq.finished(reason, time.perf_counter(), error)
             self.running.remove(seq)
@@ -279,6 +367,9 @@ class Scheduler:
         reads, self.reads = self.reads, []
         for job in reads:
             job.fail(error, self.cache)
+        preempted, self.preempted = self.preempted, deque()
+        for seq in preempted:
+            self._end_preempted(seq, "error", error)
         waiting, self.waiting = self.waiting, deque()
         for request, submitted in waiting:
             end_unstarted(request, submitted, "error", error)

@@ -72,9 +72,12 @@ class ActiveSequence:
         self.slot = lease.seq_id
         self.model = model
         self.prompt = request.prompt_tokens
+        """The tokens to prefill: the request's prompt, or after a preemption its prompt and generated tokens."""
         self.n_prefilled = 0
         self.pos = 0  # tokens of this sequence in the KV cache
         self.cached_tokens = 0  # prompt tokens whose cells came from the prefix cache
+        self.reported_cached = 0  # what the usage reports: the cached prompt tokens of the first admission
+        self.preempted = 0  # times its cells were taken back (see kv_budget)
         self.inherited: tuple[Run, ...] = ()
         self.block = 0  # the lineage id of the cells this sequence computes itself
         self.on_grid = True  # on the prefix cache's cell grid: decoded alone, on cells that were too
@@ -98,14 +101,17 @@ class ActiveSequence:
     def reuse(self, n_tokens: int, runs: tuple[Run, ...], on_grid: bool = True) -> None:
         """Start with the first ``n_tokens`` prompt cells already in the KV cache."""
         self.n_prefilled = self.pos = self.cached_tokens = n_tokens
+        if not self.preempted:
+            self.reported_cached = n_tokens
         self.inherited = runs
         self.on_grid = self.on_grid and on_grid
 
     def kv_tokens(self) -> npt.NDArray[np.int32]:
         """The tokens whose cells this sequence holds, in position order."""
-        held = self.prompt[: self.pos]
-        if self.pos > len(self.prompt):
-            held = held + self.generated[: self.pos - len(self.prompt)]
+        prompt = self.request.prompt_tokens
+        held = prompt[: self.pos]
+        if self.pos > len(prompt):
+            held = held + self.generated[: self.pos - len(prompt)]
         return np.asarray(held, dtype=np.int32)
 
     @property
@@ -159,13 +165,38 @@ class ActiveSequence:
     def draft(self, k: int) -> Draft:
         """Up to ``k`` drafted tokens after the text so far (prompt, then generated), as far as the grammar allows."""
         assert self.spec is not None
-        draft = self.spec.drafter.draft(self.prompt + self.generated, k, self.generated)
+        draft = self.spec.drafter.draft(self.request.prompt_tokens + self.generated, k, self.generated)
         matcher = self.request.matcher
         if matcher is not None and draft.tokens:  # drafts the grammar refuses cannot pass: not worth a row
             allowed = matcher.valid_prefix(draft.tokens)
             if allowed < len(draft.tokens):
                 draft.tokens = draft.tokens[:allowed]
         return draft
+
+    @property
+    def n_text(self) -> int:
+        """Tokens of its text so far: the request's prompt, then the generated ones."""
+        return len(self.request.prompt_tokens) + len(self.generated)
+
+    def suspend(self) -> None:
+        """Preempted (its cells and slot were taken back): it will prefill its text again, then go on.
+
+        Sampler, grammar, stop matcher, detokenizer and generated tokens stay as
+        they are, so the tokens that follow are the ones that would have.
+        """
+        self.preempted += 1
+        self.prompt = self.request.prompt_tokens + self.generated
+        self.n_prefilled = self.pos = self.cached_tokens = 0
+        self.inherited = ()
+        self.on_grid = True
+        if self.prompt_logprobs is not None:  # scored once: a replay is not scored again, unless cut short
+            self.prompt_logprobs = None if self._prompt_sent else [None]
+
+    def resume(self, lease: Lease, block: int) -> None:
+        """Re-admitted after :meth:`suspend`, in the slot of ``lease``, computing cells of lineage ``block``."""
+        self.lease = lease
+        self.slot = lease.seq_id
+        self.block = block
 
     @property
     def prefilling(self) -> bool:
@@ -208,14 +239,14 @@ class ActiveSequence:
         return Finished(
             reason=reason,
             time=now,
-            prompt_tokens=len(self.prompt),
+            prompt_tokens=len(self.request.prompt_tokens),
             error=error,
             submitted=self.submitted,
             admitted=self.admitted,
             first_token=self.first_token,
             tail=tail,
             sequence=self.request.sequence,
-            cached_tokens=self.cached_tokens,
+            cached_tokens=self.reported_cached,
             speculative=self.spec.stats(len(self.generated)) if self.spec is not None else None,
             prompt_logprobs=self.take_prompt_logprobs(),
         )

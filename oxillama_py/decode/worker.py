@@ -27,13 +27,14 @@ import numpy.typing as npt
 
 from ..bus import Request
 from ..config import EngineConfig, PromptLookup
-from ..errors import GenerateError
+from ..errors import GenerateError, KvCacheFullError
 from ..llama import Context, Model, Sampler
 from ..lora import check_adapter
 from ..stats import EngineStats, PrefixCacheStats
 from .adapters import AdapterSet
 from .draft_model import DraftModel
 from .ids import Lease, SeqIdPool
+from .kv_budget import KvBudget
 from .pace import PrefillPace
 from .persist import SavedPrefix, restore_prefixes, save_prefixes
 from .plan import StepPlan, Task
@@ -167,11 +168,13 @@ class DecodeWorker:
             loaded=not self._closed,
             slots=self.n_slots,
             active=len(scheduler.running) if scheduler is not None else 0,
-            waiting=(len(scheduler.waiting) if scheduler is not None else 0) + self._queue.qsize(),
+            waiting=(len(scheduler.waiting) + len(scheduler.preempted) if scheduler is not None else 0)
+            + self._queue.qsize(),
             decode_steps=runner.steps if runner is not None else 0,
             prefix_cache=cache.snapshot if cache is not None else PrefixCacheStats(),
             # a change withdrawn while it waits is not counted, though the loop drops it only at its next turn
             weight_changes=sum(not t.future.cancelled() for t in list(scheduler.exclusive)) if scheduler else 0,
+            preemptions=scheduler.preemptions if scheduler is not None else 0,
         )
 
     def _put(self, item: Request | Task | ReadJob) -> bool:
@@ -220,8 +223,9 @@ class DecodeWorker:
             flash_attn=config.flash_attn,
         )
         cache = self.cache = PrefixCache(context.memory, model.n_swa, capacity, ids)
+        budget = KvBudget(context.n_ctx, context.n_batch)
         pace = PrefillPace(config.step_target_ms)
-        scheduler = self.scheduler = Scheduler(context.n_batch, ids, cache, self._start_sequence, pace)
+        scheduler = self.scheduler = Scheduler(context.n_batch, ids, cache, self._start_sequence, budget, pace)
         self.runner = Runner(model, context, cache, ids, scheduler.running, self.adapters)
         for path, scale in config.lora:  # before any request: the whole life of the engine decodes with them
             self.adapters.change(model, context, check_adapter(path, model.architecture), scale)
@@ -303,6 +307,10 @@ class DecodeWorker:
     def _step(scheduler: Scheduler, runner: Runner, plan: StepPlan) -> None:
         try:
             scheduler.update(plan, runner.execute(plan))
+        except KvCacheFullError as exc:  # no cells for the batch though the budget counted some: fragmentation
+            if not scheduler.preempt_newest():  # the step changed nothing: it is planned again without the newest
+                _log.exception("decode step failed")
+                scheduler.retire_all(exc)
         except Exception as exc:
             _log.exception("decode step failed")
             scheduler.retire_all(exc)

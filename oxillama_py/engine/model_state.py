@@ -97,10 +97,10 @@ class ModelState(EngineBase):
         tokens = await anyio.to_thread.run_sync(worker.model.tokenize, text)
         if not tokens:
             raise ValueError("text is empty and the model adds no BOS token")
-        if len(tokens) > min(capacity, config.slot_ctx):
+        if len(tokens) > min(capacity, config.n_ctx):
             raise KvCacheFullError(
                 f"a prefix of {len(tokens)} tokens does not fit the prefix cache's {capacity} cells "
-                f"or the {config.slot_ctx} cells one request may use"
+                f"or the context of n_ctx={config.n_ctx} cells"
             )
         request = Request(tokens, 0, SamplerConfig.greedy(), 0, pin=True)
         collector = Collector(1)

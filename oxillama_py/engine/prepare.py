@@ -19,6 +19,7 @@ from ..chat import ChatTemplate, resolve_template, template_for
 from ..checks import check_int, check_sequence, check_type
 from ..config import EngineConfig
 from ..decode import DecodeWorker
+from ..decode.kv_budget import fits_context
 from ..errors import KvCacheFullError
 from ..grammar import grammar_for
 from ..llama.guidance import vocabulary
@@ -107,24 +108,22 @@ def render_for_decode(
 
 
 def _requests(config: EngineConfig, model: Model, prompts: list[str], opts: GenerateOptions) -> list[Request]:
-    """Tokenize and check every prompt against the context one request may use (blocking)."""
+    """Tokenize and check every prompt against the whole context, which one request may use (blocking)."""
     outside = [token for token, _ in opts.sampler.logit_bias if token >= model.n_vocab]
     if outside:
         raise ValueError(f"logit_bias token id {outside[0]} is not in the model's vocabulary of {model.n_vocab} tokens")
     grammars = [grammar_for(opts.grammar, index, len(prompts)) for index in range(len(prompts))]
     # The vocabulary is read once per model; a grammar it cannot meet fails here, before any decoding.
     matchers = [None if g is None else vocabulary(model).matcher(g.compiled) for g in grammars]
-    budget = config.slot_ctx  # a speculative step drafts at most max_tokens - 1 past the text: it fits too
     requests = []
     for index, prompt in enumerate(prompts):
         tokens = model.tokenize(prompt)
         if not tokens:
             raise ValueError("prompt is empty and the model adds no BOS token")
-        if len(tokens) + opts.max_tokens > budget:
+        if not fits_context(config.n_ctx, len(tokens), opts.max_tokens):
             raise KvCacheFullError(
                 f"prompt of {len(tokens)} tokens plus max_tokens={opts.max_tokens} does not fit the "
-                f"{budget} context cells one request may use "
-                f"(n_ctx={config.n_ctx} shared by max_concurrency={config.max_concurrency})"
+                f"context of n_ctx={config.n_ctx} cells"
             )
         requests.append(
             Request(

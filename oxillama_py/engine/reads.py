@@ -61,7 +61,7 @@ class Reads(EngineBase):
         checked = check_sequence("token_lists", token_lists, "a sequence of token-id sequences")
         lists = [list(check_sequence(f"token_lists[{i}]", t, "a sequence of ints")) for i, t in enumerate(checked)]
         worker = await self._ready()
-        budget = self.config.slot_ctx
+        budget = self.config.n_ctx
         vocab = worker.model.n_vocab
         for i, tokens in enumerate(lists):
             if not tokens:
@@ -73,7 +73,7 @@ class Reads(EngineBase):
                     raise ValueError(f"token id {token} in token_lists[{i}] is outside the vocabulary (0..{vocab - 1})")
             if len(tokens) > budget:
                 raise KvCacheFullError(
-                    f"an input of {len(tokens)} tokens does not fit the {budget} context cells one request may use"
+                    f"an input of {len(tokens)} tokens does not fit the context of n_ctx={budget} cells"
                 )
         return await self._read_tokens(lists, logits=False)
 
@@ -126,17 +126,15 @@ class Reads(EngineBase):
 
 
 def _tokens(config: EngineConfig, model: Model, texts: list[str]) -> list[list[int]]:
-    """Each text's tokens, checked against the context one request may use (blocking)."""
-    budget = config.slot_ctx
+    """Each text's tokens, checked against the whole context, which one text may use (blocking)."""
+    budget = config.n_ctx
     token_lists = []
     for text in texts:
         tokens = model.tokenize(text)
         if not tokens:
             raise ValueError("text is empty and the model adds no BOS token")
         if len(tokens) > budget:
-            raise KvCacheFullError(
-                f"a text of {len(tokens)} tokens does not fit the {budget} context cells one request may use"
-            )
+            raise KvCacheFullError(f"a text of {len(tokens)} tokens does not fit the context of n_ctx={budget} cells")
         token_lists.append(tokens)
     return token_lists
 

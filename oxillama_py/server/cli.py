@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=("asyncio", "uvloop", "trio"), default="asyncio")
     parser.add_argument("--max-concurrency", type=int, default=8, help="sequences decoded together (slots)")
     parser.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot; more get 429")
-    parser.add_argument("--n-ctx", type=int, default=16384, help="context cells, shared equally by the slots")
+    parser.add_argument("--n-ctx", type=int, default=16384, help="context cells, one pool shared by the slots")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     parser.add_argument(
         "--prefix-cache-tokens",

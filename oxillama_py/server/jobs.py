@@ -144,7 +144,7 @@ async def open_job(engine: AsyncEngine, job: Job, chat_max_tokens: int, observer
         tools = job.tools.options()
         if max_tokens is None:
             used = await engine.count_chat_tokens(job.messages, **tools)
-            max_tokens = max(1, min(chat_max_tokens, engine.config.slot_ctx - used))
+            max_tokens = max(1, min(chat_max_tokens, engine.config.n_ctx - used))
         call = await engine.prepare_chat(job.messages, max_tokens, n=job.n, subscribers=subscribers, **tools, **options)
     else:
         max_tokens = COMPLETION_MAX_TOKENS if job.max_tokens is None else job.max_tokens
