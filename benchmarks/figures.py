@@ -633,6 +633,7 @@ TARGETS: list[tuple[Path, str, tuple[str, ...]]] = [
     (DOCS / "scaling.rst", "routing", ("routing",)),
     (README, "routing", ("routing",)),
     (DOCS / "models.rst", "", ("adapters",)),
+    (DOCS / "server.rst", "server", ("server",)),
 ]
 
 
