@@ -239,34 +239,62 @@ class Server(Figure):
     name, title = "server", "OpenAI-compatible servers"
     facts = "streaming `/v1/completions` clients, {d[max_tokens]} greedy tokens each"
     after = (
-        "The oxillama_py server and llama.cpp's `llama-server` run {d[slots]} slots of {d[slot_ctx]} cells; "
-        "llama-cpp-python's server has one slot by design and serves one request at a time."
+        "The oxillama_py server runs its defaults ({slots} slots); llama.cpp's `llama-server` runs {d[slots]} slots "
+        "of {d[slot_ctx]} cells; llama-cpp-python's server has one slot by design and serves one request at a time. "
+        "*in-process engine*: the same requests as one `complete_batch` on an `AsyncEngine` of the default config, "
+        "no HTTP. *{mixed_key}*: {mixed} (our server on both backends; its trio / asyncio rate is requests/s)."
     )
     labels: ClassVar[dict[str, str]] = {
         "oxillama": "oxillama_py",
+        "oxillama_trio": "oxillama_py on trio",
+        "engine": "in-process engine",
         "llama_cpp_server": "llama-cpp-python",
         "llama_server": "llama-server (C++)",
     }
     log = ("time to first token p50 (ms)", "time to first token p99 (ms)")
 
+    def values(self, d: Data) -> Data:
+        mixed = d.get("mixed", "not run")
+        return {
+            "slots": d.get("oxillama_slots") or d["slots"],
+            "mixed_key": d.get("scenarios", ["mixed"])[-1],
+            "mixed": mixed,
+        }
+
     def columns(self, d: Data) -> list[Column]:
-        levels, res, checks = list(map(str, d["levels"])), d["results"], d["checks"]
+        levels, res, checks = d.get("scenarios") or list(map(str, d["levels"])), d["results"], d["checks"]
 
         def per_level(name: str, pick: Callable[[Data], Any]) -> list[Any]:
             return [pick(res[name][k]) if k in res.get(name, {}) else None for k in levels]
+
+        def target(check: str) -> Any:
+            return checks[check]["target"] if check in checks else None
 
         columns = [Column("concurrent clients", levels)]
         for name, label in self.labels.items():
             rates = per_level(name, lambda e: e["tok_per_sec"])
             columns.append(Column(f"{label} tok/s", rates, panel="aggregate tok/s (median, min-max)"))
+        servers = [name for name in self.labels if name != "engine"]
         for p in ("p50", "p99"):
-            for name, label in self.labels.items():
+            for name in servers:
                 times = per_level(name, lambda e, p=p: e["ttft_ms"][p])
-                columns.append(Column(f"{label} TTFT {p} ms", times, 0, f"time to first token {p} (ms)"))
-        for other in ("llama_cpp_server", "llama_server"):
-            target = [checks[f"oxillama_vs_{other}_8"]["target"] if k == "8" else None for k in levels]
-            ratios = [d["ratios"][f"vs_{other}"][k]["tok_per_sec"] for k in levels]
-            columns.append(Column(f"oxillama / {self.labels[other]}", ratios, 2, "oxillama_py / other", target))
+                columns.append(Column(f"{self.labels[name]} TTFT {p} ms", times, 0, f"time to first token {p} (ms)"))
+        for name in ("oxillama", "oxillama_trio"):
+            latency = per_level(name, lambda e: e.get("latency_secs", {}).get("p99"))
+            columns.append(Column(f"{self.labels[name]} latency p99 s", latency, 1))
+        ratios = d["ratios"]
+        for other in ("llama_cpp_server", "llama_server", "engine"):
+            targets = [target(f"oxillama_vs_{other}_{k}") for k in levels]
+            values = [ratios.get(f"vs_{other}", {}).get(k, {}).get("tok_per_sec") for k in levels]
+            columns.append(Column(f"oxillama / {self.labels[other]}", values, 2, "oxillama_py / other", targets))
+        trio, mixed = ratios.get("trio_vs_asyncio", {}), d.get("scenarios", [None])[-1]
+        rates = {k: ("requests_per_sec", "mixed") if k == mixed else ("tok_per_sec", k) for k in levels}
+        rate = [trio.get(k, {}).get(rates[k][0]) for k in levels]
+        rate_targets = [target(f"trio_vs_asyncio_{rates[k][0]}_{rates[k][1]}") for k in levels]
+        columns.append(Column("trio / asyncio rate", rate, 2, "oxillama_py / other", rate_targets))
+        p99 = [trio.get(k, {}).get("latency_p99") for k in levels]
+        p99_targets = [target(f"trio_vs_asyncio_latency_p99_{rates[k][1]}") for k in levels]
+        columns.append(Column("trio / asyncio latency p99", p99, 2, "", p99_targets))
         return columns
 
 
@@ -637,6 +665,7 @@ TARGETS: list[tuple[Path, str, tuple[str, ...]]] = [
     (DOCS / "scaling.rst", "routing", ("routing",)),
     (README, "routing", ("routing",)),
     (DOCS / "models.rst", "", ("adapters",)),
+    (DOCS / "server.rst", "server", ("server",)),
 ]
 
 

@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 
 from .checks import check_bool, check_int, check_number, check_path_like, check_type, describe
 from .compat import EngineConfigNames, FieldsOnClass, SamplerConfigNames, take_alias
+from .slots import default_max_concurrency
 
 __all__ = [
     "SamplerConfig",
@@ -216,6 +217,9 @@ class EngineConfig(EngineConfigNames):
     the free cells, and when the cells run out the newest sequence is preempted:
     it waits, then prefills its text again and goes on (its caller sees a pause;
     see the batching docs).
+    ``max_concurrency=None`` (the default) takes 16 slots, the batch where the
+    measured step-cost curve flattens, fewer if the context is under 1024 cells
+    a slot (:func:`~oxillama_py.slots.default_max_concurrency`).
     ``flash_attn=False`` (the default) matches llama-cpp-python's ``Llama`` so that
     greedy output is identical to it. ``chat_template`` (a built-in name such as
     ``"gemma"`` or ``"chatml"``, or a Jinja2 string) overrides the model's own for
@@ -263,7 +267,7 @@ class EngineConfig(EngineConfigNames):
     seed: int | None = None
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     flash_attn: bool = False
-    max_concurrency: int = 8
+    max_concurrency: int = 16
     chat_template: str | None = None
     prefix_cache_tokens: int | None = None
     speculative: PromptLookup | EngineConfig | None = None
@@ -281,7 +285,7 @@ class EngineConfig(EngineConfigNames):
         seed: int | None = None,
         sampler: SamplerConfig = _SAMPLER,
         flash_attn: bool = False,
-        max_concurrency: int = 8,
+        max_concurrency: int | None = None,
         chat_template: str | None = None,
         prefix_cache_tokens: int | None = None,
         speculative: PromptLookup | EngineConfig | None = None,
@@ -295,6 +299,8 @@ class EngineConfig(EngineConfigNames):
         lora = _lora_pairs(lora)
         n_ctx = take_alias("EngineConfig", "n_ctx", n_ctx, 16384, "context_size", context_size)
         n_threads = take_alias("EngineConfig", "n_threads", n_threads, _THREADS, "num_threads", num_threads)
+        if max_concurrency is None and isinstance(n_ctx, int) and not isinstance(n_ctx, bool):
+            max_concurrency = default_max_concurrency(n_ctx)
         _assign(self, locals())
         self.__post_init__()
 

@@ -42,7 +42,7 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def config(model_path: Path) -> EngineConfig:
-    return EngineConfig(model_path, seed=1234)
+    return EngineConfig(model_path, seed=1234, max_concurrency=8)  # the tests were written for 8 slots
 
 
 _SESSION: list[Engine] = []

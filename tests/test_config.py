@@ -214,7 +214,7 @@ def test_draft_context_has_the_draft_n_ctx(model_path: Path, monkeypatch: pytest
 
 
 # -- pure data -------------------------------------------------------------------------------
-PURE = {"chat", "chat_tools", "checks", "compat", "config", "errors", "results"}
+PURE = {"chat", "chat_tools", "checks", "compat", "config", "errors", "results", "slots"}
 
 
 @pytest.mark.parametrize("name", sorted(PURE))

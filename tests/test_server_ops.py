@@ -431,7 +431,7 @@ def test_metrics_fold_finished_calls(model_path: Path) -> None:
     text = registry.exposition().decode()
     families = {f.name: f for f in parser.text_string_to_metric_families(text)}
     assert families["oxillama:spec_decode_num_accepted_tokens"].samples[0].value == 3
-    assert families["oxillama:num_slots"].samples[0].value == 8  # not loaded: the config's slots
+    assert families["oxillama:num_slots"].samples[0].value == 16  # not loaded: the config's slots (the default)
 
 
 @pytest.mark.anyio

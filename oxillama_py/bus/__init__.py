@@ -6,7 +6,7 @@ subscriber is a task in the generation's task group reading its own stream.
 
 from .events import Event, Finished, FinishReason, SpeculativeStats, Step, TokenEvent, VerifyStep
 from .generation import Generation
-from .request import Request
+from .request import Request, check_order, take_order
 from .subscriber import Subscriber
 
 __all__ = [
@@ -20,4 +20,6 @@ __all__ = [
     "Subscriber",
     "TokenEvent",
     "VerifyStep",
+    "check_order",
+    "take_order",
 ]

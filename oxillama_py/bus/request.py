@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,25 @@ from ..llama.guidance import Matcher
 from .events import Event, Finished
 from .post import post
 
-__all__ = ["Request"]
+__all__ = ["Request", "check_order", "take_order"]
+
+_orders = itertools.count()
+
+
+def take_order() -> int:
+    """The next place in the engine's waiting line: taken when a call is made, on its loop, before any await.
+
+    Requests wait for a slot in this order (first come, first served), however
+    their tokenizing threads and their loops' schedulers interleave them later.
+    """
+    return next(_orders)
+
+
+def check_order(order: object) -> int:
+    """A place given by a caller: an int that :func:`take_order` returned."""
+    if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+        raise TypeError(f"order must be an int from take_order(), got {order!r}")
+    return order
 
 
 @dataclass(eq=False)
@@ -47,6 +66,8 @@ class Request:
     """Give each generated token its log-probability and this many top alternatives (``None``: none)."""
     prompt_logprobs: bool = False
     """Also the prompt tokens' log-probabilities (every prompt row decoded with logits, no cached prefix)."""
+    order: int = field(default_factory=take_order)
+    """Its place in the waiting line (:func:`take_order`): a smaller one starts first."""
     _sinks: list[MemoryObjectSendStream[Event]] = field(default_factory=list, init=False, repr=False)
     _loop: EventLoopToken | None = field(default=None, init=False, repr=False)
     _done: anyio.Event | None = field(default=None, init=False, repr=False)

@@ -88,7 +88,19 @@ class Scheduler:
 
     # -- intake ----------------------------------------------------------------------
     def add(self, request: Request, submitted: float) -> None:
-        self.waiting.append((request, submitted))
+        """Into the waiting line at its place (``request.order``: when its call was made), first come first served.
+
+        Calls reach the worker in the order their tokenizing threads finish
+        and their loops resume them, which is not the order they were made.
+        """
+        waiting, order = self.waiting, request.order
+        if not waiting or waiting[-1][0].order <= order:  # the usual case: it is the latest
+            waiting.append((request, submitted))
+            return
+        at = len(waiting)
+        while at and waiting[at - 1][0].order > order:
+            at -= 1
+        waiting.insert(at, (request, submitted))
 
     def add_exclusive(self, task: Task) -> None:
         self.exclusive.append(task)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol
 import anyio
 import anyio.to_thread
 
-from ..bus import Subscriber
+from ..bus import Subscriber, check_order, take_order
 from ..bus.pieces import PieceBuffer
 from ..callback import CallbackSubscriber, check_callback
 from ..chat import Message, check_messages
@@ -200,6 +200,7 @@ class AsyncEngine(ModelState, Reads):
         *,
         n: int = 1,
         subscribers: Sequence[Subscriber] = (),
+        order: int | None = None,
         **options: Unpack[BatchKwargs],
     ) -> Call:
         """One generation of ``prompts``, each ``n`` times (choices, consecutive), tokenized and checked, not started.
@@ -209,13 +210,16 @@ class AsyncEngine(ModelState, Reads):
         ``call.generation`` is pumped by its consumer. ``subscribers`` consume
         its events beside the result collector and the progress display.
         Raises what :meth:`generate` raises, before any decoding.
+        Calls wait for a slot in the order they were made (first come, first served);
+        ``order`` (from :func:`~oxillama_py.bus.take_order`) is an earlier place.
         """
+        order = take_order() if order is None else check_order(order)
         checked, count = check_prompts(prompts), check_n(n)
         on_complete = options.pop("on_complete", None)
         check_callback(on_complete)
         opts = self._options(max_tokens, options)
         choices = [prompt for prompt in checked for _ in range(count)]
-        return await build_call(self.config, await self._ready(), choices, opts, subscribers, on_complete)
+        return await build_call(self.config, await self._ready(), choices, opts, subscribers, on_complete, order)
 
     async def prepare_chat(
         self,
@@ -228,9 +232,11 @@ class AsyncEngine(ModelState, Reads):
         tool_choice: ToolChoice | dict[str, object] | None = None,
         parallel_tool_calls: bool | None = None,
         subscribers: Sequence[Subscriber] = (),
+        order: int | None = None,
         **options: Unpack[GenerateKwargs],
     ) -> Call:
         """:meth:`prepare` for a conversation, rendered as :meth:`chat` renders it (its stop strings added)."""
+        order = take_order() if order is None else check_order(order)
         checked, count = check_messages(messages), check_n(n)
         plan, options = tool_options(tools, tool_choice, parallel_tool_calls, options)
         opts = self._options(max_tokens, options)
@@ -240,7 +246,8 @@ class AsyncEngine(ModelState, Reads):
             render_for_decode, self.config, worker.model, checked, template, plan
         )
         stop = opts.stop + tuple(s for s in used.stop if s not in opts.stop)
-        call = await build_call(self.config, worker, [prompt] * count, replace(opts, stop=stop), subscribers)
+        chat = replace(opts, stop=stop)
+        call = await build_call(self.config, worker, [prompt] * count, chat, subscribers, order=order)
         return call if plan is None else replace(call, tools=plan)
 
     async def count_chat_tokens(

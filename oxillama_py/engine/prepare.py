@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from ..bus import Generation, Request, Subscriber
+from ..bus import Generation, Request, Subscriber, take_order
 from ..bus.collect import Collector
 from ..chat import ChatTemplate, resolve_template, template_for
 from ..checks import check_int, check_sequence, check_type
@@ -107,7 +107,9 @@ def render_for_decode(
     return prompt, chat_template
 
 
-def _requests(config: EngineConfig, model: Model, prompts: list[str], opts: GenerateOptions) -> list[Request]:
+def _requests(
+    config: EngineConfig, model: Model, prompts: list[str], opts: GenerateOptions, order: int
+) -> list[Request]:
     """Tokenize and check every prompt against the whole context, which one request may use (blocking)."""
     outside = [token for token, _ in opts.sampler.logit_bias if token >= model.n_vocab]
     if outside:
@@ -139,6 +141,7 @@ def _requests(config: EngineConfig, model: Model, prompts: list[str], opts: Gene
                 speculative=bool(opts.speculative),
                 logprobs=opts.logprobs,
                 prompt_logprobs=opts.prompt_logprobs,
+                order=order,
             )
         )
     return requests
@@ -151,9 +154,15 @@ async def build_call(
     opts: GenerateOptions,
     extra: Sequence[Subscriber] = (),
     on_complete: Callable[[int, CompletionResult], object] | None = None,
+    order: int | None = None,
 ) -> Call:
-    """Tokenize (off the loop) and build the call's subscribers; the display is touched last."""
-    requests = await anyio.to_thread.run_sync(_requests, config, worker.model, prompts, opts)
+    """Tokenize (off the loop) and build the call's subscribers; the display is touched last.
+
+    ``order``: the call's place in the waiting line, taken when it was made
+    (:func:`~oxillama_py.bus.take_order`; ``None``: now).
+    """
+    order = take_order() if order is None else order
+    requests = await anyio.to_thread.run_sync(_requests, config, worker.model, prompts, opts, order)
     total = opts.max_tokens * len(prompts)
     callback, finaliser = make_progress_adapter(opts.progress.target, total)
     collector = Collector(len(requests), on_complete, logprobs=opts.logprobs is not None)

@@ -66,7 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--backend", choices=("asyncio", "uvloop", "trio"), default="asyncio")
-    parser.add_argument("--max-concurrency", type=int, default=8, help="sequences decoded together (slots)")
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="sequences decoded together (slots; default: 16, where the measured step cost flattens, "
+        "fewer when that leaves a slot under 1024 cells of --n-ctx)",
+    )
     parser.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a slot; more get 429")
     parser.add_argument("--n-ctx", type=int, default=16384, help="context cells, one pool shared by the slots")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")

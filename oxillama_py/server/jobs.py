@@ -128,11 +128,14 @@ class JobRun:
         return self.call.results()
 
 
-async def open_job(engine: AsyncEngine, job: Job, chat_max_tokens: int, observers: Sequence[Subscriber] = ()) -> JobRun:
+async def open_job(
+    engine: AsyncEngine, job: Job, chat_max_tokens: int, observers: Sequence[Subscriber] = (), order: int | None = None
+) -> JobRun:
     """Render, tokenize and check the job's prompts (raises before any decoding).
 
     A chat without ``max_tokens`` gets ``chat_max_tokens``, capped by what
     its context leaves after the prompt, so a long conversation still fits.
+    ``order``: the job's place in the engine's waiting line, taken when it was admitted.
     """
     relay = Relay()
     subscribers: list[Subscriber] = [relay, *observers]  # observers: the metrics, which only watch
@@ -145,12 +148,14 @@ async def open_job(engine: AsyncEngine, job: Job, chat_max_tokens: int, observer
         if max_tokens is None:
             used = await engine.count_chat_tokens(job.messages, **tools)
             max_tokens = max(1, min(chat_max_tokens, engine.config.n_ctx - used))
-        call = await engine.prepare_chat(job.messages, max_tokens, n=job.n, subscribers=subscribers, **tools, **options)
+        call = await engine.prepare_chat(
+            job.messages, max_tokens, n=job.n, subscribers=subscribers, order=order, **tools, **options
+        )
     else:
         max_tokens = COMPLETION_MAX_TOKENS if job.max_tokens is None else job.max_tokens
         firsts = None
         if job.echo and job.logprobs is not None:  # before the call: nothing may wait after its display is made
             firsts = [first for first in await listed_first_tokens(engine, job.prompts) for _ in range(job.n)]
-        call = await engine.prepare(job.prompts, max_tokens, n=job.n, subscribers=subscribers, **options)
+        call = await engine.prepare(job.prompts, max_tokens, n=job.n, subscribers=subscribers, order=order, **options)
         return JobRun(job, call, relay, firsts)
     return JobRun(job, call, relay)

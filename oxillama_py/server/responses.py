@@ -6,6 +6,7 @@ how the chunks travel is :mod:`.sse`.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -106,6 +107,8 @@ class _Chunks:
         self.envelope = envelope(job, model, chunk=True)
         self.usage_field: dict[str, Any] = {"usage": None} if job.include_usage else {}
         self.tools = [ToolStream() for _ in range(choices)] if job.tools.constrains else None
+        self.templates: dict[int, tuple[bytes, bytes]] = {}
+        """Each choice's text chunk around its text: a chunk is then one ``json.dumps`` of a string."""
 
     def pieces(self, index: int, text: str, logprobs: dict[str, Any] | None = None) -> list[bytes]:
         """The chunks of a piece of text: itself, or what it adds to a tool-format answer."""
@@ -121,9 +124,23 @@ class _Chunks:
         return self.choice(index, None, tool_finish(reason, calls))
 
     def choice(self, index: int, text: str | None, reason: str | None, logprobs: dict[str, Any] | None = None) -> bytes:
+        if text is not None and reason is None and logprobs is None:  # a token's text: most chunks
+            head, tail = self.templates.get(index) or self._template(index)
+            return b"".join((head, json.dumps(text).encode(), tail))
         if self.job.kind == "chat":
             return self.delta(index, {} if text is None else {"content": text}, reason, logprobs)
         return self.chunk({"index": index, "text": text or "", "finish_reason": reason, "logprobs": logprobs})
+
+    def _template(self, index: int) -> tuple[bytes, bytes]:
+        """The bytes of choice ``index``'s text chunk before and after its text (built once, by the slow path)."""
+        mark = "\x00text\x00"  # json.dumps writes it as \u0000text\u0000: no envelope field holds that
+        if self.job.kind == "chat":
+            whole = self.delta(index, {"content": mark}, None)
+        else:
+            whole = self.chunk({"index": index, "text": mark, "finish_reason": None, "logprobs": None})
+        head, _, tail = whole.partition(json.dumps(mark).encode())
+        self.templates[index] = head, tail
+        return head, tail
 
     def delta(
         self, index: int, body: dict[str, Any], reason: str | None, logprobs: dict[str, Any] | None = None

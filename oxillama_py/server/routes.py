@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ..bus import take_order
 from ..config import EngineConfig
 from ..engine import AsyncEngine
 from ..errors import GenerateError
@@ -195,11 +196,12 @@ class Server:
                 "n",
             )
         admission.reserve(count, self.settings.retry_after_secs)
+        order = take_order()  # its place in the waiting line: admitted now, first come first served
         hold = AsyncExitStack()
         try:
             engine = await hold.enter_async_context(self.models.use(served.name))
             check_vocabulary(job.sampling, engine.vocab_size())
-            run = await engine_errors(self._open(engine, served.name, job))
+            run = await engine_errors(self._open(engine, served.name, job, order))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await hold.aclose()
@@ -225,10 +227,10 @@ class Server:
             return Response(status_code=499)
         return JSONResponse(completion_body(run, results, served.name))
 
-    async def _open(self, engine: AsyncEngine, name: str, job: Job) -> JobRun:
+    async def _open(self, engine: AsyncEngine, name: str, job: Job, order: int) -> JobRun:
         try:
             tap = self.metrics.tap(name, job.n, current_request())
-            return await open_job(engine, job, self.settings.default_max_tokens, observers=[tap])
+            return await open_job(engine, job, self.settings.default_max_tokens, observers=[tap], order=order)
         except GenerateError:
             if self.shutting_down:  # the engine closed under us: the server is going away, not failing
                 raise shutting_down() from None
