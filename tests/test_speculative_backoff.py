@@ -60,7 +60,7 @@ def test_a_hit_resets_the_back_off() -> None:
 
 
 def test_what_counts_as_a_miss() -> None:
-    for drafted, accepted, miss in [(8, 0, True), (8, 3, True), (8, 4, False), (1, 1, False), (1, 0, True)]:
+    for drafted, accepted, miss in [(8, 0, True), (8, 7, True), (8, 8, False), (1, 1, False), (1, 0, True)]:
         backoff = DraftBackoff()
         backoff.observe(drafted, accepted)
         assert backoff.probing is miss, (drafted, accepted)
