@@ -128,5 +128,5 @@ def test_free_text_stops_drafting_while_copying_keeps_drafting(lookup: Engine, r
     assert stats.accepted <= stats.drafted
     stats = copying.speculative
     assert stats is not None and stats.emitted == 64
-    assert stats.drafted >= stats.emitted and stats.acceptance_rate > 0.8  # copying drafts and passes
+    assert stats.drafted >= 0.8 * stats.emitted and stats.acceptance_rate > 0.8  # copying drafts and passes
     assert stats.target_calls < 0.5 * stats.emitted
