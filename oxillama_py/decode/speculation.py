@@ -33,6 +33,7 @@ import numpy as np
 
 from ..bus import Request, SpeculativeStats, VerifyStep
 from ..config import PromptLookup
+from .backoff import DraftBackoff
 from .cost import Acceptance, StepCost, plan
 from .distribution import Distribution, Floats, sample_at
 from .drafters import Draft, Drafter, PromptLookupDrafter
@@ -112,11 +113,15 @@ class Speculator:
         """The drafts of this step: as many per sequence as :func:`~.cost.plan` finds worth their rows.
 
         ``fixed`` rows are decoded anyway, ``room`` are left; ``running`` is every sequence of the batch.
+        A sequence backing off after missed drafts (:mod:`.backoff`) is no candidate: it costs nothing here.
         """
         if room <= 0:
             return {}
+        candidates = [seq for seq in candidates if seq.spec is not None and seq.spec.backoff.ready]
+        if not candidates:
+            return {}
         cost = self.cost
-        offers = [(seq.spec.acceptance.rate, min(self.max_draft, seq.remaining - 1)) for seq in candidates if seq.spec]
+        offers = [offer(seq, self.max_draft) for seq in candidates]
         # A batch lasts as long as its longest sequence: tokens of one that is ahead are worth less.
         horizon = max(seq.remaining for seq in running)
         weights = [seq.remaining / horizon for seq in candidates]
@@ -130,7 +135,8 @@ class Speculator:
                     drafts[seq] = seq.draft(count)
             self.observe_drafters(seq.spec.drafter for seq in candidates if seq.spec is not None)
             return drafts
-        offered = {seq: seq.draft(most) for seq, (_, most) in zip(candidates, offers, strict=True) if most > 0}
+        # Only where full drafts would pay is the drafter asked (its search reads the whole text).
+        offered = {seq: seq.draft(most) for seq, (_, most), n in zip(candidates, offers, counts, strict=True) if n}
         offers = [
             (rate, len(offered[seq]) if seq in offered else 0)
             for seq, (rate, _) in zip(candidates, offers, strict=True)
@@ -152,6 +158,14 @@ class Speculator:
             self.draft_model.close()
 
 
+def offer(seq: Candidate, max_draft: int) -> tuple[float, int]:
+    """A candidate's acceptance and the most it may draft this step (a probe after misses: short)."""
+    spec = seq.spec
+    assert spec is not None
+    backoff = spec.backoff
+    return backoff.rate(spec.acceptance.rate), backoff.limit(min(max_draft, seq.remaining - 1))
+
+
 class SequenceSpeculation:
     """What a speculating sequence keeps: how it drafts, how often drafts pass, and its counters."""
 
@@ -165,6 +179,8 @@ class SequenceSpeculation:
         # From what other sequences saw, as one token's worth of evidence (capped: a copying neighbour
         # says little about this text), so its own first verified draft already moves it most of the way.
         self.acceptance = Acceptance(min(shared.rate, PRIOR_CAP))
+        self.backoff = DraftBackoff()
+        """When this sequence drafts: not for a while after drafts that missed."""
         self.drafted = 0
         self.accepted = 0
         self.target_calls = 0
@@ -172,7 +188,7 @@ class SequenceSpeculation:
 
     def verify(self, context: Context, index: int, draft: Draft, history: Seq[int]) -> tuple[list[int], list[int]]:
         """The accepted drafts plus one target token, and the target's choice at every row checked."""
-        seen = list(history)
+        seen = list(history) if draft.tokens else history  # extended only past accepted drafts
         emitted: list[int] = []
         choices: list[int] = []
         for i in range(len(draft.tokens) + 1):
@@ -195,6 +211,7 @@ class SequenceSpeculation:
             emitted.append(choice)
             if choice != proposal or self.model.is_eog(choice):
                 break
+            assert isinstance(seen, list)
             seen.append(choice)
         accepted = len(emitted) - 1
         self.drafted += len(draft.tokens)
@@ -207,6 +224,7 @@ class SequenceSpeculation:
     def step(self, context: Context, placed: Placement, history: Seq[int], n_real: int) -> list[int]:
         """Verify this step's rows: the tokens to publish. ``n_real`` tokens of text were real before it."""
         emitted, choices = self.verify(context, placed.index, placed.draft, history)
+        self.backoff.observe(len(placed.draft.tokens), len(emitted) - 1)
         self.target_calls += 1
         self.record(placed.start, placed.batch, placed.draft.tokens, choices, emitted)
         self.drafter.accepted(n_real + len(emitted) - 1)
