@@ -246,7 +246,7 @@ class EngineConfig(EngineConfigNames):
     ``step_target_ms`` bounds the prompt rows a decode step carries while
     other sequences generate (chunked prefill), so that a long prompt does not
     freeze the running streams: a step with prompt rows aims at this many
-    milliseconds. ``None`` (the default) aims at 2.5 times what the step's
+    milliseconds. ``None`` (the default) aims at 2.2 times what the step's
     generating rows alone cost, learned from the steps decoded so far; a
     prompt alone always takes the whole ``n_batch``. See the batching docs.
 

@@ -263,10 +263,11 @@ def test_a_long_prompt_takes_no_more_than_the_budget_while_others_generate() -> 
 
 
 def test_by_default_a_step_with_prompt_rows_takes_stall_times_the_generating_rows_cost() -> None:
-    _, steps = prefill_beside_streams(PrefillPace())
-    alone = cpu_like(4, 0)  # 32 ms
+    _, steps = prefill_beside_streams(PrefillPace(), n_streams=8)
+    alone = cpu_like(8, 0)  # 44 ms
     learned = steps[10:-1]
-    assert learned and all(STALL * alone - 0.003 < cpu_like(4, rows) <= STALL * alone for _, rows in learned), steps
+    assert learned and all(rows > MIN_CHUNK for _, rows in learned), steps
+    assert all(STALL * alone - 0.003 < cpu_like(8, rows) <= STALL * alone for _, rows in learned), steps
 
 
 def test_a_tiny_target_still_moves_the_prompt_by_the_floor() -> None:
@@ -550,7 +551,7 @@ def test_one_pool_leases_slots_cache_ids_and_spares_in_their_orders() -> None:
 
 
 # -- the scheduler stays free of llama.cpp ----------------------------------------------------
-PURE = {"scheduler", "plan", "cells", "ids", "speculation", "drafters", "cost", "distribution", "pace"}
+PURE = {"scheduler", "plan", "cells", "ids", "speculation", "drafters", "cost", "distribution", "pace", "backoff"}
 
 
 def _runtime_imports(path: Path) -> set[tuple[int, str]]:

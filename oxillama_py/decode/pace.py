@@ -2,15 +2,15 @@
 
 A prompt decodes in chunks of at most ``n_batch`` rows, and a chunk rides in
 the same ``llama_decode`` as one row of every generating sequence. On a CPU a
-prompt row costs about as much as a generating one (~3 ms here), so a full
-512-row chunk makes that step ~40 times longer than a step of 8 generating rows:
+prompt row costs a step about as much as a generating one, so a full 512-row
+chunk makes that step ~20 times longer than a step of 8 generating rows:
 every running stream freezes for the whole prefill of a pasted document. So
 while any sequence generates, the prompt rows of a step are capped so that the
 step takes about ``target`` (by default :data:`STALL` times what the
 generating rows alone cost), as vLLM's chunked prefill and Sarathi-Serve's
-stall-free batching do. Prompt rows cost about the same in small chunks as in
-big ones, so the prompt's own time to first token barely moves. With nothing
-generating, a prompt takes the whole batch.
+stall-free batching do. The prompt pays for it: its rows cost more in small
+chunks than in big ones, and each step also decodes the streams (see
+:data:`STALL`). With nothing generating, a prompt takes the whole batch.
 
 The costs are learned from the steps themselves (no start-up measurement):
 :class:`~.cost.StepCost` for steps whose rows all have logits, and an
@@ -23,13 +23,16 @@ from .cost import POINTS, StepCost
 
 __all__ = ["MIN_CHUNK", "STALL", "PrefillPace"]
 
-STALL = 2.5
+STALL = 2.2
 """By default a step with prompt rows may take this many times what its generating rows alone take.
 
-Measured here (2 cores, Gemma 3 270M): 8 streams at ~50 ms a step; a step with
-a 32-row chunk ~115 ms; the streams' p99 gap stays under 3 times their median while a
-3,500-token prompt prefills, and that prompt's first token comes within ~10%
-of its time on an idle engine (``benchmarks/mixed_load.py``)."""
+Measured here (2 cores, Gemma 3 270M, ``benchmarks/mixed_load.py``): 8 streams
+at ~47 ms a step; while a 3,500-token prompt prefills beside them, the
+streams' p99 gap stays near 3 times their median (27 times with whole
+512-row chunks). The price is the prompt's own time to first token: a row in
+a chunk of ~40 costs ~1.5 times what it costs in a chunk of 512, and every
+step also decodes the streams, so it is ~2.3 times its time on an idle engine
+(1.2 times with whole chunks). ``step_target_ms`` moves that trade-off."""
 MIN_CHUNK = 16
 """Prompt rows a step takes whatever the target: a waiting prompt always moves."""
 _LEARN = 0.2

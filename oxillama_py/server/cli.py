@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="MS",
         help="while streams generate, a step carrying prompt rows aims at MS milliseconds "
-        "(default: 2.5 times the generating rows' own cost)",
+        "(default: 2.2 times the generating rows' own cost)",
     )
     parser.add_argument(
         "--speculative",
