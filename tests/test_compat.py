@@ -14,6 +14,7 @@ import pytest
 
 from oxillama_py import EngineConfig, SamplerConfig
 from oxillama_py.compat import UPSTREAM
+from oxillama_py.slots import default_max_concurrency
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +34,9 @@ def test_spelled_out_constructor_matches_the_fields(cls: type) -> None:
     parameters = inspect.signature(cls).parameters
     for field in dataclasses.fields(cls):
         default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if (cls, field.name) == (EngineConfig, "max_concurrency"):  # None: resolved from n_ctx
+            assert parameters[field.name].default is None and default == default_max_concurrency(16384)
+            continue
         assert parameters[field.name].default == default, field.name
     aliases = set(parameters) - {field.name for field in dataclasses.fields(cls)}
     assert aliases and all(parameters[name].default is None for name in aliases)

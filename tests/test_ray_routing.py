@@ -134,7 +134,7 @@ def test_router_config_and_cli() -> None:
     router = prefix_router_class()
     assert router.__name__ == "PrefixCacheAffinityRouter"  # Serve's, not ours
     assert prefix.request_router_class == f"{router.__module__}.{router.__qualname__}"
-    assert prefix.request_router_kwargs == {"imbalanced_threshold": 4}  # half the default 8 slots
+    assert prefix.request_router_kwargs == {"imbalanced_threshold": 8}  # half the default 16 slots
     assert "request_router_config" not in RayServeConfig(router="pow2").deployment_options()
     assert RayServeConfig(imbalance=1).deployment_options()["request_router_config"].request_router_kwargs == {
         "imbalanced_threshold": 1

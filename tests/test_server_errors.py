@@ -106,7 +106,7 @@ def test_bad_completion_requests_are_400(server: ServerProcess, body: object, pa
 
 def test_prompt_that_does_not_fit_the_context(server: ServerProcess) -> None:
     steps = server.health()["decode_steps"]
-    long_prompt = "word " * 600  # each slot holds 2048 / 4 = 512 cells
+    long_prompt = "0123456789" * 215  # a token a digit: more than the whole context (2048 cells), in 4 KB
     message = assert_error(
         post(server, "/completions", {"prompt": long_prompt, "max_tokens": 4}), 400, code="context_length_exceeded"
     )

@@ -102,7 +102,7 @@ def _check_cells(engine: AsyncEngine) -> list[int]:
     """Each running sequence holds exactly its own cells, the other slots none; the running slots."""
     cells = slot_cells(engine)
     for slot in cells:
-        if slot.tokens is not None:
+        if slot.tokens:
             assert (slot.pos_min, slot.pos_max) == (0, slot.tokens - 1), slot
         else:
             assert (slot.pos_min, slot.pos_max) == (-1, -1), slot
