@@ -85,9 +85,6 @@ class _Entry:
         return self.lease.seq_id
 
 
-_cells = distinct_cells
-
-
 def _covers(big: tuple[Run, ...], small: tuple[Run, ...]) -> bool:
     ends = {r.block: r.end for r in big}
     return all(ends.get(r.block, -1) >= r.end for r in small)
@@ -273,7 +270,7 @@ class PrefixCache:
         self._entries.append(entry)
         if on_grid:
             self._tail = entry
-        while _cells(r for e in self._entries for r in e.runs) > self.capacity and self._evict(pinned_too=True):
+        while distinct_cells(r for e in self._entries for r in e.runs) > self.capacity and self._evict(pinned_too=True):
             pass
         self._publish()
         return n
@@ -296,7 +293,7 @@ class PrefixCache:
         n = len(tokens)
         if not self.enabled or not self._ids.free_cache_ids() or n % ALIGN or n < MIN_REUSE:
             return False
-        if _cells(r for e in self._entries for r in e.runs) + n > self.capacity:
+        if distinct_cells(r for e in self._entries for r in e.runs) + n > self.capacity:
             return False
         lease = self._ids.cache_id()
         assert lease is not None
@@ -333,7 +330,9 @@ class PrefixCache:
         """
         running = tuple(active)
         evicted = False
-        while self._entries and _cells((*running, *(r for e in self._entries for r in e.runs))) + n_cells > size:
+        while (
+            self._entries and distinct_cells((*running, *(r for e in self._entries for r in e.runs))) + n_cells > size
+        ):
             self._evict(pinned_too=True)
             evicted = True
         if evicted:
@@ -387,7 +386,7 @@ class PrefixCache:
     def _publish(self) -> None:
         self.snapshot = PrefixCacheStats(
             capacity=self.capacity,
-            tokens=_cells(r for e in self._entries for r in e.runs),
+            tokens=distinct_cells(r for e in self._entries for r in e.runs),
             entries=len(self._entries),
             pinned=sum(e.pinned for e in self._entries),
             lookups=self._lookups,

@@ -236,8 +236,12 @@ class Scheduler:
         budget = self.budget
         if budget is None or not self.running:
             return True
-        max_draft = self.speculator.max_draft if self.speculator is not None else 0
-        return budget.admits(n_tokens, budget.reserve(self.running, max_draft, self.reads), self._free())
+        return budget.admits(n_tokens, budget.reserve(self.running, self._max_draft, self.reads), self._free())
+
+    @property
+    def _max_draft(self) -> int:
+        """The most drafts one sequence may add to a step (none until a request speculates)."""
+        return self.speculator.max_draft if self.speculator is not None else 0
 
     def _free(self) -> int:
         assert self.budget is not None
@@ -245,8 +249,7 @@ class Scheduler:
 
     def _step_cells(self) -> int:
         assert self.budget is not None
-        max_draft = self.speculator.max_draft if self.speculator is not None else 0
-        return self.budget.step_cells(self.running, max_draft, self.reads)
+        return self.budget.step_cells(self.running, self._max_draft, self.reads)
 
     def _fit(self) -> None:
         """Preempt the newest sequences until the turn's new cells fit (the last one never: alone, it fits)."""

@@ -219,7 +219,7 @@ class AsyncEngine(ModelState, Reads):
         check_callback(on_complete)
         opts = self._options(max_tokens, options)
         choices = [prompt for prompt in checked for _ in range(count)]
-        return await build_call(self.config, await self._ready(), choices, opts, subscribers, on_complete, order)
+        return await build_call(self.config, await self._ready(), choices, opts, subscribers, on_complete, order=order)
 
     async def prepare_chat(
         self,

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from ..bus import Generation, Request, Subscriber, take_order
+from ..bus import Generation, Request, Subscriber
 from ..bus.collect import Collector
 from ..chat import ChatTemplate, resolve_template, template_for
 from ..checks import check_int, check_sequence, check_type
@@ -154,14 +154,14 @@ async def build_call(
     opts: GenerateOptions,
     extra: Sequence[Subscriber] = (),
     on_complete: Callable[[int, CompletionResult], object] | None = None,
-    order: int | None = None,
+    *,
+    order: int,
 ) -> Call:
     """Tokenize (off the loop) and build the call's subscribers; the display is touched last.
 
     ``order``: the call's place in the waiting line, taken when it was made
-    (:func:`~oxillama_py.bus.take_order`; ``None``: now).
+    (:func:`~oxillama_py.bus.take_order`).
     """
-    order = take_order() if order is None else order
     requests = await anyio.to_thread.run_sync(_requests, config, worker.model, prompts, opts, order)
     total = opts.max_tokens * len(prompts)
     callback, finaliser = make_progress_adapter(opts.progress.target, total)
