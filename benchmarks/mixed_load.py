@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,7 @@ async def first_token_secs(pieces: Pieces, text: str) -> float:
 def engine_pieces(engine: Any) -> Pieces:
     @asynccontextmanager
     async def pieces(prompt: str, max_tokens: int) -> AsyncIterator[AsyncIterator[Any]]:
-        async with engine.stream(prompt, max_tokens, temperature=0) as stream:
+        async with aclosing(engine.stream(prompt, max_tokens, temperature=0)) as stream:
             yield stream
 
     return pieces
@@ -129,7 +129,7 @@ def server_pieces(client: httpx.AsyncClient, base: str, model: str) -> Pieces:
     @asynccontextmanager
     async def pieces(prompt: str, max_tokens: int) -> AsyncIterator[AsyncIterator[Any]]:
         body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
-        async with client.stream("POST", f"{base}/v1/completions", json=body) as response:
+        async with aclosing(client.stream("POST", f"{base}/v1/completions", json=body)) as response:
             response.raise_for_status()
 
             async def chunks() -> AsyncIterator[str]:

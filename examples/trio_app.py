@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from contextlib import aclosing
 
 import trio
 
@@ -37,7 +38,7 @@ async def stream_to_stdout(engine: AsyncEngine, prompt: str, max_tokens: int) ->
     """1. Print a completion piece by piece; leaving the ``async with`` ends the generation there and then."""
     pieces: list[str] = []
     print(f"[stream] {prompt}", end="", flush=True)
-    async with engine.stream(prompt, max_tokens, temperature=0.0) as stream:
+    async with aclosing(engine.stream(prompt, max_tokens, temperature=0.0)) as stream:
         async for piece in stream:
             pieces.append(piece)
             print(piece, end="", flush=True)
@@ -49,7 +50,7 @@ async def stream_with_cancel(engine: AsyncEngine, prompt: str, max_tokens: int, 
     """2. Leave a stream early by cancelling our own scope after ``after`` pieces."""
     received = 0
     with trio.CancelScope() as scope:
-        async with engine.stream(prompt, max_tokens, temperature=0.0) as stream:
+        async with aclosing(engine.stream(prompt, max_tokens, temperature=0.0)) as stream:
             async for piece in stream:
                 received += 1
                 print(f"[cancel] piece {received}: {piece!r}", flush=True)

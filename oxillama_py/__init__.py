@@ -14,7 +14,7 @@ from typing import Any
 from .cancel import CancellationToken
 from .compat import StreamingCallback, TokenCallback, deprecated_name
 from .config import EngineConfig, PromptLookup, SamplerConfig, SpeculativeConfig
-from .engine import AsyncEngine, AsyncSpeculativeEngine, Engine, SpeculativeEngine, TextStream
+from .engine import AsyncEngine, AsyncSpeculativeEngine, Engine, SpeculativeEngine
 from .engine.snapshot_file import HubOrigin, SnapshotInfo
 from .errors import (
     GenerateError,
@@ -83,7 +83,6 @@ __all__ = [
     "SpeculativeEngine",
     "SpeculativeStats",
     "StreamingCallback",
-    "TextStream",
     "TokenCallback",
     "Timings",
     "TokenLogprob",

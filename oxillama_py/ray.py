@@ -23,6 +23,7 @@ import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -294,7 +295,10 @@ class OxiLlamaDeployment:
 
         A caller that stops iterating (or cancels the call) cancels the generation.
         """
-        async with self.models.use() as engine, engine.stream(prompt, max_tokens, **remote_options(options)) as pieces:
+        async with (
+            self.models.use() as engine,
+            aclosing(engine.stream(prompt, max_tokens, **remote_options(options))) as pieces,
+        ):
             async for piece in pieces:
                 yield piece
 

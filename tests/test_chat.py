@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def test_end_of_turn_ends_the_answer(engine: Engine) -> None:
 
 async def test_stream_chat_joins_to_chat(aengine: AsyncEngine) -> None:
     whole = await aengine.chat(USER, 20, temperature=0)
-    async with aengine.stream_chat(USER, 20, temperature=0) as pieces:
+    async with aclosing(aengine.stream_chat(USER, 20, temperature=0)) as pieces:
         streamed = "".join([piece async for piece in pieces])
     assert streamed == whole.text
 

@@ -141,8 +141,8 @@ SYNC_ONLY = {
     "async_engine": "the AsyncEngine the facade drives",
 }
 OTHER_RETURN = {
-    "stream": ("TextStream", "Iterator[str]"),
-    "stream_chat": ("TextStream", "Iterator[str]"),
+    "stream": ("AsyncGenerator[str, None]", "Iterator[str]"),
+    "stream_chat": ("AsyncGenerator[str, None]", "Iterator[str]"),
     "restore": ("AsyncEngine", "Engine"),
     "from_hub": ("AsyncEngine", "Engine"),
     "from_snapshot_with_hub": ("AsyncEngine", "Engine"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 
 import anyio
@@ -43,7 +44,7 @@ async def test_a_long_prompt_prefills_in_small_chunks_while_a_stream_keeps_its_t
     state = {"long_submitted": False, "long_first": False}
 
     async def stream() -> None:
-        async with paced.stream(STREAM, 400, temperature=0) as pieces:
+        async with aclosing(paced.stream(STREAM, 400, temperature=0)) as pieces:
             async for piece in pieces:
                 if state["long_submitted"] and not state["long_first"]:
                     during.append(piece)
@@ -55,7 +56,7 @@ async def test_a_long_prompt_prefills_in_small_chunks_while_a_stream_keeps_its_t
     async def long_prompt() -> None:
         await started.wait()
         state["long_submitted"] = True
-        async with paced.stream(LONG, 2, temperature=0) as pieces:
+        async with aclosing(paced.stream(LONG, 2, temperature=0)) as pieces:
             async for _ in pieces:
                 state["long_first"] = True
 

@@ -324,3 +324,45 @@ async def test_cancellation(alookup: AsyncSpeculativeEngine) -> None:
                 scope.cancel()
     assert scope.cancelled_caught
     assert await alookup.generate(COPYING[2], 6, temperature=0) == " apples, pears, plums,"
+
+
+def test_restore_with_upstreams_target_and_draft_paths(
+    draft_engine: SpeculativeEngine, lookup_engine: SpeculativeEngine, model_path: Path, tmp_path: Path
+) -> None:
+    """``SpeculativeEngine.restore(path, target_model, draft_model)``: upstream's signature, moved files."""
+    import shutil
+
+    snapshot = tmp_path / "spec.snap"
+    draft_engine.snapshot(snapshot)
+    moved_draft = tmp_path / "draft.gguf"
+    shutil.copyfile(model_path, moved_draft)
+    expected = draft_engine.generate(COPYING[1], 24, temperature=0)
+    with SpeculativeEngine.restore(str(snapshot), str(model_path), str(moved_draft)) as restored:
+        assert isinstance(restored, SpeculativeEngine)
+        config = restored.async_engine().speculative_config
+        assert isinstance(config.draft, EngineConfig) and config.draft.model_path == str(moved_draft)
+        assert config.num_speculative == 4 and config.target.model_path == str(model_path)
+        result = restored.complete(COPYING[1], 24, temperature=0)
+        assert result.text == expected and result.speculative is not None
+    with SpeculativeEngine.restore(lookup_engine.snapshot_bytes()) as again:  # the recorded files, prompt lookup
+        assert again.async_engine().speculative_config.draft == PromptLookup()
+    with pytest.raises(LoadError, match="prompt lookup"):
+        SpeculativeEngine.restore(lookup_engine.snapshot_bytes(), model_path, moved_draft)
+    with pytest.raises(LoadError, match="does not speculate"), Engine(EngineConfig(model_path, n_ctx=1024)) as plain:
+        SpeculativeEngine.restore(plain.snapshot_bytes(), model_path)
+    with pytest.raises(LoadError):
+        SpeculativeEngine.restore(str(snapshot), model_path, tmp_path / "missing.gguf")
+
+
+async def test_async_restore_with_upstreams_paths(
+    draft_engine: SpeculativeEngine, model_path: Path, tmp_path: Path
+) -> None:
+    snapshot = tmp_path / "spec.snap"
+    draft_engine.snapshot(snapshot)
+    restored = await AsyncSpeculativeEngine.restore(snapshot, model_path, model_path)
+    async with restored:
+        assert isinstance(restored, AsyncSpeculativeEngine) and restored.is_loaded()
+        assert restored.speculative_config.num_speculative == 4
+        assert (await restored.generate(COPYING[1], 8, temperature=0)) == draft_engine.generate(
+            COPYING[1], 8, temperature=0
+        )

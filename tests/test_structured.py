@@ -10,6 +10,7 @@ import collections
 import json
 import re
 from collections.abc import Iterator
+from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
 
@@ -151,7 +152,7 @@ async def test_every_call_shape_takes_a_constraint(aengine: AsyncEngine) -> None
     assert "".join(pieces) == streamed
     check(streamed, schema)
     status = 'Status as JSON: {"ok": true}\nStatus as JSON: '
-    async with aengine.stream(status, 64, json=True, temperature=1.0, seed=4) as stream:
+    async with aclosing(aengine.stream(status, 64, json=True, temperature=1.0, seed=4)) as stream:
         text = "".join([piece async for piece in stream])
     assert isinstance(json.loads(text), dict)
     batch = await aengine.generate_batch([PROMPT, PROMPT], 64, json_schema=schema, temperature=1.0, seed=5)
@@ -159,7 +160,9 @@ async def test_every_call_shape_takes_a_constraint(aengine: AsyncEngine) -> None
         check(text, schema)
     chat = await aengine.chat([{"role": "user", "content": "Three colours?"}], 64, json_schema=schema)
     check(chat.text, schema)
-    async with aengine.stream_chat([{"role": "user", "content": "Colours?"}], 64, json_schema=schema) as stream:
+    async with aclosing(
+        aengine.stream_chat([{"role": "user", "content": "Colours?"}], 64, json_schema=schema)
+    ) as stream:
         check("".join([piece async for piece in stream]), schema)
 
 

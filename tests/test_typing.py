@@ -10,6 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 SNIPPET = """
+from contextlib import aclosing
+
 from oxillama_py import AsyncEngine, CompletionResult, Engine, SpeculativeEngine
 
 
@@ -26,7 +28,7 @@ def sync(engine: Engine, speculative: SpeculativeEngine) -> None:
 
 async def asynchronous(engine: AsyncEngine) -> None:
     text: str = await engine.generate("Hi", 8, top_p=0.9)
-    async with engine.stream("Hi", 8, temperature=0) as pieces:
+    async with aclosing(engine.stream("Hi", 8, temperature=0)) as pieces:
         async for piece in pieces:
             print(piece.upper())
     await engine.complete_batch(["a"], 8, strict_progres=True)  # BAD-5

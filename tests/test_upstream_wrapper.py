@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import Counter
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -68,7 +69,7 @@ async def test_a_foreign_engine_is_wrapped_and_driven_off_the_loop(anyio_backend
 async def test_a_wrapped_stream_yields_the_callback_pieces_in_order(anyio_backend: Any) -> None:
     engine = AsyncEngine(Foreign())
     assert [piece async for piece in engine.stream("x")] == ["he", "llo", " world"]
-    async with engine.stream("x", max_tokens=2) as pieces:
+    async with aclosing(engine.stream("x", max_tokens=2)) as pieces:
         assert [piece async for piece in pieces] == ["he", "llo", " world"]
     assert [piece async for piece in AsyncEngine(Foreign([])).stream("x")] == []
 
@@ -84,7 +85,7 @@ async def test_a_wrapped_stream_raises_what_the_engine_raised(anyio_backend: Any
 
 async def test_a_stream_left_early_ends_cleanly(anyio_backend: Any) -> None:
     engine = AsyncEngine(Foreign(["p"] * 200))
-    async with engine.stream("x") as pieces:
+    async with aclosing(engine.stream("x")) as pieces:
         async for piece in pieces:
             assert piece == "p"
             break

@@ -14,7 +14,6 @@ foreign engine (:mod:`.wrapped`). See
 from .async_engine import AsyncEngine
 from .call import Call
 from .speculative import AsyncSpeculativeEngine, SpeculativeEngine
-from .stream import TextStream
 from .sync import Backend, Engine
 from .wrapped import WrappedEngine, WrappedStream
 
@@ -25,7 +24,6 @@ __all__ = [
     "Call",
     "Engine",
     "SpeculativeEngine",
-    "TextStream",
     "WrappedEngine",
     "WrappedStream",
 ]

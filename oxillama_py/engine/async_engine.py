@@ -11,43 +11,46 @@ is run by a task per subscriber (``generate*``) or pumped by its consumer
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from collections.abc import AsyncGenerator, Callable, Sequence
 from functools import partial
 from types import TracebackType
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypedDict
 
 import anyio
 import anyio.to_thread
 
 from ..bus import Subscriber, check_order, take_order
-from ..bus.pieces import PieceBuffer
 from ..callback import CallbackSubscriber, check_callback
-from ..chat import Message, check_messages
 from ..checks import check_bool, check_sequence, check_type
 from ..config import EngineConfig
-from ..options import BatchKwargs, GenerateKwargs, GenerateOptions, Unpack, resolve_options
+from ..options import BatchKwargs, GenerateKwargs, Unpack
 from ..results import CompletionResult
 from ..tools import ToolChoice
-from ..tools.pieces import TextOfAnswer
 from .call import Call
+from .conversation import Conversation
 from .files import hub_config, model_from_hub_origin, plan_restore
 from .lifetime import Lifetime
 from .model_state import ModelState
-from .prepare import build_call, check_n, check_prompt, check_prompts, check_template, render_chat, render_for_decode
+from .prepare import build_call, check_n, check_prompt, check_prompts
 from .reads import Reads
 from .snapshot_file import SnapshotInfo, snapshot_info
 from .stream import TextStream
-from .tool_options import Tools, tool_options
+from .tool_options import Tools
 
 __all__ = ["AsyncEngine"]
+
+
+class _ChatChoices(TypedDict):
+    chat_template: str | None
+    tools: Tools
+    tool_choice: ToolChoice | dict[str, object] | None
 
 
 class _Facade(Protocol):
     def async_engine(self) -> AsyncEngine: ...
 
 
-class AsyncEngine(ModelState, Reads):
+class AsyncEngine(ModelState, Reads, Conversation):
     """Generate text from a GGUF model without blocking the event loop.
 
     Works on asyncio (with or without uvloop) and trio. One decode thread per
@@ -75,8 +78,7 @@ class AsyncEngine(ModelState, Reads):
         return object.__new__(cls)
 
     def __init__(self, config: EngineConfig | _Facade | None = None) -> None:
-        self._speculating_engine: str | None = None
-        """The name of an engine that speculates every request (its rules apply), else ``None``."""
+        self._speculating_engine = None
         if config is not None and not isinstance(config, EngineConfig) and hasattr(config, "async_engine"):
             owner = config.async_engine()  # upstream's AsyncEngine(engine): one decode worker for both
             if type(owner) is not AsyncEngine or type(self) is not AsyncEngine:
@@ -221,56 +223,6 @@ class AsyncEngine(ModelState, Reads):
         choices = [prompt for prompt in checked for _ in range(count)]
         return await build_call(self.config, await self._ready(), choices, opts, subscribers, on_complete, order=order)
 
-    async def prepare_chat(
-        self,
-        messages: Sequence[Message],
-        max_tokens: int = 128,
-        *,
-        n: int = 1,
-        chat_template: str | None = None,
-        tools: Tools = None,
-        tool_choice: ToolChoice | dict[str, object] | None = None,
-        parallel_tool_calls: bool | None = None,
-        subscribers: Sequence[Subscriber] = (),
-        order: int | None = None,
-        **options: Unpack[GenerateKwargs],
-    ) -> Call:
-        """:meth:`prepare` for a conversation, rendered as :meth:`chat` renders it (its stop strings added)."""
-        order = take_order() if order is None else check_order(order)
-        checked, count = check_messages(messages), check_n(n)
-        plan, options = tool_options(tools, tool_choice, parallel_tool_calls, options)
-        opts = self._options(max_tokens, options)
-        template = check_template(chat_template)
-        worker = await self._ready()
-        prompt, used = await anyio.to_thread.run_sync(
-            render_for_decode, self.config, worker.model, checked, template, plan
-        )
-        stop = opts.stop + tuple(s for s in used.stop if s not in opts.stop)
-        chat = replace(opts, stop=stop)
-        call = await build_call(self.config, worker, [prompt] * count, chat, subscribers, order=order)
-        return call if plan is None else replace(call, tools=plan)
-
-    async def count_chat_tokens(
-        self,
-        messages: Sequence[Message],
-        *,
-        chat_template: str | None = None,
-        tools: Tools = None,
-        tool_choice: ToolChoice | dict[str, object] | None = None,
-        parallel_tool_calls: bool | None = None,
-    ) -> int:
-        """How many tokens :meth:`chat` would prefill for ``messages`` (BOS included)."""
-        checked = check_messages(messages)
-        plan, _ = tool_options(tools, tool_choice, parallel_tool_calls, {})
-        template = check_template(chat_template)
-        model = (await self._ready()).model
-
-        def count() -> int:
-            prompt, _ = render_for_decode(self.config, model, checked, template, plan)
-            return len(model.tokenize(prompt))
-
-        return await anyio.to_thread.run_sync(count)
-
     # -- generation -------------------------------------------------------------------
     async def generate(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> str:
         """Generate a completion of ``prompt`` and return its text.
@@ -316,18 +268,21 @@ class AsyncEngine(ModelState, Reads):
         (result,) = await call.run()
         return result.text
 
-    def stream(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> TextStream:
+    async def stream(
+        self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]
+    ) -> AsyncGenerator[str, None]:
         """Text pieces as they are decoded; joined, they equal :meth:`generate`'s text.
 
-        ``async for piece in engine.stream(...)`` may be left at any time
-        (``break``, an exception, a cancelled scope): the generation is then
-        cancelled and its progress display finalised. ``async with
-        engine.stream(...) as pieces:`` also waits for that end when the block
-        is left. Bad arguments raise here, before any work.
+        An async generator, as upstream's: bad arguments raise at the first
+        iteration, before any work. Left early (``break``, an exception, a
+        cancelled scope), the generation is cancelled and its display finalised
+        once the generator is closed: at once inside
+        ``async with contextlib.aclosing(engine.stream(...)) as pieces:``, else
+        when the event loop finalises the dropped generator.
         """
-        check_prompt(prompt)
-        self._options(max_tokens, options)  # bad arguments raise here, before any work
-        return TextStream(lambda buffer: self.prepare([prompt], max_tokens, subscribers=[buffer], **options))
+        async with self._pieces(prompt, max_tokens, options) as pieces:
+            async for piece in pieces:
+                yield piece
 
     async def generate_batch(
         self, prompts: Sequence[str], max_tokens: int = 128, **options: Unpack[BatchKwargs]
@@ -350,101 +305,9 @@ class AsyncEngine(ModelState, Reads):
             return []
         return await (await self.prepare(prompts, max_tokens, **options)).run()
 
-    # -- chat -------------------------------------------------------------------------
-    async def chat(
-        self,
-        messages: Sequence[Message],
-        max_tokens: int = 128,
-        *,
-        chat_template: str | None = None,
-        tools: Tools = None,
-        tool_choice: ToolChoice | dict[str, object] | None = None,
-        parallel_tool_calls: bool | None = None,
-        **options: Unpack[GenerateKwargs],
-    ) -> CompletionResult:
-        """Answer a conversation: ``messages`` rendered with the chat template, then :meth:`complete`.
-
-        ``messages`` are ``{"role": "system" | "user" | "assistant", "content": str}``
-        dicts; the answer ends at the template's end-of-turn marker. The template
-        is ``chat_template`` (a built-in name or a Jinja2 string), else the
-        engine config's, else the model's own, else the built-in its vocabulary
-        points to (Gemma's turn format for the default model). Every option of
-        :meth:`generate` applies.
-
-        ``tools`` (OpenAI's function tools), ``tool_choice`` (``"none"``,
-        ``"auto"``, the default, ``"required"`` or
-        ``{"type": "function", "function": {"name": ...}}``) and
-        ``parallel_tool_calls`` let the model call functions: the calls are in
-        the result's ``tool_calls`` (arguments valid against each function's
-        ``parameters``), and its ``text`` is the answer's text. The history may
-        hold assistant ``tool_calls`` and ``role: "tool"`` answers.
-        """
-        call = await self.prepare_chat(
-            messages,
-            max_tokens,
-            chat_template=chat_template,
-            tools=tools,
-            tool_choice=tool_choice,
-            parallel_tool_calls=parallel_tool_calls,
-            **options,
-        )
-        (result,) = await call.run()
-        return result
-
-    def stream_chat(
-        self,
-        messages: Sequence[Message],
-        max_tokens: int = 128,
-        *,
-        chat_template: str | None = None,
-        tools: Tools = None,
-        tool_choice: ToolChoice | dict[str, object] | None = None,
-        parallel_tool_calls: bool | None = None,
-        **options: Unpack[GenerateKwargs],
-    ) -> TextStream:
-        """:meth:`chat`'s text as pieces, with :meth:`stream`'s semantics.
-
-        With ``tools``, the pieces are the answer's text only (a call writes
-        none): :meth:`chat` returns the calls.
-        """
-        checked = check_messages(messages)
-        plan, checked_options = tool_options(tools, tool_choice, parallel_tool_calls, options)
-        self._options(max_tokens, checked_options)  # bad arguments raise here, before any work
-        template = check_template(chat_template)
-
-        def prepare(buffer: PieceBuffer) -> Awaitable[Call]:
-            return self.prepare_chat(
-                checked,
-                max_tokens,
-                chat_template=template,
-                tools=tools,
-                tool_choice=tool_choice,
-                parallel_tool_calls=parallel_tool_calls,
-                subscribers=[buffer],
-                **options,
-            )
-
-        return TextStream(prepare, TextOfAnswer() if plan is not None and plan.constrains else None)
-
-    async def apply_chat_template(
-        self,
-        messages: Sequence[Message],
-        *,
-        chat_template: str | None = None,
-        add_generation_prompt: bool = True,
-        tools: Tools = None,
-        tool_choice: ToolChoice | dict[str, object] | None = None,
-        parallel_tool_calls: bool | None = None,
-    ) -> str:
-        """The prompt :meth:`chat` would decode (BOS included as the template writes it), tools described."""
-        checked = check_messages(messages)
-        plan, _ = tool_options(tools, tool_choice, parallel_tool_calls, {})
-        template = check_template(chat_template)
-        model = (await self._ready()).model
-        return await anyio.to_thread.run_sync(
-            partial(render_chat, self.config, model, checked, template, generation=add_generation_prompt, tools=plan)
-        )
-
     # -- internals ----------------------------------------------------------------------
-    def _options(self, max_tokens: int, options: GenerateKwargs) -> GenerateOptions:
-        return resolve_options(self.config, max_tokens, options, speculating_engine=self._speculating_engine)
+    def _pieces(self, prompt: str, max_tokens: int, options: GenerateKwargs) -> TextStream:
+        """:meth:`stream`'s pump, its arguments checked now (the blocking facade raises at the call)."""
+        check_prompt(prompt)
+        self._options(max_tokens, options)
+        return TextStream(lambda buffer: self.prepare([prompt], max_tokens, subscribers=[buffer], **options))

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..config import EngineConfig
 from ..decode import DecodeWorker
+from ..options import GenerateKwargs, GenerateOptions, resolve_options
 from ..stats import EngineStats
 from .files import NO_PICKLE
 from .lifetime import Lifetime
@@ -22,6 +23,8 @@ class EngineBase:
     """The config and the worker's lifetime; loading and closing are the engine's own."""
 
     _life: Lifetime
+    _speculating_engine: str | None
+    """The name of an engine that speculates every request (its rules apply), else ``None``."""
 
     @property
     def config(self) -> EngineConfig:
@@ -57,6 +60,9 @@ class EngineBase:
         """How many token ids the vocabulary has; ``None`` until the model is loaded."""
         worker = self._life.worker
         return None if worker is None else worker.model.n_vocab
+
+    def _options(self, max_tokens: int, options: GenerateKwargs) -> GenerateOptions:
+        return resolve_options(self.config, max_tokens, options, speculating_engine=self._speculating_engine)
 
     def __reduce__(self) -> Any:
         raise TypeError(NO_PICKLE.format(type(self).__name__))

@@ -22,7 +22,15 @@ from ..lora import Lora
 from ..paths import check_path
 from .snapshot_file import info_of, model_fingerprint, read_snapshot, snapshot_info
 
-__all__ = ["NO_PICKLE", "Restore", "hub_config", "model_from_hub_origin", "plan_restore", "write_file"]
+__all__ = [
+    "NO_PICKLE",
+    "Restore",
+    "hub_config",
+    "model_from_hub_origin",
+    "plan_restore",
+    "plan_speculative_restore",
+    "write_file",
+]
 
 NO_PICKLE = (
     "a {} cannot be pickled: it owns a loaded model and threads. Save its state with snapshot() or "
@@ -74,6 +82,26 @@ def plan_restore(source: object, model_path: object) -> Restore:
             raise LoadError(f"the LoRA adapter {lora.path} is not the file the snapshot was taken with")
     # the adapters applied when it was taken (the header's) are the truth, config.lora's or not
     return Restore(replace(info.config, model_path=str(model), lora=()), list(info.loras), prefixes)
+
+
+def plan_speculative_restore(source: object, target_model: object, draft_model: object) -> Restore:
+    """:func:`plan_restore` for a speculating engine's snapshot, its draft model file replaced by ``draft_model``.
+
+    Upstream's ``SpeculativeEngine.restore(path, target_model, draft_model)``:
+    the snapshot records both configs; the files given (either may be left
+    out) stand for the recorded ones.
+    """
+    draft_path = None if draft_model is None else check_path(draft_model, "draft_model")
+    plan = plan_restore(source, target_model)
+    draft = plan.config.speculative
+    if draft is None:
+        raise LoadError("the snapshot was taken from an engine that does not speculate: restore it with Engine.restore")
+    if draft_path is not None:
+        if not isinstance(draft, EngineConfig):
+            raise LoadError("the snapshot's drafter is prompt lookup, not a draft model: give no draft_model")
+        check_gguf_file(draft_path)
+        draft = replace(draft, model_path=str(draft_path))
+    return replace(plan, config=replace(plan.config, speculative=draft))
 
 
 def model_from_hub_origin(snapshot_path: object) -> Path:

@@ -12,18 +12,23 @@ each result carries its draft statistics in ``result.speculative``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from functools import partial
 from typing import Any
 
+import anyio
+import anyio.to_thread
+
 from ..checks import check_type
-from ..config import SpeculativeConfig
+from ..config import EngineConfig, SpeculativeConfig
 from ..decode import DecodeWorker
 from .async_engine import AsyncEngine
+from .files import Restore, plan_speculative_restore
 from .lifetime import Lifetime
 from .sync import Backend, Engine
 
-__all__ = ["AsyncSpeculativeEngine", "SpeculativeEngine"]
+__all__ = ["AsyncSpeculativeEngine", "SpeculativeEngine", "speculative_config"]
 
 
 class AsyncSpeculativeEngine(AsyncEngine):
@@ -51,6 +56,39 @@ class AsyncSpeculativeEngine(AsyncEngine):
         self._speculating_engine = "SpeculativeEngine"
         self._life = Lifetime(self._life.config, partial(DecodeWorker, name="oxillama-speculative", trace=config.trace))
 
+    @classmethod
+    async def restore(
+        cls,
+        path: str | os.PathLike[str] | bytes,
+        target_model: str | os.PathLike[str] | None = None,
+        draft_model: str | os.PathLike[str] | None = None,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+    ) -> AsyncSpeculativeEngine:
+        """A loaded speculating engine from its snapshot (upstream's ``restore(path, target_model, draft_model)``).
+
+        ``target_model`` (or ``model_path``) and ``draft_model`` stand for the
+        files the snapshot records, moved; the target's fingerprint is checked
+        as :meth:`AsyncEngine.restore` checks it.
+        """
+        plan = await anyio.to_thread.run_sync(plan_speculative_restore, path, target_model or model_path, draft_model)
+        engine = AsyncSpeculativeEngine(speculative_config(plan))
+        try:
+            await engine._adopt(plan)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await engine.aclose()
+            raise
+        return engine
+
+
+def speculative_config(plan: Restore) -> SpeculativeConfig:
+    """The :class:`SpeculativeConfig` a speculating engine's snapshot config was built from."""
+    config = plan.config
+    assert config.speculative is not None, "plan_speculative_restore refuses a snapshot that does not speculate"
+    target: EngineConfig = replace(config, speculative=None, speculative_tokens=None)
+    return SpeculativeConfig(target, config.speculative, num_speculative=config.speculative_tokens)
+
 
 class SpeculativeEngine(Engine):
     """The blocking facade over :class:`AsyncSpeculativeEngine`, like :class:`Engine` over :class:`AsyncEngine`."""
@@ -63,6 +101,25 @@ class SpeculativeEngine(Engine):
         backend_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(AsyncSpeculativeEngine(config), backend=backend, backend_options=backend_options)
+
+    @classmethod
+    def restore(
+        cls,
+        path: str | os.PathLike[str] | bytes,
+        target_model: str | os.PathLike[str] | None = None,
+        draft_model: str | os.PathLike[str] | None = None,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+    ) -> SpeculativeEngine:
+        """See :meth:`AsyncSpeculativeEngine.restore`."""
+        plan = plan_speculative_restore(path, target_model or model_path, draft_model)
+        engine = SpeculativeEngine(speculative_config(plan))
+        try:
+            engine._call(engine.async_engine()._adopt, plan)
+        except BaseException:
+            engine.close()
+            raise
+        return engine
 
     def async_engine(self) -> AsyncSpeculativeEngine:
         engine = super().async_engine()

@@ -185,7 +185,7 @@ class Engine:
     # -- what differs from the async surface --------------------------------------------
     def stream(self, prompt: str, max_tokens: int = 128, **options: Unpack[GenerateKwargs]) -> Iterator[str]:
         """Yield text pieces as they are decoded; closing the iterator cancels the generation."""
-        return self._iterate(self._async.stream(prompt, max_tokens, **options))  # validates now
+        return self._iterate(self._async._pieces(prompt, max_tokens, options))  # validates now
 
     def stream_chat(
         self,
@@ -199,7 +199,7 @@ class Engine:
         **options: Unpack[GenerateKwargs],
     ) -> Iterator[str]:
         """See :meth:`AsyncEngine.stream_chat`; closing the iterator cancels the generation."""
-        stream = self._async.stream_chat(
+        stream = self._async._chat_pieces(  # validates now
             messages,
             max_tokens,
             chat_template=chat_template,

@@ -12,7 +12,7 @@ anyio worker thread waits on the foreign engine.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any, NoReturn
@@ -67,11 +67,13 @@ class WrappedEngine(AsyncEngine, wraps=is_engine_like):
         call: Callable[[], str] = lambda: self._engine.generate(prompt, max_tokens, **_given(options))  # type: ignore[attr-defined]  # noqa: E731
         return await wait_future(self._pool.submit(call))
 
-    def stream(  # type: ignore[override]
+    async def stream(
         self, prompt: str, max_tokens: int = _DEFAULT_MAX_TOKENS, **options: Any
-    ) -> WrappedStream:
+    ) -> AsyncGenerator[str, None]:
         """The pieces the wrapped ``generate_streaming`` hands its callback, as they come."""
-        return WrappedStream(self._pool, self._engine, prompt, max_tokens, _given(options))
+        async with WrappedStream(self._pool, self._engine, prompt, max_tokens, _given(options)) as pieces:
+            async for piece in pieces:
+                yield piece
 
     async def aclose(self) -> None:
         """Let the pool's thread end (the wrapped engine itself is the caller's to close)."""
