@@ -139,6 +139,25 @@ def test_a_preempted_request_can_be_cancelled_while_it_waits() -> None:
     assert not scheduler.preempted
 
 
+def test_a_steps_cells_count_the_prompt_rows_the_prefill_budget_lets_it_take() -> None:
+    """Beside generating rows, a prompt takes what the pace allows, not all the room: fewer cells to fit."""
+    scheduler, _ = budget_scheduler(n_ctx=4096, n_slots=3, n_batch=64)
+    runner = FakeRunner()
+    scheduler.add(request([2, 3], 100), 0.0)
+    scheduler.add(request([4, 5], 100), 1.0)
+    step(scheduler, runner)
+    scheduler.add(request(range(10, 410), 1), 2.0)  # 400 rows to prefill beside two generating ones
+    step(scheduler, runner)
+    budget = KvBudget(4096, 64)
+    running, reads = scheduler.running, scheduler.reads
+    assert budget.step_cells(running, 0, reads) == 64  # the whole batch: 2 generating rows and 62 prompt rows
+    assert budget.step_cells(running, 0, reads, lambda generating, room: 16) == 2 + 16
+    assert budget.step_cells(running, 0, reads, lambda generating, room: room) == 64
+    expected = budget.step_cells(running, 0, reads, scheduler.pace.budget)
+    plan = step(scheduler, runner)  # the step takes exactly what was counted
+    assert plan.chunks and len(plan.generating) + sum(len(chunk) for _, chunk in plan.chunks) == expected
+
+
 def test_budget_arithmetic() -> None:
     budget = KvBudget(n_ctx=1000, n_batch=16)
     assert budget.watermark == max(MIN_WATERMARK, 10)

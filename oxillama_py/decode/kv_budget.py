@@ -33,7 +33,7 @@ Pure arithmetic on cell counts, no llama.cpp: the scheduler asks, and acts.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .cells import Run, distinct_cells
@@ -71,8 +71,20 @@ class KvBudget:
         held = distinct_cells(itertools.chain((r for seq in running for r in seq.runs()), pinned))
         return self.n_ctx - held - sum(job.cells()[0] for job in reads)
 
-    def step_cells(self, running: Iterable[ActiveSequence], max_draft: int, reads: Iterable[ReadJob]) -> int:
-        """The most new cells the next turn takes: generating rows, prompt chunks and drafts, the reads' tokens."""
+    def step_cells(
+        self,
+        running: Iterable[ActiveSequence],
+        max_draft: int,
+        reads: Iterable[ReadJob],
+        prompt_budget: Callable[[int, int], int] | None = None,
+    ) -> int:
+        """The most new cells the next turn takes: generating rows, prompt chunks and drafts, the reads' tokens.
+
+        ``prompt_budget(generating, room)`` is the prefill budget's cap on the
+        step's prompt rows (:meth:`.pace.PrefillPace.budget`): a long prompt
+        beside streams takes that much, not all the room, so a full context
+        need not preempt anyone for rows the step would not take.
+        """
         generating = prompts = drafts = 0
         for seq in running:
             if seq.prefilling:
@@ -82,14 +94,22 @@ class KvBudget:
             if seq.spec is not None:
                 drafts += max_draft
         room = max(0, self.n_batch - generating)  # chunks and drafts share what the generating rows leave
+        if prompt_budget is not None:
+            prompts = min(prompts, prompt_budget(generating, room))
         read = min(self.n_batch, sum(job.cells()[1] for job in reads))
         return generating + min(room, prompts + drafts) + read
 
-    def reserve(self, running: Iterable[ActiveSequence], max_draft: int, reads: Iterable[ReadJob]) -> int:
+    def reserve(
+        self,
+        running: Iterable[ActiveSequence],
+        max_draft: int,
+        reads: Iterable[ReadJob],
+        prompt_budget: Callable[[int, int], int] | None = None,
+    ) -> int:
         """Cells the running work is promised: the rest of every prompt being prefilled, and the next turn's cells."""
         running = list(running)
         promised = sum(len(seq.prompt) - seq.n_prefilled if seq.prefilling else 1 for seq in running)
-        return max(promised, self.step_cells(running, max_draft, reads))
+        return max(promised, self.step_cells(running, max_draft, reads, prompt_budget))
 
     def admits(self, n_tokens: int, reserve: int, free: int) -> bool:
         """Whether a sequence of ``n_tokens`` to prefill may start beside work that was promised ``reserve`` cells."""

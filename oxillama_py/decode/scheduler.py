@@ -236,7 +236,8 @@ class Scheduler:
         budget = self.budget
         if budget is None or not self.running:
             return True
-        return budget.admits(n_tokens, budget.reserve(self.running, self._max_draft, self.reads), self._free())
+        reserve = budget.reserve(self.running, self._max_draft, self.reads, self.pace.budget)
+        return budget.admits(n_tokens, reserve, self._free())
 
     @property
     def _max_draft(self) -> int:
@@ -249,7 +250,7 @@ class Scheduler:
 
     def _step_cells(self) -> int:
         assert self.budget is not None
-        return self.budget.step_cells(self.running, self._max_draft, self.reads)
+        return self.budget.step_cells(self.running, self._max_draft, self.reads, self.pace.budget)
 
     def _fit(self) -> None:
         """Preempt the newest sequences until the turn's new cells fit (the last one never: alone, it fits)."""
