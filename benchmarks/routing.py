@@ -34,7 +34,7 @@ TARGETS = {"hit_share": 0.85, "ttft_p50": 1.3, "unique_tok_per_sec": 0.9}
 def command(name: str, model: Path, port: int) -> tuple[list[str], str]:
     """The command line of set-up ``name`` on ``port``, and the path that says it is ready."""
     argv = [sys.executable, "-m", "oxillama_py", "serve", "--model", str(model), "--port", str(port)]
-    argv += ["--max-concurrency", "8"]
+    argv += ["--max-concurrency", "8", "--no-prefix-cache-exact"]  # users take turns: keep what they decoded together
     if name == "process":
         return [*argv, "--threads", "2", "--n-ctx", str(2 * CTX), "--prefix-cache-tokens", str(2 * CACHE)], "/health"
     ray = ["--ray", "--replicas", "2", "--num-cpus", "1", "--threads", "1", "--router", name]

@@ -232,6 +232,13 @@ class EngineConfig(EngineConfigNames):
     as the running sequences and are evicted, least recently used first,
     whenever a running sequence needs the room; every decode step attends over
     them too, so a bigger cache slows decoding down (see the prefix cache docs).
+    ``prefix_cache_exact=True`` (the default) keeps every hit of a request
+    that finds the engine idle bit-exact (the text a fresh engine gives): the
+    entries of sequences that were decoded beside others (their cells
+    interleaved) are dropped before it starts. ``False`` keeps those entries
+    for everyone, which is what a server whose users take turns needs (hits
+    are then correct, but may differ from a fresh engine's text at a near tie,
+    as batched decoding may).
 
     ``speculative`` makes the generating sequences speculate inside the batch:
     :class:`PromptLookup` drafts from each sequence's own text, an
@@ -270,6 +277,7 @@ class EngineConfig(EngineConfigNames):
     max_concurrency: int = 16
     chat_template: str | None = None
     prefix_cache_tokens: int | None = None
+    prefix_cache_exact: bool = True
     speculative: PromptLookup | EngineConfig | None = None
     speculative_tokens: int | None = None
     step_target_ms: float | None = None
@@ -288,6 +296,7 @@ class EngineConfig(EngineConfigNames):
         max_concurrency: int | None = None,
         chat_template: str | None = None,
         prefix_cache_tokens: int | None = None,
+        prefix_cache_exact: bool = True,
         speculative: PromptLookup | EngineConfig | None = None,
         speculative_tokens: int | None = None,
         step_target_ms: float | None = None,
@@ -323,6 +332,7 @@ class EngineConfig(EngineConfigNames):
             resolve_template(self.chat_template, model_template=None, has_token=lambda _: False)
         if self.prefix_cache_tokens is not None:
             check_int("prefix_cache_tokens", self.prefix_cache_tokens, low=0, high=self.n_ctx)
+        check_bool("prefix_cache_exact", self.prefix_cache_exact)
         if self.speculative is not None:
             check_type(
                 "speculative",

@@ -328,3 +328,24 @@ def test_hit_rate_counts(model_path: Path) -> None:
         stats = engine.stats.prefix_cache
         assert (stats.lookups, stats.hits) == (2, 1)
         assert stats.hit_rate == 0.5 and 0.0 < stats.token_hit_rate < 0.5
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_prefix_cache_exact_decides_whether_turns_decoded_together_stay_cached(model_path: Path, exact: bool) -> None:
+    """Two users' turns decoded together interleave their cells; whether their next turns still hit once the engine
+    is idle is ``prefix_cache_exact``'s choice: dropped for a fresh engine's text (the default), or kept."""
+    with make_engine(model_path, prefix_cache_exact=exact) as engine:
+        prompts = [SHORT + QUESTIONS[0], SHORT.replace("careful", "patient") + QUESTIONS[1]]
+        first = engine.complete_batch(prompts, 8, temperature=0)  # decoded together: off the cell grid
+        assert all(r.cached_tokens == 0 for r in first)
+        again = engine.complete(prompts[1] + first[1].text + "\nQuestion: and then?", 8, temperature=0)
+        if exact:
+            assert again.cached_tokens == 0  # the worker was idle: interleaved entries went first
+        else:
+            assert again.cached_tokens >= len(engine.tokenize(prompts[1])) - ALIGN
+            assert again.text == engine.generate(prompts[1] + first[1].text + "\nQuestion: and then?", 8, temperature=0)
+
+
+def test_prefix_cache_exact_must_be_a_bool(model_path: Path) -> None:
+    with pytest.raises(TypeError, match="prefix_cache_exact"):
+        EngineConfig(model_path, prefix_cache_exact="no")  # type: ignore[arg-type]

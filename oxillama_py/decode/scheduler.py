@@ -66,8 +66,11 @@ class Scheduler:
         start: StartSequence,
         budget: KvBudget | None = None,
         pace: PrefillPace | None = None,
+        exact_hits: bool = True,
     ) -> None:
         self.n_batch = n_batch
+        self.exact_hits = exact_hits
+        """Drop the entries of sequences decoded beside others before a lone request (``prefix_cache_exact``)."""
         self.budget = budget
         """The KV cells as one pool (``None``: unbounded, for tests of other things)."""
         self.pace = PrefillPace() if pace is None else pace
@@ -190,7 +193,7 @@ class Scheduler:
         return live
 
     def _admit(self) -> None:
-        if (self.waiting or self.preempted) and not self.running:
+        if self.exact_hits and (self.waiting or self.preempted) and not self.running:
             self.cache.drop_off_grid()  # a lone request gets a fresh-like cell layout
         while self.preempted or self.waiting:
             head = len(self.preempted[0].prompt) if self.preempted else len(self.waiting[0][0].prompt_tokens)

@@ -225,7 +225,9 @@ class DecodeWorker:
         cache = self.cache = PrefixCache(context.memory, model.n_swa, capacity, ids)
         budget = KvBudget(context.n_ctx, context.n_batch)
         pace = PrefillPace(config.step_target_ms)
-        scheduler = self.scheduler = Scheduler(context.n_batch, ids, cache, self._start_sequence, budget, pace)
+        scheduler = self.scheduler = Scheduler(
+            context.n_batch, ids, cache, self._start_sequence, budget, pace, exact_hits=config.prefix_cache_exact
+        )
         self.runner = Runner(model, context, cache, ids, scheduler.running, self.adapters)
         for path, scale in config.lora:  # before any request: the whole life of the engine decodes with them
             self.adapters.change(model, context, check_adapter(path, model.architecture), scale)

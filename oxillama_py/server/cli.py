@@ -83,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
         help="KV cells kept for prompts that start like earlier ones (default: an eighth of --n-ctx; 0: off)",
     )
     parser.add_argument(
+        "--prefix-cache-exact",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="before a request that finds the engine idle, drop the cached prefixes of sequences decoded beside "
+        "others, so that its hit gives a fresh engine's text (the default); --no-prefix-cache-exact keeps them "
+        "for the next turns of every user (more hits; text may differ at a near tie)",
+    )
+    parser.add_argument(
         "--step-target-ms",
         type=float,
         default=None,
@@ -157,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_concurrency=args.max_concurrency,
                 chat_template=args.chat_template,
                 prefix_cache_tokens=args.prefix_cache_tokens,
+                prefix_cache_exact=args.prefix_cache_exact,
                 speculative=speculative,
                 step_target_ms=args.step_target_ms,
                 **extra,
