@@ -448,6 +448,13 @@ class Scale(Figure):
         return {"ray_over_process": check}
 
 
+def _percent(summary: Any) -> Any:
+    """A summary (or ``None``, in results from before it was measured) as percentages."""
+    if not isinstance(summary, dict):
+        return None
+    return {k: v * 100 for k, v in summary.items() if k != "samples"}
+
+
 class Routing(Figure):
     name, title = "routing", "Prefix-aware routing on Ray Serve"
     facts = (
@@ -456,7 +463,8 @@ class Routing(Figure):
         "{d[settings][clients]} chats at once with prompts that share no prefix"
     )
     after = (
-        "Ray set-ups: 2 replicas x 1 llama.cpp thread behind the app's ingress; the process: 2 threads, twice the KV."
+        "Ray set-ups: 2 replicas x 1 llama.cpp thread behind the app's ingress; the process: 2 threads, twice the KV. "
+        "All serve with --no-prefix-cache-exact (turns decoded beside other users' stay cached)."
     )
     setups: ClassVar[dict[str, str]] = {
         "process": "1 process, 2 threads",
@@ -470,6 +478,7 @@ class Routing(Figure):
         return [
             Column("set-up", list(self.setups.values())),
             Column("prompt tokens from the prefix cache (%)", share, 1, "prefix-cache hit share (%)"),
+            Column("turns on the replica of the turn before (%)", [_percent(r.get("affinity")) for r in res], 0),
             Column("TTFT p50 (ms)", [r["ttft_p50_ms"] for r in res], 0, "time to first token (ms)"),
             Column("TTFT p95 (ms)", [r["ttft_p95_ms"] for r in res], 0, "time to first token (ms)"),
             Column("no shared prefix: tok/s", [r["unique_tok_per_sec"] for r in res], 1, "aggregate tok/s"),
