@@ -129,7 +129,7 @@ def server_pieces(client: httpx.AsyncClient, base: str, model: str) -> Pieces:
     @asynccontextmanager
     async def pieces(prompt: str, max_tokens: int) -> AsyncIterator[AsyncIterator[Any]]:
         body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
-        async with aclosing(client.stream("POST", f"{base}/v1/completions", json=body)) as response:
+        async with client.stream("POST", f"{base}/v1/completions", json=body) as response:
             response.raise_for_status()
 
             async def chunks() -> AsyncIterator[str]:

@@ -232,13 +232,8 @@ class EngineConfig(EngineConfigNames):
     as the running sequences and are evicted, least recently used first,
     whenever a running sequence needs the room; every decode step attends over
     them too, so a bigger cache slows decoding down (see the prefix cache docs).
-    ``prefix_cache_exact=True`` (the default) keeps every hit of a request
-    that finds the engine idle bit-exact (the text a fresh engine gives): the
-    entries of sequences that were decoded beside others (their cells
-    interleaved) are dropped before it starts. ``False`` keeps those entries
-    for everyone, which is what a server whose users take turns needs (hits
-    are then correct, but may differ from a fresh engine's text at a near tie,
-    as batched decoding may).
+    ``prefix_cache_exact=False`` keeps the entries of sequences decoded beside others,
+    which the default drops for a fresh engine's text (see the prefix cache docs).
 
     ``speculative`` makes the generating sequences speculate inside the batch:
     :class:`PromptLookup` drafts from each sequence's own text, an
@@ -262,8 +257,7 @@ class EngineConfig(EngineConfigNames):
     Engines of one process that load the same model file share its weights,
     each with its own adapters (see the models docs).
 
-    Upstream oxillama-py's ``context_size`` and ``num_threads`` are accepted
-    (and read back) for ``n_ctx`` and ``n_threads``.
+    Upstream's ``context_size`` and ``num_threads`` are accepted (and read back) for ``n_ctx`` and ``n_threads``.
     """
 
     model_path: str | os.PathLike[str] | None = None

@@ -22,7 +22,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -260,8 +260,9 @@ class OxiLlamaDeployment:
         self, route: Routed | None = None, method: str = "stream", args: Sequence[Any] = (), options: Any = None
     ) -> AsyncIterator[str]:
         """:meth:`stream` from the ingress."""
-        async for piece in self.stream(*args, **(options or {})):
-            yield piece
+        async with aclosing(self.stream(*args, **(options or {}))) as pieces:
+            async for piece in pieces:
+                yield piece
 
     async def generate(self, prompt: str, max_tokens: int = 128, **options: Any) -> str:
         """:meth:`AsyncEngine.generate` in this replica."""
@@ -290,7 +291,7 @@ class OxiLlamaDeployment:
         async with self.models.use() as engine:
             return await engine.chat(messages, max_tokens, **remote_options(options))
 
-    async def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> AsyncIterator[str]:
+    async def stream(self, prompt: str, max_tokens: int = 128, **options: Any) -> AsyncGenerator[str, None]:
         """Text pieces as they are decoded: call through ``handle.options(stream=True)``.
 
         A caller that stops iterating (or cancels the call) cancels the generation.

@@ -366,3 +366,8 @@ async def test_async_restore_with_upstreams_paths(
         assert (await restored.generate(COPYING[1], 8, temperature=0)) == draft_engine.generate(
             COPYING[1], 8, temperature=0
         )
+
+
+def test_restore_takes_target_model_or_model_path_not_both(draft_engine: SpeculativeEngine, model_path: Path) -> None:
+    with pytest.raises(TypeError, match="not both"):
+        SpeculativeEngine.restore(draft_engine.snapshot_bytes(), model_path, model_path=model_path)

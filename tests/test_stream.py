@@ -137,8 +137,16 @@ async def test_errors_and_cancellation_token_reach_the_consumer(aengine: AsyncEn
     assert aengine.stats.active == 0
 
 
-async def test_bad_arguments_raise_at_the_first_iteration_before_any_work(aengine: AsyncEngine) -> None:
+async def test_bad_arguments_raise_at_the_first_iteration_before_any_work(
+    aengine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert inspect.isasyncgenfunction(AsyncEngine.stream) and inspect.isasyncgenfunction(AsyncEngine.stream_chat)
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a call was prepared (tokenized, queued) for bad arguments")
+
+    monkeypatch.setattr(aengine, "prepare", no_work)
+    monkeypatch.setattr(aengine, "prepare_chat", no_work)
     steps = aengine.stats.decode_steps
     with pytest.raises(ValueError, match="max_tokens"):
         await aengine.stream(PROMPT, -1).__anext__()
@@ -152,6 +160,7 @@ async def test_bad_arguments_raise_at_the_first_iteration_before_any_work(aengin
         async for _ in aengine.stream_chat([], 8):
             pass
     assert (aengine.stats.decode_steps, aengine.stats.active, aengine.stats.waiting) == (steps, 0, 0)
+    monkeypatch.undo()
     assert inspect.isasyncgen(aengine.stream(PROMPT, 8))  # never started: nothing to clean up
     gc.collect()
 

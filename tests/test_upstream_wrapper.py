@@ -212,3 +212,10 @@ def test_callback_names_are_at_the_top_level() -> None:
     assert oxillama_py.StreamingCallback is StreamingCallback is oxillama_py.callback.StreamingCallback
     assert oxillama_py.TokenCallback is TokenCallback
     assert {"StreamingCallback", "TokenCallback"} <= set(oxillama_py.__all__)
+
+
+def test_the_blocking_facade_streams_a_wrapped_engine() -> None:
+    """``Engine(AsyncEngine(foreign)).stream()`` iterates the foreign engine's callback pieces."""
+    with Engine(AsyncEngine(Foreign())) as engine:
+        assert list(engine.stream("x", 3)) == ["he", "llo", " world"]
+        assert engine.generate("x") == "hello world"

@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncGenerator, Callable, Sequence
 from functools import partial
 from types import TracebackType
-from typing import Any, ClassVar, Protocol, TypedDict
+from typing import Any, ClassVar, Protocol
 
 import anyio
 import anyio.to_thread
@@ -25,7 +25,6 @@ from ..checks import check_bool, check_sequence, check_type
 from ..config import EngineConfig
 from ..options import BatchKwargs, GenerateKwargs, Unpack
 from ..results import CompletionResult
-from ..tools import ToolChoice
 from .call import Call
 from .conversation import Conversation
 from .files import hub_config, model_from_hub_origin, plan_restore
@@ -34,16 +33,9 @@ from .model_state import ModelState
 from .prepare import build_call, check_n, check_prompt, check_prompts
 from .reads import Reads
 from .snapshot_file import SnapshotInfo, snapshot_info
-from .stream import TextStream
-from .tool_options import Tools
+from .stream import Pump, TextStream
 
 __all__ = ["AsyncEngine"]
-
-
-class _ChatChoices(TypedDict):
-    chat_template: str | None
-    tools: Tools
-    tool_choice: ToolChoice | dict[str, object] | None
 
 
 class _Facade(Protocol):
@@ -280,8 +272,8 @@ class AsyncEngine(ModelState, Reads, Conversation):
         ``async with contextlib.aclosing(engine.stream(...)) as pieces:``, else
         when the event loop finalises the dropped generator.
         """
-        async with self._pieces(prompt, max_tokens, options) as pieces:
-            async for piece in pieces:
+        async with self._pieces(prompt, max_tokens, options) as pump:
+            async for piece in pump:
                 yield piece
 
     async def generate_batch(
@@ -306,7 +298,7 @@ class AsyncEngine(ModelState, Reads, Conversation):
         return await (await self.prepare(prompts, max_tokens, **options)).run()
 
     # -- internals ----------------------------------------------------------------------
-    def _pieces(self, prompt: str, max_tokens: int, options: GenerateKwargs) -> TextStream:
+    def _pieces(self, prompt: str, max_tokens: int, options: GenerateKwargs) -> Pump:
         """:meth:`stream`'s pump, its arguments checked now (the blocking facade raises at the call)."""
         check_prompt(prompt)
         self._options(max_tokens, options)

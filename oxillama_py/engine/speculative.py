@@ -71,7 +71,8 @@ class AsyncSpeculativeEngine(AsyncEngine):
         files the snapshot records, moved; the target's fingerprint is checked
         as :meth:`AsyncEngine.restore` checks it.
         """
-        plan = await anyio.to_thread.run_sync(plan_speculative_restore, path, target_model or model_path, draft_model)
+        target = _target(target_model, model_path)
+        plan = await anyio.to_thread.run_sync(plan_speculative_restore, path, target, draft_model)
         engine = AsyncSpeculativeEngine(speculative_config(plan))
         try:
             await engine._adopt(plan)
@@ -80,6 +81,13 @@ class AsyncSpeculativeEngine(AsyncEngine):
                 await engine.aclose()
             raise
         return engine
+
+
+def _target(target_model: object, model_path: object) -> object:
+    """Upstream's ``target_model`` or this library's ``model_path``: one of them."""
+    if target_model is not None and model_path is not None:
+        raise TypeError("give target_model or model_path, not both")
+    return model_path if target_model is None else target_model
 
 
 def speculative_config(plan: Restore) -> SpeculativeConfig:
@@ -112,7 +120,7 @@ class SpeculativeEngine(Engine):
         model_path: str | os.PathLike[str] | None = None,
     ) -> SpeculativeEngine:
         """See :meth:`AsyncSpeculativeEngine.restore`."""
-        plan = plan_speculative_restore(path, target_model or model_path, draft_model)
+        plan = plan_speculative_restore(path, _target(target_model, model_path), draft_model)
         engine = SpeculativeEngine(speculative_config(plan))
         try:
             engine._call(engine.async_engine()._adopt, plan)

@@ -1,24 +1,34 @@
-"""``AsyncEngine.stream()``'s result: the pieces of one generation, pulled by its consumer.
+"""The pump behind ``AsyncEngine.stream()`` and ``Engine.stream()``: the pieces of one generation, pulled.
 
 It is an async iterator *and* an async context manager, and holds no task
 group or cancel scope of its own (PEP 789): each ``__anext__`` pumps the
-generation from the consumer's own task. So a plain ``async for ... break``
-is safe: the dropped stream cancels its request at once (the worker frees the
+generation from the consumer's own task, so the async generator
+``AsyncEngine.stream()`` may yield its pieces and be closed from any task.
+Dropped unfinished, it cancels its request at once (the worker frees the
 slot at its next step) and its subscribers are finalised, as cancelled, when
-the worker acknowledges. ``async with engine.stream(...) as pieces:`` makes
-that end explicit and waits for it, as httpx's ``client.stream()`` does.
+the worker acknowledges; ``aclose()`` (or leaving ``async with``) waits for
+that end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import anyio.lowlevel
 
 from ..bus.pieces import PieceBuffer
 from .call import Call
 
-__all__ = ["TextStream"]
+__all__ = ["Pump", "TextStream"]
+
+
+class Pump(Protocol):
+    """What the blocking facade drives on its loop: :class:`TextStream`, or a wrapped engine's stream."""
+
+    async def __aenter__(self) -> Pump: ...
+    async def __aexit__(self, *exc_info: object) -> None: ...
+    def __aiter__(self) -> AsyncIterator[str]: ...
 
 
 class TextStream:

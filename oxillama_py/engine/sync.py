@@ -31,7 +31,7 @@ from ..tools import ToolChoice
 from .async_engine import AsyncEngine
 from .files import NO_PICKLE, hub_config, model_from_hub_origin, plan_restore
 from .snapshot_file import snapshot_info
-from .stream import TextStream
+from .stream import Pump
 from .tool_options import Tools
 
 __all__ = ["Backend", "Engine"]
@@ -210,7 +210,7 @@ class Engine:
         )
         return self._iterate(stream)
 
-    def _iterate(self, stream: TextStream) -> Iterator[str]:
+    def _iterate(self, stream: Pump) -> Iterator[str]:
         """Pieces of an already validated stream, pumped on the loop thread from the first ``next()``."""
         self._check_open()
         pieces: queue.SimpleQueue[str | None] = queue.SimpleQueue()

@@ -71,9 +71,13 @@ class WrappedEngine(AsyncEngine, wraps=is_engine_like):
         self, prompt: str, max_tokens: int = _DEFAULT_MAX_TOKENS, **options: Any
     ) -> AsyncGenerator[str, None]:
         """The pieces the wrapped ``generate_streaming`` hands its callback, as they come."""
-        async with WrappedStream(self._pool, self._engine, prompt, max_tokens, _given(options)) as pieces:
+        async with self._pieces(prompt, max_tokens, options) as pieces:
             async for piece in pieces:
                 yield piece
+
+    def _pieces(self, prompt: str, max_tokens: int, options: Any) -> WrappedStream:
+        """:meth:`stream`'s pump, for the blocking facade (``Engine(AsyncEngine(foreign)).stream``)."""
+        return WrappedStream(self._pool, self._engine, prompt, max_tokens, _given(options))
 
     async def aclose(self) -> None:
         """Let the pool's thread end (the wrapped engine itself is the caller's to close)."""
